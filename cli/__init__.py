@@ -1,0 +1,1 @@
+"""The ``mars-sta`` command line (Click)."""

@@ -1,0 +1,1 @@
+"""STA (spatio-temporal attention), 3D ResNet/ResNeXt backbones and the MARS distillation loss."""

@@ -1,0 +1,1 @@
+"""Datasets, the clip loader and the staged jobs: train, evaluate, fuse, run, demo."""
