@@ -1,0 +1,4 @@
+"""data commands."""
+import click
+
+commands: list[click.Command] = []

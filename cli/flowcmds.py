@@ -1,0 +1,4 @@
+"""flowcmds commands."""
+import click
+
+commands: list[click.Command] = []

@@ -1,0 +1,4 @@
+"""fusion commands."""
+import click
+
+commands: list[click.Command] = []

@@ -1,0 +1,4 @@
+"""models commands."""
+import click
+
+commands: list[click.Command] = []

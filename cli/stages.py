@@ -1,0 +1,4 @@
+"""stages commands."""
+import click
+
+commands: list[click.Command] = []
