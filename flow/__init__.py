@@ -1,7 +1,28 @@
 """Video in, store out: decoding, TV-L1 optical flow and the per-video HDF5 flow store.
 
-This package never imports torch, so extraction workers start fast.
+This package never imports torch, so extraction workers start fast. ``FlowStore`` and the jobs are imported on first
+use, so ``from flow.errors import InputError`` stays cheap for code that needs only the error type.
 """
-from flow.errors import InputError, StoreLockedError
+from __future__ import annotations
 
-__all__ = ["InputError", "StoreLockedError"]
+from importlib import import_module
+from typing import Any
+
+from flow.errors import InputError, StoreLockedError, VideoError
+
+_LAZY = {
+    "FlowStore": "flow.store",
+    "ExtractConfig": "flow.extract",
+    "ExtractSummary": "flow.extract",
+    "extract_flow": "flow.extract",
+    "merge_stores": "flow.merge",
+    "verify_store": "flow.verify",
+}
+
+__all__ = ["InputError", "StoreLockedError", "VideoError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'flow' has no attribute {name!r}")

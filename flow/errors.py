@@ -15,3 +15,7 @@ class InputError(Exception):
 
 class StoreLockedError(InputError):
     """Another process is writing to the same store or run folder."""
+
+
+class VideoError(InputError):
+    """One video cannot be extracted (unreadable, empty, too short); the extraction records it and goes on."""

@@ -1,0 +1,352 @@
+"""The extraction job: videos in, a flow store out, in parallel, resumable after a crash at any moment.
+
+Each worker process extracts whole videos and writes each one's file itself (temporary name, then rename), so there
+is no single writer to wait on. The parent holds the store's lock, writes the manifest first and failures.json last.
+A rerun skips the videos whose file is in place, deletes temporaries of interrupted videos and redoes those.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from flow import store as layout
+from flow.errors import InputError, VideoError
+from flow.quantize import QUANTIZATIONS, quantize
+from flow.shard import Shard, parse_shard, resolve_shard
+from flow.tvl1 import PRESETS, TVL1, preset_params
+from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_videos
+
+WORKER_DIED = "the worker process died while extracting this video, twice (a crash in the decoder?)"
+
+
+@dataclass
+class ExtractConfig:
+    """Settings of ``extract-flow`` (TOML table ``[extract]``); the defaults follow MARS/TSN practice."""
+
+    short_side: int = 256  # resize so the short side is this many pixels; never upscale; 0 keeps the native size
+    fps: float | None = None  # resample to this frame rate (MARS used 25); None keeps the native rate
+    bound: float = 20.0  # flow is clipped to ±bound pixels before quantisation to uint8
+    quantization: str = "round"  # "round" (TSN, denseflow) or "truncate" (MARS's uint8 cast, −0.078 px bias)
+    preset: str = "default"  # TV-L1 parameters: "default" (OpenCV's), "mid" or "cheap" (small frames, demos)
+    jpeg_quality: int = 95  # JPEG quality of the stored RGB frames (OpenCV's default)
+    workers: int = 0  # worker processes; 0 = every CPU this process may use
+    shard: str | None = None  # "I/N": extract every N-th video from the I-th; None = from torchrun/Slurm, or all
+    allow_failures: bool = False  # exit status 0 even when some videos could not be extracted
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.short_side < 0:
+            problems.append(f"short_side must be ≥ 0, got {self.short_side}")
+        if self.fps is not None and not self.fps > 0:
+            problems.append(f"fps must be > 0, got {self.fps}")
+        if not self.bound > 0:
+            problems.append(f"bound must be > 0, got {self.bound}")
+        if self.quantization not in QUANTIZATIONS:
+            problems.append(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+        if self.preset not in PRESETS:
+            problems.append(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.workers < 0:
+            problems.append(f"workers must be ≥ 0, got {self.workers}")
+        if problems:
+            raise InputError(None, "extract config: " + "; ".join(problems))
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Everything that decides the stored arrays, as recorded in (and compared against) the manifest."""
+        return {
+            "short_side": self.short_side,
+            "fps": None if self.fps is None else float(self.fps),
+            "resize_interpolation": RESIZE_INTERPOLATION,
+            "gray": "COLOR_BGR2GRAY of the resized frame",
+            "tvl1_class": "cv2.optflow.DualTVL1OpticalFlow",
+            "tvl1_preset": self.preset,
+            "tvl1": preset_params(self.preset),
+            "bound": float(self.bound),
+            "quantization": self.quantization,
+            "frame_encoding": "jpeg",
+            "jpeg_quality": self.jpeg_quality,
+            "flow_encoding": "uint8 codes, HDF5 gzip level 4, one chunk per frame",
+        }
+
+
+@dataclass
+class ExtractSummary:
+    """What one run did. ``failures`` maps video id to its source and reason (this run's failures only)."""
+
+    store: str
+    shard: str | None
+    selected: int
+    extracted: int
+    skipped: int
+    pairs: int
+    seconds: float
+    workers: int
+    failures: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """Everything a worker needs for one video (picklable, as it crosses to a spawned process)."""
+
+    video_id: str
+    source: str
+    relative_source: str
+    final: str
+    short_side: int
+    fps: float | None
+    bound: float
+    quantization: str
+    tvl1: dict[str, Any]
+    jpeg_quality: int
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    video_id: str
+    pairs: int
+    failure: str | None = None
+
+
+def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os.PathLike,
+                 progress: bool = True) -> ExtractSummary:
+    """Extract every video of ``videos`` (a folder or a list file) that ``out`` does not hold yet."""
+    started = time.perf_counter()
+    listing = find_videos(videos)
+    shard = resolve_shard(config.shard, os.environ)
+    selected = shard.select(listing.entries) if shard else listing.entries
+    out = Path(out)
+    layout.refuse_foreign_folder(out)
+    with layout.StoreLock(out):
+        _write_or_check_manifest(out, config, listing.root)
+        layout.remove_temporaries(out)
+        done = set(layout.finished_ids(out))
+        jobs = [_job(entry, listing.root, out, config) for entry in selected if entry.video_id not in done]
+        jobs.sort(key=lambda job: -os.stat(job.source).st_size if os.path.exists(job.source) else 0)
+        workers = max(1, min(config.workers or available_cpus(), len(jobs)))
+        results = _run_with_progress(jobs, workers, progress, shard)
+        layout.remove_temporaries(out)  # of workers that died mid-video (their videos were redone)
+        failures = _updated_failures(out, {e.video_id for e in selected}, results, jobs)
+    return ExtractSummary(
+        store=str(out), shard=str(shard) if shard else None, selected=len(selected),
+        extracted=sum(r.failure is None for r in results), skipped=len(selected) - len(jobs),
+        pairs=sum(r.pairs for r in results), seconds=round(time.perf_counter() - started, 3), workers=workers,
+        failures=failures,
+    )
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects taskset and Slurm's cgroup affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def format_summary(summary: ExtractSummary) -> str:
+    """A few lines for the terminal, failures with their reasons."""
+    rate = summary.pairs / summary.seconds if summary.seconds else 0.0
+    shard = f" (shard {summary.shard})" if summary.shard else ""
+    lines = [f"{summary.store}{shard}: {summary.extracted} extracted, {summary.skipped} already done, "
+             f"{len(summary.failures)} failed of {summary.selected} videos; {summary.pairs} flow frames in "
+             f"{summary.seconds:.1f} s ({rate:.1f} pairs/s, {summary.workers} workers)"]
+    for _, failure in sorted(summary.failures.items()):
+        lines.append(f"  failed: {failure['source']}: {failure['reason']}")
+    if summary.failures:
+        lines.append(f"  (listed in {Path(summary.store, layout.FAILURES)}; rerun the command to retry them)")
+    return "\n".join(lines)
+
+
+# -- the store's manifest ---------------------------------------------------------------------------------------
+def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path) -> None:
+    preprocessing = json.loads(json.dumps(config.preprocessing()))
+    if (out / layout.MANIFEST).exists():
+        manifest = layout.read_manifest(out)
+        differences = layout.preprocessing_differences(manifest["preprocessing"], preprocessing)
+        if differences:
+            raise InputError(out, "was extracted with other preprocessing; use another --out or the same "
+                                  "settings: " + "; ".join(differences))
+        if manifest["source_root"] != str(source_root):
+            raise InputError(out, f"holds videos of {manifest['source_root']}, not of {source_root}; "
+                                  "use another --out")
+        return
+    layout.write_json_atomic(out / layout.MANIFEST, {
+        "format": layout.FORMAT,
+        "format_version": layout.FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_root": str(source_root),
+        "preprocessing": preprocessing,
+        "versions": library_versions(),
+    })
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that can change the stored arrays (OpenCV's TV-L1 and JPEG codec above all)."""
+    versions = {"python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__,
+                "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
+    try:
+        versions["mars-sta"] = metadata.version("mars-sta")
+    except metadata.PackageNotFoundError:
+        pass
+    return versions
+
+
+def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
+                      jobs: list[VideoJob]) -> dict[str, dict[str, str]]:
+    """Write failures.json: this run's failures plus earlier ones of videos this run did not look at."""
+    sources = {job.video_id: job.relative_source for job in jobs}
+    current = {r.video_id: {"source": sources[r.video_id], "reason": r.failure} for r in results if r.failure}
+    done = set(layout.finished_ids(out))
+    kept = {vid: failure for vid, failure in layout.read_failures(out).items()
+            if vid not in selected and vid not in done}
+    layout.write_failures(out, {**kept, **current})
+    return current
+
+
+# -- running the jobs -------------------------------------------------------------------------------------------
+def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig) -> VideoJob:
+    return VideoJob(
+        video_id=entry.video_id, source=str(entry.path), relative_source=entry.path.relative_to(root).as_posix(),
+        final=str(layout.video_path(out, entry.video_id)), short_side=config.short_side, fps=config.fps,
+        bound=float(config.bound), quantization=config.quantization, tvl1=preset_params(config.preset),
+        jpeg_quality=config.jpeg_quality,
+    )
+
+
+def _run_with_progress(jobs: list[VideoJob], workers: int, progress: bool, shard: Shard | None) -> list[VideoResult]:
+    results: list[VideoResult] = []
+    pairs = 0
+    started = time.perf_counter()
+    label = f"extract-flow {shard}" if shard else "extract-flow"
+    with tqdm(total=len(jobs), unit="video", desc=label, disable=not progress or not jobs, dynamic_ncols=True) as bar:
+        def on_result(result: VideoResult) -> None:
+            nonlocal pairs
+            results.append(result)
+            pairs += result.pairs
+            bar.set_postfix_str(f"{pairs / max(time.perf_counter() - started, 1e-9):.1f} pairs/s", refresh=False)
+            bar.update(1)
+
+        _run_jobs(jobs, workers, on_result)
+    return results
+
+
+def _run_jobs(jobs: list[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> None:
+    """Run every job; a job in flight when a worker died is retried alone and fails if it kills a worker again."""
+    queue = deque(jobs)
+    while queue:
+        suspects = _run_pool(queue, workers, on_result)
+        if suspects and not _workers_can_start():
+            raise RuntimeError("extraction worker processes exit as soon as they start (their error is printed "
+                               "above); a script that extracts must be a file whose main code is guarded by "
+                               "`if __name__ == '__main__':`")
+        for job in suspects:
+            if _run_pool(deque([job]), 1, on_result):
+                on_result(VideoResult(job.video_id, 0, WORKER_DIED))
+
+
+def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+    """Spawn, not fork: forking a process that has imported torch (a caller may have) can deadlock."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(os.getpid(),))
+
+
+def _workers_can_start() -> bool:
+    """Whether a worker can run anything at all: tells a crashing video from workers that cannot start."""
+    with _spawn_pool(1) as pool:
+        try:
+            pool.submit(os.getpid).result()
+            return True
+        except BrokenProcessPool:
+            return False
+
+
+def _run_pool(queue: deque[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> list[VideoJob]:
+    """Run queued jobs in a spawn-started pool until the queue is empty or a worker dies.
+
+    Returns the jobs that were in flight when a worker died (empty when all went well). At most ``workers`` jobs
+    are in flight, so those are exactly the suspects.
+    """
+    with _spawn_pool(workers) as pool:
+        running: dict[Future[VideoResult], VideoJob] = {}
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.popleft()
+                running[pool.submit(extract_video, job)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    return list(running.values())
+                del running[future]
+                on_result(result)
+    return []
+
+
+def _init_worker(parent: int) -> None:
+    """One OpenCV thread per worker (the workers are the parallelism), and no worker outliving its parent."""
+    cv2.setNumThreads(1)
+    if sys.platform.startswith("linux"):
+        # Without this, killing the parent leaves workers running: they would finish and rename their video
+        # while a rerun is already redoing it.
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def extract_video(job: VideoJob) -> VideoResult:
+    """Decode, resize, compute TV-L1 between consecutive frames, quantise, and write the video's file."""
+    try:
+        pairs = _extract(job)
+    except VideoError as exc:
+        return VideoResult(job.video_id, 0, exc.problem)
+    except cv2.error as exc:
+        return VideoResult(job.video_id, 0, f"OpenCV error: {str(exc).strip().splitlines()[-1]}")
+    return VideoResult(job.video_id, pairs)
+
+
+def _extract(job: VideoJob) -> int:
+    with VideoReader(job.source, job.short_side, job.fps) as reader:
+        stat = os.stat(job.source)
+        attrs = {"fps": reader.fps, "native_fps": reader.native_fps, "bound": job.bound,
+                 "quantization": job.quantization, "frame_encoding": "jpeg", "jpeg_quality": job.jpeg_quality,
+                 "source": job.relative_source, "source_size": stat.st_size, "source_mtime": stat.st_mtime}
+        writer = layout.VideoFileWriter(Path(job.final), attrs, job.jpeg_quality)
+        try:
+            solver = TVL1(job.tvl1)  # a fresh solver per video (see TVL1)
+            previous = None
+            for frame in reader:
+                writer.add_frame(frame)
+                gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+                if previous is not None:
+                    writer.add_flow(quantize(solver(previous, gray), job.bound, job.quantization))
+                previous = gray
+            if writer.num_frames < 2:
+                raise VideoError(job.source, f"has {writer.num_frames} frame; flow needs at least 2")
+            pairs = writer.num_frames - 1
+            width, height = reader.size
+            writer.commit(height, width)
+        except BaseException:
+            writer.abort()
+            raise
+    return pairs

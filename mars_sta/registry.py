@@ -1,0 +1,115 @@
+"""Named architectures and the one path that builds them.
+
+Every model comes out of ``build_model`` with ``model.arch`` (its registry name) and ``model.build_kwargs`` (plain
+values that rebuild it), which is all a checkpoint needs to recreate the network.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from mars_sta.spec import AttentionSpec, parse_sta
+
+Factory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture: its factory and what ``build_model`` must know before calling it."""
+
+    name: str
+    factory: Factory
+    default_shortcut: str | None
+    stages: tuple[str, ...]
+    default_sta_stage: str
+
+    @property
+    def description(self) -> str:
+        doc = (self.factory.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str
+) -> Callable[[Factory], Factory]:
+    """Register ``factory(*, num_classes, in_channels, sample_size, sample_duration, shortcut, attention)``.
+
+    ``default_shortcut`` is None for networks without residual shortcuts; ``stages`` are the names an ``sta=``
+    spec may use, ``default_sta_stage`` the one ``sta="default"`` means.
+    """
+
+    def decorate(factory: Factory) -> Factory:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage)
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered architecture names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r} (known: {', '.join(list_models())})") from None
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    sample_size: int = 112,
+    sample_duration: int = 16,
+    shortcut: str | None = None,
+    sta: str | AttentionSpec | None = None,
+) -> nn.Module:
+    """Build a registered network, with attention where ``sta`` says (see ``mars_sta.spec``).
+
+    ``shortcut=None`` takes the architecture's default ("A" or "B"; None for C3D). ``sample_size`` fixes the
+    spatial size attention modules are built for; ``sample_duration`` matters only to C3D's flattened head.
+    """
+    entry = model_entry(name)
+    for label, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                         ("sample_size", sample_size), ("sample_duration", sample_duration)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    if entry.default_shortcut is None:
+        if shortcut is not None:
+            raise ValueError(f"{name} has no residual shortcuts; leave shortcut unset (got {shortcut!r})")
+    else:
+        shortcut = (shortcut or entry.default_shortcut).upper()
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+    spec = parse_sta(sta)
+    if spec is not None:
+        spec = spec.resolve(entry.default_sta_stage, entry.stages, name)
+    model = entry.factory(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        sample_size=sample_size,
+        sample_duration=sample_duration,
+        shortcut=shortcut,
+        attention=spec,
+    )
+    model.arch = name
+    model.build_kwargs = {
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "sample_size": sample_size,
+        "sample_duration": sample_duration,
+        "shortcut": shortcut,
+        "sta": None if spec is None else str(spec),
+    }
+    return model

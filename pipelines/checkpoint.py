@@ -1,0 +1,85 @@
+"""The one checkpoint format this project writes (docs/design.md), saved atomically and loaded without pickle code.
+
+A checkpoint alone rebuilds its model: ``arch`` and ``model_kwargs`` go to ``mars_sta.build_model``. Everything
+in it is a plain type, a tensor or a list, so ``torch.load(..., weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flow.errors import InputError
+
+FORMAT = "mars-sta"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` under a temporary name, fsync, then rename: a kill never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read one of this project's checkpoints; anything else (or a damaged file) is a one-line InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise InputError(path, f"refused to load: not a plain-weights checkpoint ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise InputError(path, f"not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(path, "not a mars-sta checkpoint (no 'format': 'mars-sta'); use load_pretrained for MARS files")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(path, f"checkpoint format {payload['format_version']} is newer than this mars-sta reads")
+    for key in ("arch", "model_kwargs", "state_dict"):
+        if key not in payload:
+            raise InputError(path, f"checkpoint lacks '{key}'")
+    return payload
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    from mars_sta import build_model
+
+    payload = load_checkpoint(path)
+    try:
+        model = build_model(payload["arch"], **payload["model_kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise InputError(path, f"weights do not fit '{payload['arch']}': {str(exc).splitlines()[0][:200]}") from None
+    return model.eval(), payload
+
+
+def rng_state() -> dict[str, Any]:
+    """Random number generator states as tensors (so weights_only loading works)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,43 @@
+"""Device and mixed-precision choices shared by training, evaluation and prediction: one code path for CPU and CUDA."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from flow.errors import InputError
+
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a one-line error rather than a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(None, f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, f"--device {name}: no CUDA device is available (use --device cpu or auto)")
+    return device
+
+
+def check_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp not in AMP_DTYPES:
+        raise InputError(None, f"--amp {amp!r}: expected one of {', '.join(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[amp]
+    if dtype is torch.float16 and device.type != "cuda":
+        raise InputError(None, "--amp fp16 needs a CUDA device; use bf16 on CPU")
+    return dtype
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    """Mixed precision when asked for, a no-op otherwise."""
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

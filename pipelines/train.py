@@ -1,0 +1,326 @@
+"""The training stage: Flow and RGB streams with cross-entropy, MARS (and STA-MARS) distilled from a frozen Flow teacher.
+
+Defaults reproduce MARS (SGD momentum 0.9 with dampening 0.9, lr 0.1 / wd 1e-3 from scratch, lr 0.001 / wd 1e-5 and
+only ``layer4`` and ``fc`` trained when fine-tuning, ReduceLROnPlateau with patience 10, α = 50). Selection and the
+scheduler use a seeded validation subset of the training list, never the test split (``val_fraction = 0`` falls
+back to MARS's own choice, the test split, and says so).
+
+Every epoch ends with an atomic checkpoint holding model, optimizer, scheduler, epoch and RNG state; the clip
+sampling of an epoch depends only on (seed, epoch), so a run killed at any point and resumed ends with the same
+weights as one never interrupted (CPU, deterministic mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from flow.errors import InputError
+from pipelines import checkpoint as ckpt
+from pipelines.config import config_to_dict
+from pipelines.dataset import StageData, open_stage_data
+from pipelines.device import autocast, check_amp, resolve_device
+from pipelines.lock import folder_lock
+from pipelines.manifest import stage_manifest, write_json_atomic
+from pipelines.streams import stream_name
+
+STREAMS = ("flow", "rgb", "mars")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``mars-sta train``; ``None`` means "MARS's value for this stream and start"."""
+
+    stream: str = "rgb"  # flow | rgb | mars; "sta-" is added to the name when ``sta`` is set
+    arch: str = "resnext101"  # a registry name (mars-sta models)
+    sta: str | None = None  # STA spec, e.g. "layer4" or "layer4:ta"
+    split: int = 1
+    epochs: int = 400
+    batch_size: int | None = None  # MARS: 32 for rgb/flow, 16 for mars
+    lr: float | None = None  # MARS: 0.1 from scratch, 0.001 fine-tuning
+    weight_decay: float | None = None  # MARS: 1e-3 from scratch, 1e-5 fine-tuning
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    dampening: float = 0.9  # MARS keeps PyTorch's dampening = momentum
+    nesterov: bool = False
+    scheduler: str = "plateau"  # plateau (on validation loss) | onecycle | cosine | none
+    lr_patience: int = 10
+    warmup_fraction: float = 0.15  # onecycle only
+    finetune_from: str = "layer4"  # with --pretrained: train this stage, later ones and fc ("all" trains everything)
+    frames: int = 16  # sample_duration
+    size: int = 112  # sample_size
+    alpha: float = 50.0  # MARS weight of the feature-matching term
+    mse_normalize: bool = False  # divide the MSE by the teacher features' mean square (makes alpha portable)
+    val_fraction: float = 0.1  # seeded class-stratified validation subset of the training list
+    flip: bool = True  # horizontal flips (negating flow x), as MARS
+    label_aware_flips: bool = True  # use the dataset's mirror map (synthetic classes) when it has one
+    crop_scales: list | None = None  # None: MARS's multi-scale corner crop; [1.0] keeps the whole short side
+    normalization: str = "mars"  # mars (0..255 minus mean, flow codes minus 127.5) | unit (near unit scale)
+    workers: int = 4
+    device: str = "auto"
+    amp: str = "off"  # off | fp16 | bf16
+    seed: int = 1
+    deterministic: bool = True
+
+
+@dataclass
+class TrainPaths:
+    store: Path
+    out: Path
+    splits: Path | None = None
+    pretrained: Path | None = None
+    teacher: Path | None = None
+
+
+def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
+    """Fill the MARS defaults that depend on the stream and on fine-tuning."""
+    return dataclasses.replace(
+        config,
+        batch_size=config.batch_size or (16 if config.stream == "mars" else 32),
+        lr=config.lr if config.lr is not None else (0.001 if fine_tuning else 0.1),
+        weight_decay=config.weight_decay if config.weight_decay is not None else (1e-5 if fine_tuning else 1e-3),
+    )
+
+
+def _validate(config: TrainConfig, paths: TrainPaths) -> None:
+    if config.stream not in STREAMS:
+        raise InputError(None, f"--stream {config.stream!r}: expected one of {', '.join(STREAMS)}")
+    if config.stream == "mars" and paths.teacher is None:
+        raise InputError(None, "--stream mars needs --teacher (a trained flow-stream checkpoint)")
+    if config.stream != "mars" and paths.teacher is not None:
+        raise InputError(paths.teacher, "--teacher is only used by --stream mars")
+    if config.optimizer not in ("sgd", "adamw"):
+        raise InputError(None, f"optimizer {config.optimizer!r}: expected sgd or adamw")
+    if config.scheduler not in ("plateau", "onecycle", "cosine", "none"):
+        raise InputError(None, f"scheduler {config.scheduler!r}: expected plateau, onecycle, cosine or none")
+    if config.epochs < 1:
+        raise InputError(None, "epochs must be at least 1")
+
+
+def _trainable_parameters(model: torch.nn.Module, finetune_from: str, fine_tuning: bool) -> list[torch.nn.Parameter]:
+    """Parameters to optimise: all from scratch; from ``finetune_from`` on (stage order) when fine-tuning."""
+    if not fine_tuning or finetune_from == "all":
+        return [p for p in model.parameters() if p.requires_grad]
+    names = [name for name, _ in model.named_children()]
+    if finetune_from not in names:
+        raise InputError(None, f"finetune_from {finetune_from!r}: the model has stages {', '.join(names)}")
+    trainable = set(names[names.index(finetune_from):])
+    params = []
+    for name, child in model.named_children():
+        for p in child.parameters():
+            p.requires_grad_(name in trainable)
+            if name in trainable:
+                params.append(p)
+    return params
+
+
+def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    dampening = 0.0 if config.nesterov else config.dampening
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, dampening=dampening,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", patience=config.lr_patience)
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=config.warmup_fraction)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    return None
+
+
+def _load_teacher(path: Path, data: StageData, device: torch.device) -> torch.nn.Module:
+    """The frozen Flow network: eval mode (BN running stats), no gradients, not in the optimizer."""
+    teacher, payload = ckpt.model_from_checkpoint(path)
+    if payload.get("model_kwargs", {}).get("in_channels") != 2:
+        raise InputError(path, f"teacher must be a flow-stream checkpoint (2 input channels), got stream "
+                               f"{payload.get('stream')!r}")
+    if list(payload.get("classes", [])) != data.classes:
+        raise InputError(path, "teacher was trained on other classes than this dataset's")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+def _epoch_loader(dataset, config: TrainConfig, epoch: int) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch), so a resumed epoch sees the same batches."""
+    dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
+                      num_workers=config.workers, generator=generator, multiprocessing_context="spawn"
+                      if config.workers > 0 else None)
+
+
+def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MARS feeds RGB channels to the student and flow channels to the teacher from one clip."""
+    if stream == "mars":
+        return batch[:, :3], batch[:, 3:]
+    return batch, None
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch.device, amp) -> dict[str, float]:
+    """Cross-entropy and top-1 of the student on one centred clip per validation video."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=0)
+    total, correct, loss_sum = 0, 0, 0.0
+    for clips, labels in loader:
+        clips, labels = clips.to(device), labels.to(device)
+        inputs, _ = _split_inputs(clips, config.stream)
+        with autocast(device, amp):
+            logits = model(inputs).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    return {"val_loss": loss_sum / max(total, 1), "val_acc": 100.0 * correct / max(total, 1)}
+
+
+def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
+          resume: bool = True) -> dict[str, Any]:
+    """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``).
+
+    Resumes from ``last.pth`` when it exists and was written by the same config and inputs; with ``resume=False``
+    an existing checkpoint is an error rather than something to overwrite.
+    Returns a summary dict (epochs run, best validation accuracy, checkpoint paths).
+    """
+    from mars_sta import MARSLoss, build_model, load_pretrained
+
+    _validate(config, paths)
+    fine_tuning = paths.pretrained is not None
+    config = _defaults(config, fine_tuning)
+    say = progress or (lambda message: None)
+    out = Path(paths.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        device = resolve_device(config.device)
+        amp = check_amp(config.amp, device)
+        torch.manual_seed(config.seed)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
+        if config.val_fraction == 0:
+            say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
+        mode = {"flow": "flow", "rgb": "rgb", "mars": "rgb+flow"}[config.stream]
+        train_set = data.clip_dataset(data.train, mode, train=True, config=config)
+        val_set = data.clip_dataset(data.val or data.test, mode, train=False, config=config)
+
+        in_channels = 2 if config.stream == "flow" else 3
+        model = build_model(config.arch, num_classes=len(data.classes), in_channels=in_channels,
+                            sample_size=config.size, sample_duration=config.frames, sta=config.sta)
+        if fine_tuning:
+            load_pretrained(model, paths.pretrained, adapt_input="average")
+        teacher = _load_teacher(paths.teacher, data, device) if config.stream == "mars" else None
+        teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher is not None else None
+        model.to(device)
+        params = _trainable_parameters(model, config.finetune_from, fine_tuning)
+        optimizer = _make_optimizer(config, params)
+        steps_per_epoch = max(1, len(train_set) // config.batch_size)
+        scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+        loss_fn = MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None
+
+        name = stream_name(config.stream, config.sta)
+        manifest = stage_manifest("train", config_to_dict(config), {
+            "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
+            "pretrained": paths.pretrained, "teacher": paths.teacher})
+        manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val))
+        start_epoch, best_acc, history = 0, -math.inf, []
+        last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
+        if last_path.exists() and not resume:
+            raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
+        if last_path.exists():
+            state = ckpt.load_checkpoint(last_path)
+            if state.get("run_key") != manifest["key"]:
+                raise InputError(last_path, "was written by another config or other inputs; use a new --out "
+                                            "folder or delete it to start over")
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler") is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            ckpt.restore_rng_state(state["rng"])
+            start_epoch, best_acc = state["epoch"], state["best_val_acc"]
+            say(f"resuming {name} from epoch {start_epoch}")
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
+            if metrics_path.exists() else []
+        write_json_atomic(out / "manifest.json", manifest)
+
+        base_payload = {"arch": config.arch, "model_kwargs": model.build_kwargs, "stream": name,
+                        "classes": data.classes, "preprocessing_hash": data.preprocessing_hash,
+                        "train_config": config_to_dict(config), "split": config.split, "run_key": manifest["key"]}
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            model.train()
+            sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0, "correct": 0, "seen": 0}
+            for clips, labels in _epoch_loader(train_set, config, epoch):
+                clips, labels = clips.to(device), labels.to(device)
+                inputs, flow_inputs = _split_inputs(clips, config.stream)
+                with autocast(device, amp):
+                    if teacher is None:
+                        logits = model(inputs).float()
+                        loss = ce = F.cross_entropy(logits, labels)
+                        mse = torch.zeros((), device=device)
+                    else:
+                        features = model.forward_features(inputs)
+                        logits = model.fc(features).float()
+                        with torch.no_grad():
+                            target = teacher.forward_features(flow_inputs)
+                        loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                if scheduler is not None and config.scheduler != "plateau":
+                    scheduler.step()
+                n = labels.numel()
+                sums["loss"] += loss.item() * n
+                sums["ce"] += ce.item() * n
+                sums["mse"] += mse.item() * n
+                sums["correct"] += (logits.argmax(1) == labels).sum().item()
+                sums["seen"] += n
+            seen = max(sums["seen"], 1)
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"] / seen,
+                   "ce": sums["ce"] / seen, "train_acc": 100.0 * sums["correct"] / seen}
+            if teacher is not None:
+                row["mse"] = sums["mse"] / seen
+            row.update(validate(model, val_set, config, device, amp))
+            if scheduler is not None and config.scheduler == "plateau":
+                scheduler.step(row["val_loss"])
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            history.append(row)
+            is_best = row["val_acc"] > best_acc
+            best_acc = max(best_acc, row["val_acc"])
+            payload = {**base_payload, "state_dict": model.state_dict(), "epoch": epoch + 1,
+                       "best_val_acc": best_acc, "metrics": row}
+            if is_best:
+                ckpt.save_checkpoint(best_path, payload)
+            ckpt.save_checkpoint(last_path, {**payload, "optimizer": optimizer.state_dict(),
+                                             "scheduler": scheduler.state_dict() if scheduler else None,
+                                             "sampler": {"epoch": epoch + 1, "position": 0},
+                                             "rng": ckpt.rng_state()})
+            _write_metrics(metrics_path, history)
+            say(f"{name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
+                f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
+        unchanged = None if teacher is None else all(
+            torch.equal(value, teacher.state_dict()[key]) for key, value in teacher_before.items())
+    return {"stream": name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
+            "last": str(last_path), "metrics": str(metrics_path), "teacher_unchanged": unchanged}
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the JSON-lines log whole (atomically), so it always matches the last checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
+    tmp.replace(path)

@@ -1,0 +1,75 @@
+"""Shared, session-scoped data: one small synthetic dataset, its flow store and one tiny trained Flow teacher."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The settings tests train with: the demo's recipe, shrunk to seconds.
+TINY_TRAIN = dict(arch="tiny_resnet", frames=16, size=32, epochs=2, batch_size=8, optimizer="adamw", lr=0.002,
+                  weight_decay=0.01, scheduler="none", normalization="unit", crop_scales=[1.0], workers=0,
+                  val_fraction=0.2, seed=0)
+
+
+def tiny_train_toml() -> str:
+    """TINY_TRAIN as a ``[train]`` TOML table."""
+    def value(v):
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list):
+            return "[" + ", ".join(str(x) for x in v) + "]"
+        return str(v)
+    return "[train]\n" + "".join(f"{k} = {value(v)}\n" for k, v in TINY_TRAIN.items())
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess, as a user would."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+                            env=env, cwd=kwargs.pop("cwd", REPO), **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mars-sta {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def synth_store(tmp_path_factory) -> SimpleNamespace:
+    """4 synthetic classes x 6 videos of 17 frames at 32 px, extracted with the cheap TV-L1 preset."""
+    from flow.extract import ExtractConfig, extract_flow
+    from pipelines.synth import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root / "data", SynthConfig(classes=4, videos_per_class=6, frames=17, size=32, seed=3))
+    summary = extract_flow(ExtractConfig(short_side=0, preset="cheap", workers=2), root / "data" / "videos",
+                           root / "store", progress=False)
+    assert summary.extracted == 24, summary.failures
+    return SimpleNamespace(root=root, videos=root / "data" / "videos", splits=root / "data" / "splits",
+                           store=root / "store")
+
+
+@pytest.fixture(scope="session")
+def flow_teacher(synth_store, tmp_path_factory) -> Path:
+    """A tiny Flow stream trained for two epochs: the teacher every MARS test distils from."""
+    from pipelines.train import TrainConfig, TrainPaths, train
+
+    out = tmp_path_factory.mktemp("teacher")
+    config = TrainConfig(stream="flow", **TINY_TRAIN)
+    summary = train(config, TrainPaths(store=synth_store.store, out=out))
+    return Path(summary["best"])
+
+
+@pytest.fixture
+def tiny_config():
+    """A TrainConfig factory with the tiny settings."""
+    from pipelines.train import TrainConfig
+
+    def make(**changes):
+        return dataclasses.replace(TrainConfig(**TINY_TRAIN), **changes)
+    return make

@@ -1,0 +1,122 @@
+"""The staged pipeline on real data: tiny networks really train on a real synthetic store."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TINY_TRAIN, run_cli, tiny_train_toml
+from flow.errors import InputError
+from pipelines.checkpoint import load_checkpoint
+from pipelines.evaluate import EvaluateConfig, evaluate
+from pipelines.scores import load_scores
+from pipelines.splits import load_split
+from pipelines.train import TrainPaths, train
+
+
+def test_mars_distillation_leaves_teacher_unchanged(synth_store, flow_teacher, tiny_config, tmp_path):
+    before = load_checkpoint(flow_teacher)["state_dict"]
+    teacher_bytes = flow_teacher.read_bytes()
+    summary = train(tiny_config(stream="mars", alpha=10.0, mse_normalize=True),
+                    TrainPaths(store=synth_store.store, out=tmp_path, teacher=flow_teacher))
+    assert summary["teacher_unchanged"] is True
+    assert flow_teacher.read_bytes() == teacher_bytes
+    student = load_checkpoint(summary["last"])
+    assert student["stream"] == "mars" and student["model_kwargs"]["in_channels"] == 3
+    assert all(torch.equal(before[k], load_checkpoint(flow_teacher)["state_dict"][k]) for k in before)
+    rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == TINY_TRAIN["epochs"] and '"mse"' in rows[0]
+
+
+def test_sta_mars_checkpoint_names_stream_and_spec(synth_store, flow_teacher, tiny_config, tmp_path):
+    summary = train(tiny_config(stream="mars", sta="layer3", epochs=1),
+                    TrainPaths(store=synth_store.store, out=tmp_path, teacher=flow_teacher))
+    payload = load_checkpoint(summary["last"])
+    assert payload["stream"] == "sta-mars" and "layer3" in payload["model_kwargs"]["sta"]
+    assert any(".sta." in key for key in payload["state_dict"])
+
+
+def test_mars_refuses_rgb_teacher(synth_store, tiny_config, tmp_path):
+    rgb = train(tiny_config(stream="rgb", epochs=1), TrainPaths(store=synth_store.store, out=tmp_path / "rgb"))
+    with pytest.raises(InputError, match="flow-stream checkpoint"):
+        train(tiny_config(stream="mars"), TrainPaths(store=synth_store.store, out=tmp_path / "m",
+                                                     teacher=rgb["best"]))
+
+
+def test_evaluate_scores_every_test_video(synth_store, flow_teacher, tmp_path):
+    out = tmp_path / "flow.npz"
+    summary = evaluate(EvaluateConfig(), flow_teacher, synth_store.store, out, progress=False)
+    scores = load_scores(out)
+    split = load_split(synth_store.splits, 1)
+    assert list(scores.video_ids) == [vid for vid, _ in split.test]
+    assert list(scores.labels) == [label for _, label in split.test]
+    assert scores.stream == "flow" and scores.subset == "test" and scores.protocol == "mars:16f"
+    expected = 100.0 * np.mean(scores.logits.argmax(1) == scores.labels)
+    assert summary["top1"] == pytest.approx(expected)
+
+
+def test_evaluate_refuses_other_classes(synth_store, flow_teacher, tmp_path):
+    csv = tmp_path / "other.csv"
+    videos = sorted(p.relative_to(synth_store.videos).with_suffix("").as_posix()
+                    for p in synth_store.videos.rglob("*.avi"))
+    three_classes = [v for v in videos if not v.startswith(videos[0].split("/")[0] + "/")]
+    csv.write_text("video,subset\n" + "".join(f"{v},{'train' if i % 2 else 'test'}\n"
+                                              for i, v in enumerate(three_classes)))
+    with pytest.raises(InputError, match="classes"):
+        evaluate(EvaluateConfig(), flow_teacher, synth_store.store, tmp_path / "x.npz", splits=csv, progress=False)
+
+
+def _final_weights(folder):
+    return load_checkpoint(folder / "last.pth")["state_dict"]
+
+
+def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(tiny_train_toml().replace("epochs = 2", "epochs = 8"))
+    args = ["train", "--config", str(config), "--stream", "rgb", "--store", str(synth_store.store)]
+    run_cli(*args, "--out", str(tmp_path / "whole"))
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(killed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted_at = load_checkpoint(killed / "last.pth")["epoch"]
+    assert 2 <= interrupted_at < 8, "the kill must land mid-run"
+
+    resumed = run_cli(*args, "--out", str(killed))
+    assert f"resuming rgb from epoch {interrupted_at}" in resumed.stdout
+    whole, again = _final_weights(tmp_path / "whole"), _final_weights(killed)
+    assert whole.keys() == again.keys()
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    assert len(metrics.read_text().splitlines()) == 8
+
+
+def test_run_twice_runs_nothing_the_second_time(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[synth]\nclasses = 2\nvideos_per_class = 5\nsize = 32\n\n"
+        '[data]\nvideos = "data/videos"\nstreams = ["flow", "rgb", "mars"]\n\n'
+        '[extract]\nshort_side = 0\npreset = "cheap"\nworkers = 2\n\n'
+        + tiny_train_toml().replace("epochs = 2", "epochs = 1").replace("val_fraction = 0.2", "val_fraction = 0.25"))
+    first = run_cli("run", str(config), "--out", str(tmp_path / "out"))
+    assert "[run]  train mars (split 1)" in first.stdout and "top-1" in first.stdout.lower()
+    report = tmp_path / "out" / "fused" / "report.json"
+    assert report.exists()
+    stamp = report.stat().st_mtime_ns
+    second = run_cli("run", str(config), "--out", str(tmp_path / "out"))
+    assert "[run]" not in second.stdout and "ran 0 stage(s)" in second.stdout
+    assert report.stat().st_mtime_ns == stamp
+    forced = run_cli("run", str(config), "--out", str(tmp_path / "out"), "--force", "fuse")
+    assert "[run]  fuse scores" in forced.stdout and "ran 1 stage(s)" in forced.stdout
