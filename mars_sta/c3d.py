@@ -69,7 +69,9 @@ class C3D(nn.Module):
             self.add_module(f"pool{stage[-1]}", nn.MaxPool3d(kernel, stride=kernel, padding=padding))
             length, size = _pooled(length, kernel[0], padding[0]), _pooled(size, kernel[1], padding[1])
             if length < 1 or size < 1:
-                raise ValueError(f"c3d needs clips of at least 16 frames of 16×16, got {sample_duration}×{sample_size}²")
+                raise ValueError(
+                    f"c3d needs clips of at least 16 frames of 16×16, got {sample_duration}×{sample_size}²"
+                )
         self.fc6 = nn.Linear(channels * length * size * size, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)

@@ -21,8 +21,8 @@ class MARSLoss(nn.Module):
 
     The teacher's features are detached here, so the flow network is never updated through this loss. MARS uses
     α = 50 on the raw 2048-d features. The right α depends on the teacher's feature scale; ``normalize=True``
-    divides the MSE by the teacher features' mean square (a relative error, ≈ 1 for a student that outputs
-    zeros), which makes α portable between networks (α ≈ 10 suits the tiny demo network).
+    divides the MSE by the teacher features' mean square (a relative error, 1 for a student that outputs zeros),
+    so that α depends less on the scale of a network's features (α ≈ 10 suits the tiny demo network).
     """
 
     def __init__(self, alpha: float = 50.0, *, normalize: bool = False) -> None:

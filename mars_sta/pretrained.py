@@ -102,7 +102,7 @@ def load_pretrained(
 
     target = model.state_dict()
     classifier = getattr(model, "classifier_name", "fc")
-    input_key = f"{getattr(model, 'input_conv_name', 'conv1')}.weight"
+    input_key = "conv1.weight"
     report = LoadReport(source, file_arch, loaded=0)
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -120,7 +120,8 @@ def load_pretrained(
                                           f"in the model ({_model_name(model)}): another architecture?")
         else:
             report.unexpected.append(key)
-    report.missing = [key for key in target if key not in loadable and not _is_classifier(key, classifier, report)]
+    replaced = f"{classifier}." if report.classifier_replaced else None
+    report.missing = [key for key in target if key not in loadable and not (replaced and key.startswith(replaced))]
     if strict:
         _check_backbone_keys(report, source, model)
     model.load_state_dict(loadable, strict=False)
@@ -189,10 +190,6 @@ def _adapt_input_conv(
         raise CheckpointError(source, f"{key} has {weight.shape[1]} input channels, the model {channels} "
                                       f"(adapt_input='average' would convert them)")
     return weight.mean(dim=1, keepdim=True).repeat(1, channels, *([1] * (weight.dim() - 2)))
-
-
-def _is_classifier(key: str, classifier: str, report: LoadReport) -> bool:
-    return report.classifier_replaced and key.startswith(f"{classifier}.")
 
 
 def _is_attention_key(key: str) -> bool:

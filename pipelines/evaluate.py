@@ -97,7 +97,7 @@ def evaluate(
             for chunk in torch.split(clips, config.batch_size):
                 with autocast(device, amp):
                     feats = model.forward_features(chunk.to(device))
-                    video_logits.append(model.fc(feats).float().cpu())
+                    video_logits.append(model.forward_head(feats).float().cpu())
                 video_features.append(feats.float().cpu())
             logits_all.append(torch.cat(video_logits).mean(0))
             if config.features:

@@ -79,7 +79,8 @@ def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, A
 
 
 def _train_config(plan: RunPlan, stream: str, split: int):
-    """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream."""
+    """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
+    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
     from pipelines.train import TrainConfig
 
     shared = {k: v for k, v in plan.tables.get("train", {}).items() if not isinstance(v, dict)}
@@ -89,7 +90,10 @@ def _train_config(plan: RunPlan, stream: str, split: int):
               "split": split}
     if stream.startswith("sta-"):
         values.setdefault("sta", plan.data.sta)
-    return build_config(TrainConfig, values, source=plan.source)
+    pretrained = values.pop("pretrained", None)
+    if pretrained is not None:
+        pretrained = (plan.source.parent / pretrained).resolve() if plan.source else Path(pretrained)
+    return build_config(TrainConfig, values, source=plan.source), pretrained
 
 
 class Runner:
@@ -171,13 +175,15 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
         split_dir = plan.out / f"split{split}"
         checkpoints: dict[str, Path] = {}
         for stream in plan.data.streams:
-            config = _train_config(plan, stream, split)
+            config, pretrained = _train_config(plan, stream, split)
             name = stream_name(config.stream, config.sta)
             folder = split_dir / STREAM_STAGES[stream]
             teacher = checkpoints.get("flow") if config.stream == "mars" else None
-            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher)
+            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
+                               pretrained=pretrained)
             key = {"config": config_to_dict(config), "store": store_key,
                    "teacher": fingerprint(teacher) if teacher else None,
+                   "pretrained": fingerprint(pretrained) if pretrained else None,
                    "splits": fingerprint(plan.splits) if plan.splits else None}
             runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
                          lambda c=config, p=paths: train(c, p, progress=log))

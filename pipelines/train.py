@@ -274,7 +274,7 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
                         mse = torch.zeros((), device=device)
                     else:
                         features = model.forward_features(inputs)
-                        logits = model.fc(features).float()
+                        logits = model.forward_head(features).float()
                         with torch.no_grad():
                             target = teacher.forward_features(flow_inputs)
                         loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
