@@ -111,6 +111,8 @@ def corner_crop(height: int, width: int, scale: float, position: str) -> tuple[i
 
 def _resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     """Area averaging when shrinking (close to PIL's antialiased bilinear, which MARS used), bilinear otherwise."""
+    if (height, width) == frame.shape[:2]:
+        return frame
     shrink = width < frame.shape[1] or height < frame.shape[0]
     resized = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return resized.reshape(height, width, frame.shape[2])
@@ -137,6 +139,7 @@ class _StoreClips(Dataset):
         sample_duration: int,
         sample_size: int,
         normalization: Normalization,
+        cache_videos: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -148,6 +151,9 @@ class _StoreClips(Dataset):
         self.sample_duration = sample_duration
         self.sample_size = sample_size
         self.normalization = normalization
+        self.cache_videos = cache_videos
+        self._cache: dict[str, list[np.ndarray]] = {}
+        self._shapes: dict[str, tuple[int, int, int]] = {}
         known = set(self.store.video_ids())
         missing = [video for video, _ in self.items if video not in known]
         if missing:
@@ -161,16 +167,38 @@ class _StoreClips(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _shape(self, video: str) -> tuple[int, int, int]:
+        """(frames, height, width) of a video, remembered: asking the store may reopen its HDF5 file."""
+        if video not in self._shapes:
+            self._shapes[video] = (self.store.num_frames(video), *self.store.frame_size(video))
+        return self._shapes[video]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": {}}  # each worker process fills its own cache
+
     def _read(self, video: str, indices: np.ndarray) -> list[np.ndarray]:
-        """The uint8 parts of a clip, (T, H, W, 3) RGB and/or (T, H, W, 2) flow codes, at the stored size."""
+        """The uint8 parts of a clip, (T, H, W, 3) RGB and/or (T, H, W, 2) flow codes, at the stored size.
+
+        With ``cache_videos`` whole decoded videos stay in memory: epochs after the first read nothing from disk,
+        which dominates the cost of small clips (the demo's 32 px frames); keep it off for datasets larger than RAM.
+        """
+        if self.cache_videos:
+            if video not in self._cache:
+                length = grid_length(self._shape(video)[0])
+                self._cache[video] = self._read_range(video, 0, length)
+            return [part[indices] for part in self._cache[video]]
         first, last = int(indices.min()), int(indices.max()) + 1
         take = None if last - first == len(indices) and indices[0] == first else indices - first
+        parts = self._read_range(video, first, last)
+        return parts if take is None else [part[take] for part in parts]
+
+    def _read_range(self, video: str, first: int, last: int) -> list[np.ndarray]:
         parts = []
         if self.mode != "flow":
             parts.append(self.store.frames(video, first, last))
         if self.mode != "rgb":
             parts.append(self.store.flow_codes(video, first, last))
-        return parts if take is None else [part[take] for part in parts]
+        return parts
 
     def _finish(self, parts: list[np.ndarray], hflip: bool = False, vflip: bool = False) -> torch.Tensor:
         """Normalise, flip (a mirror negates the flow component across it), and lay out as (C, T, H, W)."""
@@ -236,8 +264,9 @@ class ClipDataset(_StoreClips):
         vflip_map: Mapping[int, int] | None = None,
         seed: int = 0,
         scales: Sequence[float] = SCALES,
+        cache_videos: bool = False,
     ) -> None:
-        super().__init__(store, items, mode, sample_duration, sample_size, normalization)
+        super().__init__(store, items, mode, sample_duration, sample_size, normalization, cache_videos)
         if seed < 0:
             raise ValueError(f"seed must be 0 or more, not {seed}")
         if not scales or not all(0 < scale <= 1 for scale in scales):
@@ -256,7 +285,7 @@ class ClipDataset(_StoreClips):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         video, label = self.items[index]
-        length = grid_length(self.store.num_frames(video))
+        length = grid_length(self._shape(video)[0])
         if not self.train:
             parts = self._read(video, centre_window(length, self.sample_duration))
             return self._finish(self._centre_views(parts, 1)[0]), label
@@ -266,7 +295,7 @@ class ClipDataset(_StoreClips):
         scale, position = self.scales[rng.integers(len(self.scales))], POSITIONS[rng.integers(len(POSITIONS))]
         hflip = self.flip and bool(rng.random() < 0.5)
         vflip = self.flip and self.vflip_map is not None and bool(rng.random() < 0.5)
-        height, width = self.store.frame_size(video)
+        _, height, width = self._shape(video)
         top, left, side = corner_crop(height, width, scale, position)
         size = self.sample_size
         parts = [
@@ -306,7 +335,7 @@ class VideoClips(_StoreClips):
         self.crops = crops
 
     def windows(self, video: str) -> list[np.ndarray]:
-        length = grid_length(self.store.num_frames(video))
+        length = grid_length(self._shape(video)[0])
         if self.clips is None:
             return test_windows(length, self.sample_duration)
         return spread_windows(length, self.sample_duration, self.clips)

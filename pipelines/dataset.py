@@ -48,7 +48,8 @@ class StageData:
                            train=train, normalization=self.normalization(config.normalization), flip=config.flip,
                            hflip_map=self.hflip_map if mirrors else None,
                            vflip_map=self.vflip_map if mirrors else None, seed=config.seed,
-                           scales=tuple(config.crop_scales) if config.crop_scales else SCALES)
+                           scales=tuple(config.crop_scales) if config.crop_scales else SCALES,
+                           cache_videos=config.cache_videos)
 
     def video_dataset(self, items: Items, mode: str, sample_duration: int, sample_size: int,
                       normalization: str = "mars", clips: int | None = None, crops: int = 1) -> VideoClips:

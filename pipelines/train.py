@@ -64,6 +64,7 @@ class TrainConfig:
     label_aware_flips: bool = True  # use the dataset's mirror map (synthetic classes) when it has one
     crop_scales: list | None = None  # None: MARS's multi-scale corner crop; [1.0] keeps the whole short side
     normalization: str = "mars"  # mars (0..255 minus mean, flow codes minus 127.5) | unit (near unit scale)
+    cache_videos: bool = False  # keep decoded videos in memory after the first epoch (small datasets only)
     workers: int = 4
     device: str = "auto"
     amp: str = "off"  # off | fp16 | bf16
