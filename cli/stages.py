@@ -34,10 +34,23 @@ ANY_PATH = click.Path(path_type=Path)
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), help="Mixed precision (opt-in).")
 @click.option("--seed", type=int)
+@click.option("--accumulate", type=int, help="Micro-batches per optimizer step (gradient accumulation).")
+@click.option("--sync-bn", is_flag=True, default=None, help="SyncBatchNorm across processes (CUDA).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUT/last.pth when it exists.")
-def train(config_path, store, out, splits, pretrained, teacher, resume, **options) -> None:
-    """Train the Flow, RGB or MARS stream (STA-MARS with --sta); checkpoints every epoch, resumes automatically."""
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Processes on this machine: relaunches itself under torchrun (DistributedDataParallel).")
+def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, **options) -> None:
+    """Train the Flow, RGB or MARS stream (STA-MARS with --sta); checkpoints every epoch, resumes automatically.
+
+    \b
+    Several GPUs or machines: torchrun --nproc_per_node N [--nnodes M ...] -m cli train ...
+    One machine, shorter:    mars-sta train --nproc N ...
+    """
+    if nproc > 1:
+        from cli.launch import relaunch_under_torchrun
+
+        relaunch_under_torchrun(nproc)
     from pipelines.config import load_config
     from pipelines.train import TrainConfig, TrainPaths
     from pipelines.train import train as run_training
@@ -70,7 +83,7 @@ def evaluate(checkpoint, store, splits, out, config_path, as_json, **options) ->
 
     config = load_config(EvaluateConfig, config_path, options, table="evaluate")
     summary = run_evaluation(config, checkpoint, store, out, splits, log=None if as_json else click.echo)
-    if as_json:
+    if as_json and summary:  # under torchrun only rank 0 has the summary
         click.echo(json.dumps({k: summary[k] for k in ("stream", "split", "subset", "protocol", "top1", "top5",
                                                        "mean_class", "videos", "scores")}))
 

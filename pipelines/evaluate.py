@@ -19,6 +19,7 @@ from pipelines import checkpoint as ckpt
 from pipelines.config import config_to_dict
 from pipelines.dataset import open_stage_data
 from pipelines.device import autocast, check_amp, resolve_device
+from pipelines.distributed import gather_objects, init_distributed, rank_device
 from pipelines.manifest import config_hash, library_versions
 from pipelines.metrics import summarize
 from pipelines.scores import save_scores
@@ -62,7 +63,11 @@ def evaluate(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every video of the chosen subset and write the score file ``out``; returns the accuracy summary."""
+    """Score every video of the chosen subset and write the score file ``out``; returns the accuracy summary.
+
+    Under torchrun each rank scores every world_size-th video and rank 0 gathers and writes them in split order
+    (an empty dict is returned on the other ranks).
+    """
     if config.subset not in SUBSETS:
         raise InputError(None, f"--subset {config.subset!r}: expected one of {', '.join(SUBSETS)}")
     kind, n_clips, n_crops = parse_protocol(config.protocol)
@@ -81,15 +86,18 @@ def evaluate(
         raise InputError(None, f"subset {config.subset!r} of split {config.split} is empty")
 
     device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = rank_device(device, context)
     amp = check_amp(config.amp, device)
     model.to(device)
     mode = "flow" if kwargs.get("in_channels") == 2 else "rgb"
     videos = data.video_dataset(items, mode, kwargs["sample_duration"], kwargs["sample_size"],
                                 train_config.get("normalization", "mars"),
                                 clips=n_clips if kind == "views" else None, crops=n_crops)
-    logits_all, features_all = [], []
-    iterator = tqdm(range(len(videos)), desc=f"evaluate {payload.get('stream', '')}", unit="video",
-                    disable=not progress, leave=False)
+    mine = range(context.rank, len(videos), context.world_size)  # every video exactly once over the ranks
+    scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    iterator = tqdm(mine, desc=f"evaluate {payload.get('stream', '')}", unit="video",
+                    disable=not progress or not context.is_main, leave=False)
     with torch.no_grad():
         for index in iterator:
             clips, _ = videos[index]
@@ -99,14 +107,18 @@ def evaluate(
                     feats = model.forward_features(chunk.to(device))
                     video_logits.append(model.forward_head(feats).float().cpu())
                 video_features.append(feats.float().cpu())
-            logits_all.append(torch.cat(video_logits).mean(0))
-            if config.features:
-                features_all.append(torch.cat(video_features).mean(0))
-    logits = torch.stack(logits_all).numpy().astype(np.float32)
+            scored[index] = (torch.cat(video_logits).mean(0),
+                             torch.cat(video_features).mean(0) if config.features else None)
+    for part in gather_objects(scored, context):
+        scored.update(part)
+    if not context.is_main:
+        return {}
+    ordered = [scored[i] for i in range(len(videos))]
+    logits = torch.stack([logit for logit, _ in ordered]).numpy().astype(np.float32)
     labels = np.array([label for _, label in items], dtype=np.int64)
     protocol = f"{config.protocol}:{kwargs['sample_duration']}f"
     save_scores(out, video_ids=[vid for vid, _ in items], labels=labels, logits=logits,
-                features=torch.stack(features_all).numpy() if config.features else None,
+                features=torch.stack([f for _, f in ordered]).numpy() if config.features else None,
                 classes=data.classes, split=config.split, subset=config.subset,
                 stream=payload.get("stream", "unknown"), protocol=protocol)
     summary = summarize(logits, labels)

@@ -5,12 +5,16 @@ only ``layer4`` and ``fc`` trained when fine-tuning, ReduceLROnPlateau with pati
 scheduler use a seeded validation subset of the training list, never the test split (``val_fraction = 0`` falls
 back to MARS's own choice, the test split, and says so).
 
+Under torchrun (``WORLD_SIZE`` > 1) the same code runs as DistributedDataParallel: each rank trains its part of
+every step of one batch plan (pipelines.distributed), metrics are summed over ranks and only rank 0 writes.
+
 Every epoch ends with an atomic checkpoint holding model, optimizer, scheduler, epoch and RNG state; the clip
 sampling of an epoch depends only on (seed, epoch), so a run killed at any point and resumed ends with the same
 weights as one never interrupted (CPU, deterministic mode).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,13 +25,15 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
 
 from flow.errors import InputError
 from pipelines import checkpoint as ckpt
 from pipelines.config import config_to_dict
 from pipelines.dataset import StageData, open_stage_data
 from pipelines.device import autocast, check_amp, resolve_device
+from pipelines.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
 from pipelines.lock import folder_lock
 from pipelines.manifest import stage_manifest, write_json_atomic
 from pipelines.streams import stream_name
@@ -69,7 +75,9 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "off"  # off | fp16 | bf16
     seed: int = 1
-    deterministic: bool = True
+    deterministic: bool | None = None  # None: deterministic kernels on CPU, cuDNN autotuning on CUDA
+    accumulate: int = 1  # micro-batches per optimizer step (keeps MARS's batch of 16 on small GPUs)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
 
 
 @dataclass
@@ -104,6 +112,8 @@ def _validate(config: TrainConfig, paths: TrainPaths) -> None:
         raise InputError(None, f"scheduler {config.scheduler!r}: expected plateau, onecycle, cosine or none")
     if config.epochs < 1:
         raise InputError(None, "epochs must be at least 1")
+    if config.accumulate < 1:
+        raise InputError(None, "accumulate must be at least 1")
 
 
 def _trainable_parameters(model: torch.nn.Module, finetune_from: str, fine_tuning: bool) -> list[torch.nn.Parameter]:
@@ -155,13 +165,16 @@ def _load_teacher(path: Path, data: StageData, device: torch.device) -> torch.nn
     return teacher.to(device).eval()
 
 
-def _epoch_loader(dataset, config: TrainConfig, epoch: int) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch), so a resumed epoch sees the same batches."""
-    dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-                      num_workers=config.workers, generator=generator, multiprocessing_context="spawn"
-                      if config.workers > 0 else None)
+class _Student(torch.nn.Module):
+    """Logits and pooled features from one ``forward``, so DistributedDataParallel sees every use of the weights."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), features
 
 
 def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -171,138 +184,188 @@ def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch
     return batch, None
 
 
+def _micro_batch_seed(seed: int, epoch: int, step: int, part: int) -> int:
+    """Dropout and other in-model randomness depend on the micro-batch, not on which process runs it."""
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + part) % (2**63)
+
+
 @torch.no_grad()
-def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch.device, amp) -> dict[str, float]:
-    """Cross-entropy and top-1 of the student on one centred clip per validation video."""
+def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch.device, amp,
+             context: DistContext = DistContext()) -> dict[str, float]:
+    """Cross-entropy and top-1 of the student on one centred clip per validation video (sharded over ranks)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=0)
-    total, correct, loss_sum = 0, 0, 0.0
-    for clips, labels in loader:
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    sums = [0.0, 0.0, 0.0]  # loss, correct, total
+    for clips, labels in DataLoader(shard, batch_size=config.batch_size, shuffle=False, num_workers=0):
         clips, labels = clips.to(device), labels.to(device)
         inputs, _ = _split_inputs(clips, config.stream)
         with autocast(device, amp):
             logits = model(inputs).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        total += labels.numel()
-    return {"val_loss": loss_sum / max(total, 1), "val_acc": 100.0 * correct / max(total, 1)}
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").item()
+        sums[1] += (logits.argmax(1) == labels).sum().item()
+        sums[2] += labels.numel()
+    loss, correct, total = all_reduce_sum(sums, context, device)
+    return {"val_loss": loss / max(total, 1), "val_acc": 100.0 * correct / max(total, 1)}
+
+
+def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, dataset, config: TrainConfig,
+                 epoch: int, context: DistContext, device: torch.device, amp) -> dict[str, float]:
+    """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches."""
+    accumulate = config.accumulate
+    plan = batch_plan(len(dataset), config.batch_size, context.world_size * accumulate, config.seed, epoch)
+    first_part = context.rank * accumulate
+    mine = [step[first_part + a] for step in plan for a in range(accumulate)]
+    dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=config.workers,
+                        multiprocessing_context="spawn" if config.workers > 0 else None)
+    student.train()
+    sums = [0.0] * 5  # loss, ce, mse, correct, seen
+    for index, (clips, labels) in enumerate(loader):
+        step, micro = divmod(index, accumulate)
+        torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
+        clips, labels = clips.to(device), labels.to(device)
+        inputs, flow_inputs = _split_inputs(clips, config.stream)
+        stepping = micro == accumulate - 1
+        sync = contextlib.nullcontext() if stepping or not context.active else student.no_sync()
+        with sync:
+            with autocast(device, amp):
+                logits, features = student(inputs)
+                logits = logits.float()
+                if teacher is None:
+                    loss = ce = F.cross_entropy(logits, labels)
+                    mse = torch.zeros((), device=device)
+                else:
+                    with torch.no_grad():
+                        target = teacher.forward_features(flow_inputs)
+                    loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
+            scaler.scale(loss / accumulate).backward()
+        if stepping:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None and config.scheduler != "plateau":
+                scheduler.step()
+        n = labels.numel()
+        for i, value in enumerate((loss.item() * n, ce.item() * n, mse.item() * n,
+                                   (logits.argmax(1) == labels).sum().item(), n)):
+            sums[i] += value
+    loss, ce, mse, correct, seen = all_reduce_sum(sums, context, device)
+    seen = max(seen, 1)
+    return {"loss": loss / seen, "ce": ce / seen, "mse": mse / seen, "train_acc": 100.0 * correct / seen}
 
 
 def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
           resume: bool = True) -> dict[str, Any]:
     """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``).
 
-    Resumes from ``last.pth`` when it exists and was written by the same config and inputs; with ``resume=False``
-    an existing checkpoint is an error rather than something to overwrite.
-    Returns a summary dict (epochs run, best validation accuracy, checkpoint paths).
+    Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
+    processes); with ``resume=False`` an existing checkpoint is an error rather than something to overwrite. Under
+    torchrun every rank trains its share and only rank 0 writes.
     """
-    from mars_sta import MARSLoss, build_model, load_pretrained
-
     _validate(config, paths)
     fine_tuning = paths.pretrained is not None
     config = _defaults(config, fine_tuning)
-    say = progress or (lambda message: None)
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = rank_device(device, context)
+    say = (progress or (lambda message: None)) if context.is_main else (lambda message: None)
     out = Path(paths.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out):
-        device = resolve_device(config.device)
-        amp = check_amp(config.amp, device)
-        torch.manual_seed(config.seed)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out) if context.is_main else contextlib.nullcontext():
+        return _train_locked(config, paths, fine_tuning, device, context, say, out, resume)
 
-        data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
-        if config.val_fraction == 0:
-            say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
-        mode = {"flow": "flow", "rgb": "rgb", "mars": "rgb+flow"}[config.stream]
-        train_set = data.clip_dataset(data.train, mode, train=True, config=config)
-        val_set = data.clip_dataset(data.val or data.test, mode, train=False, config=config)
 
-        in_channels = 2 if config.stream == "flow" else 3
-        model = build_model(config.arch, num_classes=len(data.classes), in_channels=in_channels,
-                            sample_size=config.size, sample_duration=config.frames, sta=config.sta)
-        if fine_tuning:
-            load_pretrained(model, paths.pretrained, adapt_input="average")
-        teacher = _load_teacher(paths.teacher, data, device) if config.stream == "mars" else None
-        teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher is not None else None
-        model.to(device)
-        params = _trainable_parameters(model, config.finetune_from, fine_tuning)
-        optimizer = _make_optimizer(config, params)
-        steps_per_epoch = max(1, len(train_set) // config.batch_size)
-        scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-        loss_fn = MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None
+def _configure_determinism(config: TrainConfig, device: torch.device) -> None:
+    """Deterministic kernels by default on CPU (resume equals an uninterrupted run); cuDNN autotuning on CUDA."""
+    deterministic = config.deterministic if config.deterministic is not None else device.type == "cpu"
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
 
-        name = stream_name(config.stream, config.sta)
-        manifest = stage_manifest("train", config_to_dict(config), {
-            "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
-            "pretrained": paths.pretrained, "teacher": paths.teacher})
-        manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val))
-        start_epoch, best_acc, history = 0, -math.inf, []
-        last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
-        if last_path.exists() and not resume:
-            raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
-        if last_path.exists():
-            state = ckpt.load_checkpoint(last_path)
-            if state.get("run_key") != manifest["key"]:
-                raise InputError(last_path, "was written by another config or other inputs; use a new --out "
-                                            "folder or delete it to start over")
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler") is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            ckpt.restore_rng_state(state["rng"])
-            start_epoch, best_acc = state["epoch"], state["best_val_acc"]
-            say(f"resuming {name} from epoch {start_epoch}")
-        history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
-            if metrics_path.exists() else []
+
+def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
+                  context: DistContext, say: Callable[[str], None], out: Path, resume: bool) -> dict[str, Any]:
+    from mars_sta import MARSLoss, build_model, load_pretrained
+
+    amp = check_amp(config.amp, device)
+    torch.manual_seed(config.seed)
+    _configure_determinism(config, device)
+    data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
+    if config.val_fraction == 0:
+        say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
+    mode = {"flow": "flow", "rgb": "rgb", "mars": "rgb+flow"}[config.stream]
+    train_set = data.clip_dataset(data.train, mode, train=True, config=config)
+    val_set = data.clip_dataset(data.val or data.test, mode, train=False, config=config)
+
+    model = build_model(config.arch, num_classes=len(data.classes), in_channels=2 if config.stream == "flow" else 3,
+                        sample_size=config.size, sample_duration=config.frames, sta=config.sta)
+    if fine_tuning:
+        load_pretrained(model, paths.pretrained, adapt_input="average")
+    if config.sync_bn:
+        if device.type != "cuda":
+            raise InputError(None, "sync_bn needs CUDA (SyncBatchNorm does not run on CPU)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    teacher = _load_teacher(paths.teacher, data, device) if config.stream == "mars" else None
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher is not None else None
+    model.to(device)
+    params = _trainable_parameters(model, config.finetune_from, fine_tuning)
+    optimizer = _make_optimizer(config, params)
+    steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
+    scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    loss_fn = MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None
+    student = _Student(model)
+    if context.active:
+        student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    name = stream_name(config.stream, config.sta)
+    manifest = stage_manifest("train", config_to_dict(config), {
+        "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
+        "pretrained": paths.pretrained, "teacher": paths.teacher})
+    manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
+                    processes=context.world_size)
+    start_epoch, best_acc = 0, -math.inf
+    last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
+    if last_path.exists() and not resume:
+        raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
+    if last_path.exists():
+        state = ckpt.load_checkpoint(last_path)
+        if state.get("run_key") != manifest["key"]:
+            raise InputError(last_path, "was written by another config or other inputs; use a new --out "
+                                        "folder or delete it to start over")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        ckpt.restore_rng_state(state["rng"])
+        start_epoch, best_acc = state["epoch"], state["best_val_acc"]
+        say(f"resuming {name} from epoch {start_epoch}")
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
+        if metrics_path.exists() else []
+    if context.is_main:
         write_json_atomic(out / "manifest.json", manifest)
 
-        base_payload = {"arch": config.arch, "model_kwargs": model.build_kwargs, "stream": name,
-                        "classes": data.classes, "preprocessing_hash": data.preprocessing_hash,
-                        "train_config": config_to_dict(config), "split": config.split, "run_key": manifest["key"]}
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            model.train()
-            sums = {"loss": 0.0, "ce": 0.0, "mse": 0.0, "correct": 0, "seen": 0}
-            for clips, labels in _epoch_loader(train_set, config, epoch):
-                clips, labels = clips.to(device), labels.to(device)
-                inputs, flow_inputs = _split_inputs(clips, config.stream)
-                with autocast(device, amp):
-                    if teacher is None:
-                        logits = model(inputs).float()
-                        loss = ce = F.cross_entropy(logits, labels)
-                        mse = torch.zeros((), device=device)
-                    else:
-                        features = model.forward_features(inputs)
-                        logits = model.forward_head(features).float()
-                        with torch.no_grad():
-                            target = teacher.forward_features(flow_inputs)
-                        loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None and config.scheduler != "plateau":
-                    scheduler.step()
-                n = labels.numel()
-                sums["loss"] += loss.item() * n
-                sums["ce"] += ce.item() * n
-                sums["mse"] += mse.item() * n
-                sums["correct"] += (logits.argmax(1) == labels).sum().item()
-                sums["seen"] += n
-            seen = max(sums["seen"], 1)
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "loss": sums["loss"] / seen,
-                   "ce": sums["ce"] / seen, "train_acc": 100.0 * sums["correct"] / seen}
-            if teacher is not None:
-                row["mse"] = sums["mse"] / seen
-            row.update(validate(model, val_set, config, device, amp))
-            if scheduler is not None and config.scheduler == "plateau":
-                scheduler.step(row["val_loss"])
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            history.append(row)
-            is_best = row["val_acc"] > best_acc
-            best_acc = max(best_acc, row["val_acc"])
+    base_payload = {"arch": config.arch, "model_kwargs": model.build_kwargs, "stream": name,
+                    "classes": data.classes, "preprocessing_hash": data.preprocessing_hash,
+                    "preprocessing": data.store.preprocessing,
+                    "train_config": config_to_dict(config), "split": config.split, "run_key": manifest["key"]}
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(_train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, train_set, config, epoch,
+                                context, device, amp))
+        if teacher is None:
+            row.pop("mse")
+        row.update(validate(model, val_set, config, device, amp, context))
+        if scheduler is not None and config.scheduler == "plateau":
+            scheduler.step(row["val_loss"])
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(row)
+        is_best = row["val_acc"] > best_acc
+        best_acc = max(best_acc, row["val_acc"])
+        if context.is_main:
             payload = {**base_payload, "state_dict": model.state_dict(), "epoch": epoch + 1,
                        "best_val_acc": best_acc, "metrics": row}
             if is_best:
@@ -312,10 +375,11 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
                                              "sampler": {"epoch": epoch + 1, "position": 0},
                                              "rng": ckpt.rng_state()})
             _write_metrics(metrics_path, history)
-            say(f"{name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
-                f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
-        unchanged = None if teacher is None else all(
-            torch.equal(value, teacher.state_dict()[key]) for key, value in teacher_before.items())
+        barrier(context)
+        say(f"{name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
+            f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
+    unchanged = None if teacher is None else all(
+        torch.equal(value, teacher.state_dict()[key]) for key, value in teacher_before.items())
     return {"stream": name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
             "last": str(last_path), "metrics": str(metrics_path), "teacher_unchanged": unchanged}
 

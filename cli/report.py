@@ -1,0 +1,57 @@
+"""Report commands: ``report`` (one HTML page per pipeline run) and ``attention`` (STA weights of one video)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+ANY_PATH = click.Path(path_type=Path)
+
+
+@click.command("report")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default RUN_DIR/report.html); its PNGs go to <name>_files/ beside it.")
+@click.option("--videos", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Test videos whose STA weights are shown.")
+@click.option("--device", default="auto", show_default=True, help="Where the attention pass runs: auto, cpu, cuda.")
+def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
+    """One self-contained HTML page for a finished `run`: results, curves, attention, flow, profile, manifest.
+
+    Needs matplotlib (pip install 'mars-sta[report]').
+    """
+    from pipelines.figures import require_matplotlib
+
+    require_matplotlib()
+    from pipelines.report import write_run_report
+
+    path = write_run_report(run_dir, out, videos=videos, device=device, log=click.echo)
+    click.echo(f"report: {path}")
+
+
+@click.command("attention")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint trained with --sta (e.g. RUN/split1/train-sta-mars/best.pth).")
+@click.option("--store", required=True, type=ANY_PATH, help="Flow store holding the video.")
+@click.option("--video", "video_id", required=True, help="Video id, e.g. Biking/v_Biking_g01_c01.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNGs and attention.json.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: str) -> None:
+    """STA weights of one video under the test protocol: per-frame curves, channel × frame maps, frames overlaid.
+
+    Needs matplotlib (pip install 'mars-sta[report]').
+    """
+    from pipelines.figures import require_matplotlib
+
+    require_matplotlib()
+    from pipelines.attention import collect_attention, write_attention
+
+    result = collect_attention(checkpoint, store, video_id, device=device)
+    paths = write_attention(result, out)
+    click.echo(result.describe())
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
+
+
+commands: list[click.Command] = [report, attention]

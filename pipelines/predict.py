@@ -1,0 +1,272 @@
+"""Prediction on new videos: decode, preprocess as the checkpoint's training store did, test, print the top classes.
+
+Each checkpoint records its store's preprocessing (``preprocessing``: short side, frame rate, JPEG quality, TV-L1
+parameters, bound, quantisation). A video is decoded and resized as ``extract-flow`` does; RGB frames go through
+the same JPEG round trip the store's frames went through; only a Flow checkpoint has TV-L1 computed, with the
+recorded parameters and quantisation. RGB, MARS and STA-MARS checkpoints never compute optical flow, which is the
+speed MARS is about. Clips are then cut, resized and normalised by the evaluation code itself (``VideoClips``, the
+MARS protocol: every non-overlapping clip on the flow-frame grid, centre crop, raw logits averaged), so a
+prediction equals the scores ``evaluate`` gives the same video. Several checkpoints are fused as ``fuse`` does by
+default: the equal average of raw logits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flow.errors import InputError
+from flow.importer import has_flow
+from flow.quantize import quantize
+from flow.store import FlowStore
+from flow.tvl1 import TVL1, preset_params
+from flow.video import VideoReader, find_videos
+from pipelines import checkpoint as ckpt
+from pipelines.clips import Normalization, VideoClips
+from pipelines.device import resolve_device
+from pipelines.fuse import fused_scores
+from pipelines.manifest import config_hash
+from pipelines.streams import fusion_name
+
+FLOW_CHANNELS = 2
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``mars-sta predict``."""
+
+    top_k: int = 5  # classes printed per video
+    device: str = "auto"
+    batch_size: int = 32  # clips per forward pass
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.batch_size < 1:
+            raise InputError(None, f"--top-k and --batch-size must be at least 1 (got {self.top_k}, "
+                                   f"{self.batch_size})")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top classes of one video: names, softmax probabilities and (fused) raw logits, best first."""
+
+    video: str
+    classes: list[str]
+    probabilities: list[float]
+    logits: list[float]
+    clips: int
+
+    def to_json(self) -> str:
+        return json.dumps({"video": self.video, "clips": self.clips, "top": [
+            {"class": name, "probability": round(p, 6), "logit": round(v, 6)}
+            for name, p, v in zip(self.classes, self.probabilities, self.logits)]})
+
+
+@dataclass
+class PredictSummary:
+    model: str  # fusion name of the streams, e.g. "mars+rgb"
+    predictions: list[Prediction] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # video -> reason
+    seconds: float = 0.0
+
+
+@dataclass
+class Stream:
+    """One loaded checkpoint and what its input needs."""
+
+    path: Path
+    name: str
+    model: torch.nn.Module
+    preprocessing: dict[str, Any]
+    sample_duration: int
+    sample_size: int
+    normalization: Normalization
+
+    @property
+    def needs_flow(self) -> bool:
+        return self.model.build_kwargs["in_channels"] == FLOW_CHANNELS
+
+
+class DecodedVideo(FlowStore):
+    """One decoded video behind FlowStore's reading methods, so that ``VideoClips`` (the evaluation code) cuts,
+    resizes and normalises its clips. Nothing is on disk: ``FlowStore.__init__``, which reads a manifest, is not
+    called."""
+
+    VIDEO_ID = "video"
+
+    def __init__(self, rgb: np.ndarray | None, codes: np.ndarray | None, count: int, size: tuple[int, int],
+                 preprocessing: dict[str, Any]) -> None:  # noqa: super().__init__ would look for a store folder
+        self.root = Path("<decoded video>")
+        self.manifest = {"preprocessing": preprocessing}
+        self._rgb, self._codes, self._count, self._size = rgb, codes, count, size
+
+    def video_ids(self) -> list[str]:
+        return [self.VIDEO_ID]
+
+    def num_frames(self, video_id: str) -> int:
+        return self._count
+
+    def frame_size(self, video_id: str) -> tuple[int, int]:
+        return self._size
+
+    def frames(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self._rgb[start:stop]
+
+    def flow_codes(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        return self._codes[start:stop]
+
+
+def checkpoint_preprocessing(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """The store preprocessing a checkpoint was trained on, checked against its recorded hash."""
+    preprocessing = payload.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        raise InputError(path, "records no store preprocessing ('preprocessing'), so new videos cannot be prepared "
+                               "as its training data were; retrain it with this version")
+    if payload.get("preprocessing_hash") not in (None, config_hash(preprocessing)):
+        raise InputError(path, "its 'preprocessing' does not match its 'preprocessing_hash' (edited checkpoint?)")
+    return preprocessing
+
+
+def load_streams(checkpoints: Sequence[str | os.PathLike]) -> tuple[list[Stream], list[str]]:
+    """Every checkpoint as a Stream, and their common class names (checkpoints of other classes are refused)."""
+    if not checkpoints:
+        raise InputError(None, "give at least one --checkpoint")
+    streams, classes = [], None
+    for path in map(Path, checkpoints):
+        model, payload = ckpt.model_from_checkpoint(path)
+        names = [str(name) for name in payload.get("classes", [])]
+        if not names:
+            raise InputError(path, "records no class names")
+        if classes is None:
+            classes = names
+        elif names != classes:
+            raise InputError(path, f"has other classes than {streams[0].path} ({len(names)} vs {len(classes)}); "
+                                   "only checkpoints of the same classes can be fused")
+        preprocessing = checkpoint_preprocessing(path, payload)
+        kwargs = payload["model_kwargs"]
+        if kwargs["in_channels"] == FLOW_CHANNELS and not has_flow(preprocessing):
+            raise InputError(path, "is a flow network trained on a store without flow")
+        normalization = payload.get("train_config", {}).get("normalization", "mars")
+        streams.append(Stream(path, str(payload.get("stream", "unknown")), model, preprocessing,
+                              int(kwargs["sample_duration"]), int(kwargs["sample_size"]),
+                              Normalization.named(normalization, float(preprocessing["bound"]))))
+    return streams, classes
+
+
+def list_videos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given; a folder stands for every video below it (searched recursively by extension)."""
+    videos: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            videos.extend(entry.path for entry in find_videos(item).entries)
+        else:
+            videos.append(item)
+    if not videos:
+        raise InputError(None, "no videos given")
+    return videos
+
+
+class Predictor:
+    """Checkpoints loaded once; calling it on a video path returns its Prediction."""
+
+    def __init__(self, checkpoints: Sequence[str | os.PathLike], config: PredictConfig = PredictConfig()) -> None:
+        self.config = config
+        self.streams, self.classes = load_streams(checkpoints)
+        self.device = resolve_device(config.device)
+        for stream in self.streams:
+            stream.model.to(self.device)
+        self.model = fusion_name(stream.name for stream in self.streams)
+        groups: dict[str, list[Stream]] = {}
+        for stream in self.streams:  # checkpoints of one store share one decoding of each video
+            groups.setdefault(json.dumps(stream.preprocessing, sort_keys=True), []).append(stream)
+        self._groups = list(groups.values())
+
+    def __call__(self, video: str | os.PathLike) -> Prediction:
+        logits, clips = [], 0
+        for streams in self._groups:
+            decoded = decode_video(video, streams[0].preprocessing, rgb=any(not s.needs_flow for s in streams),
+                                   flow=any(s.needs_flow for s in streams))
+            for stream in streams:
+                stream_logits, clips = self._logits(stream, decoded)
+                logits.append(stream_logits)
+        fused = fused_scores(logits, [1.0] * len(logits)) if len(logits) > 1 else logits[0].astype(np.float64)
+        probabilities = np.exp(fused - fused.max())
+        probabilities /= probabilities.sum()
+        top = np.argsort(-fused, kind="stable")[: min(self.config.top_k, len(self.classes))]
+        return Prediction(str(video), [self.classes[i] for i in top], [float(probabilities[i]) for i in top],
+                          [float(fused[i]) for i in top], clips)
+
+    def _logits(self, stream: Stream, decoded: DecodedVideo) -> tuple[np.ndarray, int]:
+        """Mean raw logits over every test clip of the MARS protocol, and the clip count."""
+        mode = "flow" if stream.needs_flow else "rgb"
+        videos = VideoClips(decoded, [(DecodedVideo.VIDEO_ID, 0)], mode, stream.sample_duration, stream.sample_size,
+                            stream.normalization)
+        clips, _ = videos[0]
+        with torch.no_grad():
+            logits = [stream.model.forward_head(stream.model.forward_features(chunk.to(self.device))).float().cpu()
+                      for chunk in torch.split(clips, self.config.batch_size)]
+        return torch.cat(logits).mean(0).numpy(), len(clips)
+
+
+def decode_video(path: str | os.PathLike, preprocessing: dict[str, Any], rgb: bool, flow: bool) -> DecodedVideo:
+    """Decode and resize as the store was made; RGB frames through its JPEG coding, flow only when asked."""
+    quality = preprocessing.get("jpeg_quality")
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if quality else None
+    solver = TVL1(preprocessing.get("tvl1") or preset_params("default")) if flow else None
+    frames, codes, previous = [], [], None
+    with VideoReader(path, preprocessing.get("short_side") or 0, preprocessing.get("fps")) as reader:
+        for bgr in reader:
+            if rgb:
+                frames.append(cv2.cvtColor(_jpeg_round_trip(bgr, jpeg, path) if jpeg else bgr, cv2.COLOR_BGR2RGB))
+            if solver is not None:
+                gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+                if previous is not None:
+                    codes.append(quantize(solver(previous, gray), float(preprocessing["bound"]),
+                                          preprocessing["quantization"]))
+                previous = gray
+        width, height = reader.size
+    number = len(frames) if rgb else len(codes) + 1
+    if number < 2:
+        raise InputError(path, f"has {number} frame; prediction needs at least 2")
+    return DecodedVideo(np.stack(frames) if rgb else None, np.stack(codes) if flow else None, number,
+                        (height, width), preprocessing)
+
+
+def _jpeg_round_trip(bgr: np.ndarray, params: list[int], path: str | os.PathLike) -> np.ndarray:
+    ok, encoded = cv2.imencode(".jpg", bgr, params)
+    if not ok:
+        raise InputError(path, "a frame could not be JPEG-encoded")
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+
+
+def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoints: Sequence[str | os.PathLike],
+            progress: bool = True, on_prediction: Callable[[Prediction], None] | None = None,
+            on_failure: Callable[[str, str], None] | None = None) -> PredictSummary:
+    """Predict every video of ``inputs`` (files, or folders searched recursively); a bad video fails alone."""
+    started = time.perf_counter()
+    predictor = Predictor(checkpoints, config)
+    videos = list_videos(inputs)
+    summary = PredictSummary(model=predictor.model)
+    for video in tqdm(videos, desc=f"predict {predictor.model}", unit="video", disable=not progress,
+                      dynamic_ncols=True):
+        try:
+            prediction = predictor(video)
+        except (InputError, cv2.error) as exc:
+            reason = exc.problem if isinstance(exc, InputError) else f"OpenCV error: {str(exc).strip().splitlines()[-1]}"
+            summary.failures[str(video)] = reason
+            if on_failure:
+                on_failure(str(video), reason)
+            continue
+        summary.predictions.append(prediction)
+        if on_prediction:
+            on_prediction(prediction)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
