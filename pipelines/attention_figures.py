@@ -14,16 +14,26 @@ from pipelines.attention import VideoAttention
 from pipelines.figures import new_figure
 from pipelines.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
 
+MAX_MODULES = 4  # STA in every block of a deep stage gives dozens of modules: draw the deepest few
 MAX_MAP_CLIPS = 4  # channel × frame maps drawn per module
 MAX_STRIP_CLIPS = 3  # rows of frames in the overlay
 MAX_STRIP_FRAMES = 16  # frames per row (evenly spaced when the clip is longer)
-THUMB_HEIGHT = 96  # pixels of each frame in the overlay
-BORDER = 6  # pixels of the coloured frame border
+STRIP_WIDTH = 1150  # pixels a row of frames may take, so that the figure fits a page without shrinking
+MAX_THUMB_HEIGHT = 96  # pixels of each frame in the overlay, at most
+BORDER = 4  # pixels of the coloured frame border
+GAP = 4  # white pixels between frames
+
+
+def _drawn_modules(attention: VideoAttention) -> tuple[list, str]:
+    """The deepest ``MAX_MODULES`` modules, and a title note when some are left out (all are in the JSON)."""
+    modules = attention.modules[-MAX_MODULES:]
+    left_out = len(attention.modules) - len(modules)
+    return modules, f" (deepest {len(modules)} of {len(attention.modules)} STA modules)" if left_out else ""
 
 
 def frame_weight_curves(attention: VideoAttention) -> Any:
     """Temporal weight (W averaged over channels) of every frame, one curve per test clip, per STA module."""
-    modules = attention.modules
+    modules, note = _drawn_modules(attention)
     figure = new_figure(8.0, 2.4 * len(modules) + 0.6)
     axes_list = np.atleast_1d(figure.subplots(len(modules), 1, squeeze=False)[:, 0])
     for axes, module in zip(axes_list, modules):
@@ -37,13 +47,13 @@ def frame_weight_curves(attention: VideoAttention) -> Any:
         axes.grid(alpha=0.3)
         if len(attention.windows) <= 10:
             axes.legend(fontsize=7, ncol=min(5, len(attention.windows)))
-    figure.suptitle(attention.describe(), fontsize=10)
+    figure.suptitle(attention.describe() + note, fontsize=10)
     return figure
 
 
 def channel_frame_maps(attention: VideoAttention) -> Any:
     """W of each STA module as a heatmap, channels × feature frames, for the first few clips (shared colours)."""
-    modules = attention.modules
+    modules, note = _drawn_modules(attention)
     clips = min(MAX_MAP_CLIPS, len(attention.windows))
     figure = new_figure(2.9 * clips + 1.2, 3.0 * len(modules) + 0.5)
     grid = figure.subplots(len(modules), clips, squeeze=False)
@@ -58,27 +68,32 @@ def channel_frame_maps(attention: VideoAttention) -> Any:
             if column == 0:
                 axes.set_ylabel("channel")
         figure.colorbar(image, ax=list(row), label="W", shrink=0.9)
-    figure.suptitle(attention.describe(), fontsize=10)
+    figure.suptitle(attention.describe() + note, fontsize=10)
     return figure
 
 
-def _thumbnail(frame: np.ndarray) -> np.ndarray:
-    height, width = frame.shape[:2]
-    new_width = max(1, round(width * THUMB_HEIGHT / height))
-    interpolation = cv2.INTER_AREA if height > THUMB_HEIGHT else cv2.INTER_LINEAR
-    return cv2.resize(frame, (new_width, THUMB_HEIGHT), interpolation=interpolation)
+def _thumbnail(frame: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(frame.shape[1] * height / frame.shape[0]))
+    interpolation = cv2.INTER_AREA if frame.shape[0] > height else cv2.INTER_LINEAR
+    return cv2.resize(frame, (width, height), interpolation=interpolation)
 
 
-def _strip(frames: np.ndarray, emphasis: np.ndarray, colors: np.ndarray) -> np.ndarray:
+def _thumb_height(count: int, height: int, width: int) -> int:
+    """The frame height at which ``count`` bordered frames fill at most ``STRIP_WIDTH`` pixels."""
+    per_frame = STRIP_WIDTH / count - 2 * BORDER - GAP
+    return int(np.clip(per_frame * height / width, 16, MAX_THUMB_HEIGHT))
+
+
+def _strip(frames: np.ndarray, emphasis: np.ndarray, colors: np.ndarray, height: int) -> np.ndarray:
     """Frames side by side, each dimmed by (1 − emphasis)/2 and framed by its colour, with white gaps."""
     tiles = []
     for frame, level, color in zip(frames, emphasis, colors):
-        thumb = _thumbnail(frame).astype(np.float32) * (0.5 + 0.5 * level)
-        tile = np.empty((THUMB_HEIGHT + 2 * BORDER, thumb.shape[1] + 2 * BORDER, 3), np.float32)
+        thumb = _thumbnail(frame, height).astype(np.float32) * (0.5 + 0.5 * level)
+        tile = np.empty((height + 2 * BORDER, thumb.shape[1] + 2 * BORDER, 3), np.float32)
         tile[:] = 255.0 * color[:3]
         tile[BORDER:-BORDER, BORDER:-BORDER] = thumb
         tiles.append(tile)
-        tiles.append(np.full((tile.shape[0], 4, 3), 255.0, np.float32))
+        tiles.append(np.full((tile.shape[0], GAP, 3), 255.0, np.float32))
     return np.concatenate(tiles[:-1], axis=1).round().astype(np.uint8)
 
 
@@ -93,17 +108,21 @@ def attention_overlay(attention: VideoAttention) -> Any:
     low, high = float(shown.min()), float(shown.max())
     spread = high - low
     emphasis = (shown - low) / spread if spread > 1e-6 else np.ones_like(shown)
-    frame_width = attention.frames.shape[3] * THUMB_HEIGHT / attention.frames.shape[2] + 2 * BORDER + 4
-    width = float(np.clip(len(picks) * frame_width / 100 + 1.5, 6.0, 22.0))
-    figure = new_figure(width, 2.3 * clips + 0.9)
+    height, width = attention.frames.shape[2:4]
+    thumb = _thumb_height(len(picks), height, width)
+    strip_inches = len(picks) * (thumb * width / height + 2 * BORDER + GAP) / 100
+    bar_pixels = 45
+    figure = new_figure(float(np.clip(strip_inches + 1.0, 6.0, 13.0)),
+                        (thumb + 2 * BORDER + bar_pixels + 45) / 100 * clips + 0.6)
     import matplotlib  # present: new_figure checked
 
     colormap = matplotlib.colormaps["plasma"]
-    grid = figure.subplots(2 * clips, 1, squeeze=False, height_ratios=[3, 1] * clips)[:, 0]
+    grid = figure.subplots(2 * clips, 1, squeeze=False, height_ratios=[thumb + 2 * BORDER, bar_pixels] * clips)[:, 0]
     for clip in range(clips):
-        strip = _strip(attention.frames[clip, picks], emphasis[clip], colormap(0.15 + 0.85 * emphasis[clip]))
+        strip = _strip(attention.frames[clip, picks], emphasis[clip], colormap(0.15 + 0.85 * emphasis[clip]),
+                       thumb)
         image_axes, bar_axes = grid[2 * clip], grid[2 * clip + 1]
-        image_axes.imshow(strip, interpolation="nearest")
+        image_axes.imshow(strip, interpolation="nearest", aspect="auto")  # columns line up with the bars
         image_axes.set_axis_off()
         frames = attention.windows[clip][picks]
         image_axes.set_title(f"clip {clip + 1}: frames {frames[0]}–{frames[-1]}", fontsize=8, loc="left")
@@ -114,8 +133,9 @@ def attention_overlay(attention: VideoAttention) -> Any:
         bar_axes.set_xticks(np.arange(len(picks)), [str(f) for f in frames], fontsize=6)
         bar_axes.tick_params(axis="y", labelsize=6)
         bar_axes.set_ylabel("weight", fontsize=7)
+    digits = int(np.clip(np.ceil(-np.log10(max(spread, 1e-9))) + 1, 3, 9))  # enough to tell low from high
     figure.suptitle(f"{attention.describe()}\ntemporal weights of {attention.shown.name} (border colour and "
-                    f"brightness from {low:.3f} to {high:.3f})", fontsize=9)
+                    f"brightness from {low:.{digits}f} to {high:.{digits}f})", fontsize=9)
     return figure
 
 

@@ -5,15 +5,14 @@ in it is a plain type, a tensor or a list, so ``torch.load(..., weights_only=Tru
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flow.atomic import atomic_output
 from flow.errors import InputError
 
 FORMAT = "mars-sta"
@@ -22,18 +21,8 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` under a temporary name, fsync, then rename: a kill never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -65,7 +65,19 @@ def run_demo(out: Path, seed: int = 0, config_path: Path | None = None,
     if {"sta-mars", "mars"} <= set(sta):
         log(f"note  STA-MARS vs MARS: {sta['sta-mars']:.1f} vs {sta['mars']:.1f} (not gated: one seed decides "
             "little here; see docs for the spread over seeds)")
+    _write_html_report(out, log)
     seconds = time.perf_counter() - started
     log(f"demo finished in {seconds:.0f} s; report: {out / 'fused' / 'report.md'}")
     result.update(gates=[{"claim": c, "held": h, "numbers": n} for c, h, n in checks], seconds=seconds)
     return result
+
+
+def _write_html_report(out: Path, log: Callable[[str], None]) -> None:
+    """The HTML page of the run; without matplotlib the demo still succeeds and says how to get the page."""
+    from pipelines.figures import ReportUnavailable
+    from pipelines.report import write_run_report
+
+    try:
+        log(f"html report: {write_run_report(out, log=log)}")
+    except ReportUnavailable as exc:
+        log(f"note  no HTML report: {exc}")

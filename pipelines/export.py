@@ -15,8 +15,10 @@ import json
 import os
 import re
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -70,7 +72,9 @@ def export_program(model: torch.nn.Module) -> torch.export.ExportedProgram:
     size = kwargs["sample_size"]
     example = torch.zeros(EXAMPLE_BATCH, kwargs["in_channels"], kwargs["sample_duration"], size, size)
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # STA keeps its last attention weights for plotting; tracing that assignment is harmless
+        warnings.filterwarnings("ignore", message=r"The tensor attributes? .*last_weights")
         return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
 
 
@@ -93,14 +97,14 @@ def export_metadata(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write_atomic(out: Path, write) -> None:
+def _write_atomic(out: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write through a temporary name in the same folder, then rename: a crash never leaves half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        write(temp)
-        with open(temp, "rb") as handle:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, out)
     except BaseException:

@@ -76,6 +76,8 @@ def _plot(axes: Any, rows: Sequence[dict[str, Any]], key: str, label: str, **sty
 def training_curves(rows: Sequence[dict[str, Any]], title: str) -> Any:
     """Four panels per stream: losses, the MARS MSE term, train/validation accuracy, learning rate."""
     figure = new_figure(*CURVES_SIZE)
+    from matplotlib.ticker import MaxNLocator
+
     loss, mse, accuracy, rate = figure.subplots(1, 4)
     figure.suptitle(title, fontsize=11)
     is_mars = any(row.get("mse") is not None for row in rows)
@@ -90,18 +92,22 @@ def training_curves(rows: Sequence[dict[str, Any]], title: str) -> Any:
     else:
         mse.text(0.5, 0.5, "no MSE term\n(not a MARS stream)", ha="center", va="center", color="0.4",
                  transform=mse.transAxes)
-        mse.set_axis_off()
+        mse.set_title("MSE term", fontsize=10)
+        mse.set_xticks([])
+        mse.set_yticks([])
     _plot(accuracy, rows, "train_acc", "train")
     _plot(accuracy, rows, "val_acc", "validation")
     accuracy.set_title("top-1 (%)", fontsize=10)
     if _plot(rate, rows, "lr", "lr", color="tab:green"):
         rate.set_yscale("log")
     rate.set_title("learning rate", fontsize=10)
-    for axes in (loss, mse, accuracy, rate):
-        if axes.axison:
-            axes.set_xlabel("epoch")
-            axes.grid(alpha=0.3)
-            axes.xaxis.get_major_locator().set_params(integer=True)
+    plotted = (loss, mse, accuracy, rate) if is_mars else (loss, accuracy, rate)
+    last_epoch = max((row["epoch"] for row in rows), default=1)
+    for axes in plotted:
+        axes.set_xlim(0.5, last_epoch + 0.5)
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for axes in (loss, accuracy):
         axes.legend(fontsize=8)
     return figure
@@ -145,9 +151,9 @@ def per_class_figure(accuracy: dict[str, float | None], title: str) -> Any:
     axes.set_xlim(0, 100)
     axes.set_xlabel("top-1 (%)")
     axes.grid(axis="x", alpha=0.3)
-    mean = np.nanmean(values) if not np.all(np.isnan(values)) else np.nan
-    if not np.isnan(mean):
-        axes.axvline(mean, color="tab:red", linestyle="--", linewidth=1, label=f"mean class {mean:.1f}%")
-        axes.legend(fontsize=8, loc="lower right")
+    if not np.all(np.isnan(values)):
+        mean = float(np.nanmean(values))
+        axes.axvline(mean, color="tab:red", linestyle="--", linewidth=1)
+        title += f"\nred line: mean class accuracy {mean:.1f}%"
     axes.set_title(title, fontsize=10)
     return figure

@@ -18,7 +18,7 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #dd
 margin-top: 2em; } h3 { margin-bottom: 0.3em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+th { background: #f2f2f2; } td:first-child, th:first-child, table.text td, table.text th { text-align: left; }
 tr.best td { font-weight: bold; background: #fff6d5; }
 figure { margin: 0.8em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
@@ -32,15 +32,18 @@ def text(value: Any) -> str:
     return html.escape(str(value))
 
 
-def table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], highlight: Sequence[bool] | None = None) -> str:
-    """An HTML table of already formatted cells; ``highlight`` marks rows (the best model)."""
+def table(headers: Sequence[Any], rows: Sequence[Sequence[Any]], highlight: Sequence[bool] | None = None,
+          numbers: bool = True) -> str:
+    """An HTML table of already formatted cells; ``highlight`` marks rows (the best model). Cells after the first
+    column are right-aligned for ``numbers``, left-aligned for text."""
     head = "".join(f"<th>{text(h)}</th>" for h in headers)
     body = []
     for index, row in enumerate(rows):
         marked = highlight is not None and highlight[index]
         cells = "".join(f"<td>{text(cell)}</td>" for cell in row)
         body.append(f'<tr class="best">{cells}</tr>' if marked else f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    css = "" if numbers else ' class="text"'
+    return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def image(path: Path, caption: str, relative_to: Path) -> str:

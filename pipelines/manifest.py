@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
+
+from flow.atomic import write_json_atomic
+
+__all__ = ["config_hash", "file_sha256", "fingerprint", "library_versions", "stage_manifest",
+           "write_json_atomic"]
 
 _LIBRARIES = ("mars-sta", "torch", "numpy", "opencv-contrib-python-headless", "opencv-contrib-python", "h5py",
               "scikit-learn", "click")
@@ -27,23 +30,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON under a temporary name and rename it into place, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

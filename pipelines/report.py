@@ -56,10 +56,11 @@ def _results_section(run: RunFolder) -> str:
                             f"Best model (mean top-1 over splits, highlighted): {best}."),
         "<h3>Top-1 accuracy (%)</h3>",
         html_page.table(headers, rows, [m == best for m in models]),
-        "<h3>All measures (%)</h3>",
+        "<details><summary>All measures (top-1, top-5, mean class accuracy, %)</summary>",
         html_page.table(["model", "split", "top-1", "top-5", "mean class", "videos"],
                         [[r["model"], r["split"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['mean_class']:.2f}",
-                          r["videos"]] for r in report["rows"]]),
+                          r["videos"]] for r in report["rows"] if r["split"] in splits]),
+        "</details>",
     ]
     parts += [html_page.paragraph(f"Note: {note}", "note") for note in report.get("notes", [])]
     return "\n".join(parts)

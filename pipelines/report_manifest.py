@@ -103,26 +103,27 @@ def _versions(run: RunFolder, store: dict[str, Any]) -> tuple[list[str], list[li
 def manifest_section(run: RunFolder) -> str:
     """Data, preprocessing, training settings per stream, fusion inputs and versions, then the raw manifests."""
     store = read_json(run.store / "manifest.json") if run.store else {}
-    parts = ["<h3>Data</h3>", html_page.table(["", ""], _data_rows(run, store))]
+    parts = ["<h3>Data</h3>", html_page.table(["item", "value"], _data_rows(run, store), numbers=False)]
     if store:
         parts += [f"<h3>Preprocessing (flow store, created {html_page.text(store.get('created', '?'))})</h3>",
                   html_page.table(["setting", "value"],
-                                  [[key, _cell(value)] for key, value in _flatten(store.get("preprocessing", {}))])]
+                                  [[key, _cell(value)] for key, value in _flatten(store.get("preprocessing", {}))],
+                                  numbers=False)]
     trainings = _first_split(run)
     if trainings:
         configs = [t.manifest.get("config", {}) for t in trainings]
         keys = list(dict.fromkeys(key for config in configs for key in config))
         parts += ["<h3>Training settings (first split)</h3>",
                   html_page.table(["setting", *(t.stream for t in trainings)],
-                                  [[key, *(_cell(c.get(key, "-")) for c in configs)] for key in keys])]
+                                  [[key, *(_cell(c.get(key, "-")) for c in configs)] for key in keys], numbers=False)]
     files = run.report.get("manifest", {}).get("score_files", [])
     if files:
         parts += ["<h3>Fusion inputs</h3>",
                   html_page.table(["file", "stream", "split", "subset", "videos", "role", "sha256"],
                                   [[f["path"], f["stream"], f["split"], f["subset"], f["videos"], f["role"],
-                                    f["sha256"][:12]] for f in files])]
+                                    f["sha256"][:12]] for f in files], numbers=False)]
     headers, rows = _versions(run, store)
-    parts += ["<h3>Versions</h3>", html_page.table(headers, rows), "<h3>Raw manifests</h3>"]
+    parts += ["<h3>Versions</h3>", html_page.table(headers, rows, numbers=False), "<h3>Raw manifests</h3>"]
     if store:
         parts.append(html_page.details("flow store manifest.json", store))
     parts += [html_page.details(f"{t.folder.relative_to(run.root)}/manifest.json", t.manifest) for t in run.trainings]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
+from flow.atomic import write_text_atomic
 from flow.errors import InputError
 from pipelines import checkpoint as ckpt
 from pipelines.config import config_to_dict
@@ -386,6 +387,4 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite the JSON-lines log whole (atomically), so it always matches the last checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))

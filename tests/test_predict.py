@@ -1,0 +1,148 @@
+"""predict through the real CLI: the same scores as evaluate, no optical flow for RGB-input networks, fusion."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_TRAIN, run_cli
+from flow.errors import InputError
+from pipelines.evaluate import EvaluateConfig, evaluate
+from pipelines.scores import load_scores
+from pipelines.splits import load_split
+
+NO_TVL1 = '''\
+"""Started by Python before anything else: any TV-L1 solver created in this process fails loudly."""
+import cv2
+
+
+def _refuse(*args, **kwargs):
+    raise RuntimeError("TV-L1 was called")
+
+
+cv2.optflow.DualTVL1OpticalFlow_create = _refuse
+'''
+
+
+@pytest.fixture(scope="module")
+def mars_checkpoint(synth_store, flow_teacher, tmp_path_factory) -> Path:
+    """A tiny MARS student distilled from the shared Flow teacher for one epoch."""
+    from pipelines.train import TrainConfig, TrainPaths, train
+
+    config = TrainConfig(**{**TINY_TRAIN, "stream": "mars", "epochs": 1, "alpha": 10.0, "mse_normalize": True})
+    summary = train(config, TrainPaths(store=synth_store.store, out=tmp_path_factory.mktemp("mars"),
+                                       teacher=flow_teacher))
+    return Path(summary["last"])
+
+
+@pytest.fixture(scope="module")
+def test_videos(synth_store, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """A folder of three test videos (nested as in the dataset) plus one broken file; path -> video id."""
+    folder = tmp_path_factory.mktemp("predict") / "inbox"
+    ids = {}
+    for vid, _ in load_split(synth_store.splits, 1).test[::3]:
+        target = folder / f"{vid}.avi"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synth_store.videos / f"{vid}.avi", target)
+        ids[str(target.resolve())] = vid
+    (folder / "broken.avi").write_text("not a video\n")
+    return folder, ids
+
+
+@pytest.fixture(scope="module")
+def evaluated(synth_store, mars_checkpoint, flow_teacher, tmp_path_factory) -> dict[str, dict[str, np.ndarray]]:
+    """evaluate's test logits per stream and video id."""
+    out = tmp_path_factory.mktemp("scores")
+    logits = {}
+    for name, checkpoint in (("mars", mars_checkpoint), ("flow", flow_teacher)):
+        evaluate(EvaluateConfig(device="cpu"), checkpoint, synth_store.store, out / f"{name}.npz", progress=False)
+        scores = load_scores(out / f"{name}.npz")
+        logits[name] = dict(zip(scores.video_ids.tolist(), scores.logits))
+    return logits
+
+
+def predict_cli(folder: Path, *checkpoints: Path, env_path: Path | None = None):
+    args = ["predict", str(folder), "--json", "--top-k", "4", "--device", "cpu", "--no-progress"]
+    for checkpoint in checkpoints:
+        args += ["--checkpoint", str(checkpoint)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (env_path, REPO) if p)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO)
+
+
+def predicted_logits(stdout: str, classes: list[str]) -> dict[str, np.ndarray]:
+    """Full logit vectors (top-k = all classes) from the JSON lines, by video path."""
+    result = {}
+    for line in stdout.splitlines():
+        entry = json.loads(line)
+        by_class = {item["class"]: item["logit"] for item in entry["top"]}
+        result[entry["video"]] = np.array([by_class[name] for name in classes])
+    return result
+
+
+@pytest.fixture(scope="module")
+def no_tvl1(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("no-tvl1")
+    (folder / "sitecustomize.py").write_text(NO_TVL1)
+    return folder
+
+
+def test_mars_prediction_equals_evaluate_and_computes_no_flow(test_videos, mars_checkpoint, evaluated, no_tvl1,
+                                                              synth_store):
+    folder, ids = test_videos
+    result = predict_cli(folder, mars_checkpoint, env_path=no_tvl1)
+    assert result.returncode == 1, result.stderr  # the broken file, and nothing else, failed
+    assert result.stderr.strip().splitlines() == [f"failed: {(folder / 'broken.avi').resolve()}: cannot be opened "
+                                                  "as a video"]
+    classes = load_split(synth_store.splits, 1).classes
+    logits = predicted_logits(result.stdout, classes)
+    assert set(logits) == set(ids)
+    for path, vid in ids.items():
+        expected = evaluated["mars"][vid]
+        np.testing.assert_allclose(logits[path], expected, atol=1e-4, err_msg=vid)
+        assert logits[path].argmax() == expected.argmax()
+
+
+def test_a_flow_checkpoint_computes_flow(test_videos, flow_teacher, no_tvl1):
+    folder, _ = test_videos
+    result = predict_cli(folder, flow_teacher, env_path=no_tvl1)
+    assert result.returncode != 0 and "TV-L1 was called" in result.stderr and not result.stdout
+
+
+def test_two_checkpoints_fuse_by_the_mean_of_raw_logits(test_videos, mars_checkpoint, flow_teacher, evaluated,
+                                                        synth_store):
+    folder, ids = test_videos
+    result = predict_cli(folder, mars_checkpoint, flow_teacher)
+    assert result.returncode == 1 and "broken.avi" in result.stderr
+    logits = predicted_logits(result.stdout, load_split(synth_store.splits, 1).classes)
+    for path, vid in ids.items():  # TV-L1 on the fly with the store's preset gives the store's flow codes
+        expected = (evaluated["mars"][vid] + evaluated["flow"][vid]) / 2
+        np.testing.assert_allclose(logits[path], expected, atol=1e-4, err_msg=vid)
+
+
+def test_the_table_names_the_top_classes(test_videos, mars_checkpoint, synth_store):
+    folder, ids = test_videos
+    path = next(iter(ids))
+    result = run_cli("predict", path, "--checkpoint", str(mars_checkpoint), "--top-k", "2", "--no-progress",
+                     "--device", "cpu")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(path) and lines[1].lstrip().startswith("1. ") and lines[2].lstrip().startswith("2. ")
+    assert lines[-1].startswith("mars: 1 predicted, 0 failed")
+
+
+def test_checkpoints_of_other_classes_are_not_fused(mars_checkpoint, tmp_path):
+    import torch
+
+    from pipelines.predict import load_streams
+
+    payload = torch.load(mars_checkpoint, weights_only=True)
+    payload["classes"] = list(reversed(payload["classes"]))
+    torch.save(payload, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="other classes"):
+        load_streams([mars_checkpoint, tmp_path / "other.pth"])

@@ -1,0 +1,167 @@
+"""The HTML report of a real (tiny) pipeline run, the attention command, and their behaviour without matplotlib."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, run_cli, tiny_train_toml
+from flow.errors import InputError
+from pipelines.attention import upsample_weights
+from pipelines.flow_colors import color_wheel, flow_to_rgb
+from pipelines.run_folder import open_run_folder, read_metrics
+
+INSTALL = "pip install 'mars-sta[report]'"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> SimpleNamespace:
+    """Flow and STA-MARS, one epoch each, on 2 classes; 8-frame clips so every 16-pair test video has 2 clips."""
+    root = tmp_path_factory.mktemp("report_run")
+    config = root / "run.toml"
+    config.write_text(
+        "[synth]\nclasses = 2\nvideos_per_class = 5\nsize = 32\n\n"
+        '[data]\nvideos = "data/videos"\nstreams = ["flow", "sta-mars"]\nsta = "layer3"\n\n'
+        '[extract]\nshort_side = 0\npreset = "cheap"\nworkers = 2\n\n'
+        + tiny_train_toml().replace("epochs = 2", "epochs = 1").replace("frames = 16", "frames = 8")
+        .replace("val_fraction = 0.2", "val_fraction = 0.25"))
+    out = root / "run"
+    run_cli("run", str(config), "--out", str(out))
+    return SimpleNamespace(out=out, store=out / "store", sta=out / "split1" / "train-sta-mars" / "best.pth",
+                           flow=out / "split1" / "train-flow" / "best.pth")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run) -> SimpleNamespace:
+    result = run_cli("report", str(tiny_run.out))
+    html_path = tiny_run.out / "report.html"
+    return SimpleNamespace(stdout=result.stdout, html=html_path.read_text(), path=html_path,
+                           files=tiny_run.out / "report_files")
+
+
+def _image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert image is not None, f"{path} is not a readable PNG"
+    return image
+
+
+def test_report_writes_and_embeds_every_picture(report):
+    assert report.stdout.strip().endswith(f"report: {report.path}")
+    expected = {"confusion_split1.png", "per_class_split1.png", "curves_split1_flow.png",
+                "curves_split1_sta-mars.png", "flow_sample.png"}
+    expected |= {f"attention{n}_{kind}.png" for n in (1, 2, 3) for kind in ("overlay", "frame_weights",
+                                                                            "channel_frame")}
+    assert {p.name for p in report.files.glob("*.png")} == expected
+    for name in expected:
+        image = _image(report.files / name)
+        assert image.ndim == 3 and image.shape[2] in (3, 4) and min(image.shape[:2]) >= 150, (name, image.shape)
+        assert image[..., :3].std() > 5, f"{name} is blank"
+        encoded = base64.b64encode((report.files / name).read_bytes()).decode()
+        assert f'src="data:image/png;base64,{encoded}"' in report.html, f"{name} is not embedded"
+        assert f'data-file="report_files/{name}"' in report.html
+    assert _image(report.files / "curves_split1_sta-mars.png").shape[:2] == (300, 1200)
+
+
+def test_report_is_self_contained_and_holds_the_top1_table(report, tiny_run):
+    assert re.findall(r'(?:src|href)="(?!data:|#)', report.html) == []
+    assert "<link" not in report.html and "<script" not in report.html
+    fused = json.loads((tiny_run.out / "fused" / "report.json").read_text())
+    table = report.html.split("Top-1 accuracy (%)")[1].split("</table>")[0]
+    for row in (r for r in fused["rows"] if r["split"] == 1):
+        assert re.search(rf"<td>{re.escape(row['model'])}</td><td>{row['top1']:.2f}</td>", table), row["model"]
+    for words in ("STA attention", "Optical flow", "Parameters and compute", "tiny_resnet + sta layer3",
+                  "layer3.0.sta", "Preprocessing", "tvl1.nscales"):
+        assert words in report.html
+
+
+def test_report_attention_weights_cover_every_test_clip(report):
+    weights = json.loads((report.files / "attention1_attention.json").read_text())
+    assert weights["stream"] == "sta-mars" and len(weights["clips"]) == 2  # 16 flow pairs / 8-frame clips
+    assert [clip["frames"] for clip in weights["clips"]] == [list(range(8)), list(range(8, 16))]
+    module = weights["modules"][0]
+    gate = np.array(module["weights"])
+    assert gate.shape == (2, *module["shape"]) and module["shape"][1] == 8
+    assert np.all((gate > 0) & (gate < 1))
+    # the feature map keeps all 8 frames, so a frame's weight is exactly W's mean over channels
+    assert np.allclose([clip["frame_weights"] for clip in weights["clips"]], gate.mean(axis=1), atol=1e-5)
+
+
+def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
+    scores = np.load(tiny_run.out / "split1" / "scores" / "sta-mars-test.npz")
+    video = str(scores["video_ids"][0])
+    result = run_cli("attention", "--checkpoint", str(tiny_run.sta), "--store", str(tiny_run.store),
+                     "--video", video, "--out", str(tmp_path / "att"))
+    assert result.stdout.startswith(f"{video}: predicted ")
+    for name in ("overlay.png", "frame_weights.png", "channel_frame.png"):
+        assert _image(tmp_path / "att" / name)[..., :3].std() > 5
+    weights = json.loads((tmp_path / "att" / "attention.json").read_text())
+    classes = [str(c) for c in scores["classes"]]
+    assert weights["video"] == video
+    assert weights["predicted"] == classes[int(np.argmax(scores["logits"][0]))]  # same clips, same average
+
+
+def test_attention_needs_a_checkpoint_with_sta(tiny_run, tmp_path):
+    result = run_cli("attention", "--checkpoint", str(tiny_run.flow), "--store", str(tiny_run.store),
+                     "--video", "anything", "--out", str(tmp_path / "att"), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert str(tiny_run.flow) in lines[0] and "has no STA module" in lines[0]
+    assert not (tmp_path / "att").exists()
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path):
+    result = run_cli("report", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path}: holds no fused/report.json: not a finished `mars-sta run` folder"
+
+
+def test_without_matplotlib_the_commands_say_how_to_install_it(tiny_run, tmp_path):
+    hidden = tmp_path / "site"
+    (hidden / "matplotlib").mkdir(parents=True)
+    (hidden / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), str(REPO)])}
+    commands = [["report", str(tiny_run.out), "--out", str(tmp_path / "r.html")],
+                ["attention", "--checkpoint", str(tiny_run.sta), "--store", str(tiny_run.store), "--video", "x",
+                 "--out", str(tmp_path / "att")]]
+    for args in commands:
+        result = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
+                                cwd=REPO, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and INSTALL in result.stderr
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "att").exists()
+
+
+def test_flow_colours_follow_the_hsv_wheel():
+    flow = np.array([[[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [0.5, 0.0]]], np.float32)
+    rgb = flow_to_rgb(flow, max_magnitude=1.0)[0]
+    assert rgb[0].tolist() == [255, 0, 0]  # rightwards: red
+    assert rgb[1].tolist() == [0, 255, 255]  # leftwards: cyan, the opposite hue
+    assert rgb[2].tolist() == [0, 0, 0]  # still: black
+    assert rgb[3].tolist() == [128, 0, 0]  # half the magnitude: half the brightness
+    wheel = color_wheel(33)
+    assert wheel[16, 32].tolist() == [255, 0, 0] and wheel[0, 0].tolist() == [255, 255, 255]
+    assert wheel[32, 16][1] > wheel[32, 16][2]  # downwards (y grows): hue 90°, green-yellow
+
+
+def test_upsampled_weights_follow_frame_centres():
+    assert np.allclose(upsample_weights(np.array([0.2, 0.4, 0.6]), 3), [0.2, 0.4, 0.6])
+    assert np.allclose(upsample_weights(np.array([0.7]), 4), 0.7)
+    assert np.allclose(upsample_weights(np.array([0.0, 1.0]), 4), [0.0, 0.25, 0.75, 1.0])
+
+
+def test_run_folder_errors_name_the_file(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "loss"\n')
+    with pytest.raises(InputError, match=r"metrics.jsonl: line 2 is not valid JSON"):
+        read_metrics(metrics)
+    with pytest.raises(InputError, match="no such run folder"):
+        open_run_folder(tmp_path / "missing")
