@@ -8,23 +8,35 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from flow.errors import write_error
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yield a handle on a temporary file beside ``path``; on success it is fsynced and renamed onto ``path``,
-    on any error (a kill, a full disk) it is removed and ``path`` keeps what it had."""
+    on any error (a kill, a full disk) it is removed and ``path`` keeps what it had. A failed write is an OSError
+    naming ``path`` (the raw one names no file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the final file gets the usual permissions
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise write_error(path, exc) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

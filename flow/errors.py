@@ -1,6 +1,7 @@
 """Errors caused by a user's input: one line that names the file and the problem."""
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -19,3 +20,18 @@ class StoreLockedError(InputError):
 
 class VideoError(InputError):
     """One video cannot be extracted (unreadable, empty, too short); the extraction records it and goes on."""
+
+
+# Errors of a write that no retry of the same write can fix: a full disk or quota, a file over ``ulimit -f``.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> OSError:
+    """A failed write as an OSError naming the file the user asked for, so the CLI prints one line.
+
+    Libraries report such failures against a temporary name, over several lines (HDF5), or without any file name.
+    """
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+    if exc.errno in NO_SPACE:
+        reason += ": the file was not written; free some space or raise the file-size limit (ulimit -f), then rerun"
+    return OSError(exc.errno, reason, os.fspath(path))

@@ -32,7 +32,7 @@ import cv2
 import h5py
 import numpy as np
 
-from flow.errors import InputError, StoreLockedError
+from flow.errors import InputError, StoreLockedError, write_error
 from flow.quantize import dequantize
 
 FORMAT = "mars-sta-flow-store"
@@ -95,6 +95,8 @@ def write_json_atomic(path: Path, payload: Any) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
         temp.unlink(missing_ok=True)
 
@@ -202,16 +204,20 @@ def preprocessing_differences(stored: dict[str, Any], wanted: dict[str, Any], pr
 
 
 class VideoFileWriter:
-    """Writes one video's file under a temporary name; ``commit()`` renames it into place.
+    """Builds one video's file in memory; ``commit()`` writes it under a temporary name and renames it into place.
 
-    Frames and flow are appended as they are computed, so memory does not grow with the video's length.
+    HDF5 itself never writes to disk: after a failed write (a full disk, ``ulimit -f``) the library is left in a
+    state where the file cannot be closed and the process crashes on exit, whereas writing the finished file image
+    fails with a plain OSError. Memory holds the compressed file only (JPEG frames, gzip flow: a few MB for a
+    UCF-101 video). The temporary file is created when the video starts, so a running writer shows on disk.
     """
 
     def __init__(self, final: Path, attrs: dict[str, Any], jpeg_quality: int) -> None:
         self.final = final
         self.temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
         final.parent.mkdir(parents=True, exist_ok=True)
-        self._file = h5py.File(self.temp, "w")
+        self.temp.touch()
+        self._file = h5py.File(self.temp, "w", driver="core", backing_store=False)
         self._file.attrs.update(attrs)
         self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
         self._frames = self._file.create_dataset("frames", shape=(0,), maxshape=(None,),
@@ -239,12 +245,19 @@ class VideoFileWriter:
         self._flow[index] = codes
 
     def commit(self, height: int, width: int) -> None:
-        """Close, flush to disk and rename into place: from here on the video counts as done."""
+        """Write the file, flush it to disk and rename it into place: from here on the video counts as done."""
         self._file.attrs["height"] = height
         self._file.attrs["width"] = width
+        self._file.flush()
+        image = self._file.id.get_file_image()
         self._file.close()
-        with open(self.temp, "rb") as handle:
-            os.fsync(handle.fileno())
+        try:
+            with open(self.temp, "wb") as handle:
+                handle.write(image)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise write_error(self.final, exc) from None
         os.replace(self.temp, self.final)
 
     def abort(self) -> None:

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-# FFmpeg's own complaints about broken files would interleave with the progress bar; the reason a video failed is
-# recorded in failures.json instead. Read by OpenCV when its FFmpeg backend first opens a file.
+# FFmpeg's and OpenCV's own complaints about broken files ("Could not find decoder") would interleave with the
+# progress bar; the reason a video failed is recorded in failures.json instead. Read by OpenCV when it first logs
+# and when its FFmpeg backend first opens a file; set either variable to see them.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 
 import cv2  # noqa: E402 - must follow the environment setting above
 import numpy as np  # noqa: E402

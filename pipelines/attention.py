@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.manifest import write_json_atomic
 
 
 @dataclass

@@ -28,7 +28,7 @@ def _drawn_modules(attention: VideoAttention) -> tuple[list, str]:
     """The deepest ``MAX_MODULES`` modules, and a title note when some are left out (all are in the JSON)."""
     modules = attention.modules[-MAX_MODULES:]
     left_out = len(attention.modules) - len(modules)
-    return modules, f" (deepest {len(modules)} of {len(attention.modules)} STA modules)" if left_out else ""
+    return modules, f"\n(the deepest {len(modules)} of {len(attention.modules)} STA modules)" if left_out else ""
 
 
 def frame_weight_curves(attention: VideoAttention) -> Any:
@@ -55,7 +55,9 @@ def channel_frame_maps(attention: VideoAttention) -> Any:
     """W of each STA module as a heatmap, channels × feature frames, for the first few clips (shared colours)."""
     modules, note = _drawn_modules(attention)
     clips = min(MAX_MAP_CLIPS, len(attention.windows))
-    figure = new_figure(2.9 * clips + 1.2, 3.0 * len(modules) + 0.5)
+    figure = new_figure(max(2.9 * clips + 1.2, 5.0), 3.0 * len(modules) + 0.7)
+    from matplotlib.ticker import MaxNLocator
+
     grid = figure.subplots(len(modules), clips, squeeze=False)
     for row, module in zip(grid, modules):
         low, high = float(module.weights.min()), float(module.weights.max())
@@ -65,6 +67,7 @@ def channel_frame_maps(attention: VideoAttention) -> Any:
                                 interpolation="nearest")
             axes.set_title(f"{module.name}, clip {column + 1}", fontsize=8)
             axes.set_xlabel("feature frame")
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             if column == 0:
                 axes.set_ylabel("channel")
         figure.colorbar(image, ax=list(row), label="W", shrink=0.9)
@@ -133,9 +136,12 @@ def attention_overlay(attention: VideoAttention) -> Any:
         bar_axes.set_xticks(np.arange(len(picks)), [str(f) for f in frames], fontsize=6)
         bar_axes.tick_params(axis="y", labelsize=6)
         bar_axes.set_ylabel("weight", fontsize=7)
-    digits = int(np.clip(np.ceil(-np.log10(max(spread, 1e-9))) + 1, 3, 9))  # enough to tell low from high
-    figure.suptitle(f"{attention.describe()}\ntemporal weights of {attention.shown.name} (border colour and "
-                    f"brightness from {low:.{digits}f} to {high:.{digits}f})", fontsize=9)
+    if spread > 1e-6:
+        digits = int(np.clip(np.ceil(-np.log10(spread)) + 1, 3, 7))  # enough to tell low from high
+        scale = f"border colour and brightness from {low:.{digits}f} to {high:.{digits}f}"
+    else:
+        scale = f"every frame weighs {low:.3f}"
+    figure.suptitle(f"{attention.describe()}\ntemporal weights of {attention.shown.name} ({scale})", fontsize=9)
     return figure
 
 

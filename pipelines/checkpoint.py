@@ -8,7 +8,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -20,9 +20,36 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` under a temporary name, fsync, then rename: a kill never leaves half a checkpoint."""
+    """Write ``payload`` under a temporary name, fsync, then rename: a kill never leaves half a checkpoint.
+
+    A write that fails (a full disk, ``ulimit -f``) is an OSError naming ``path``; the previous file stays.
+    """
     with atomic_output(path) as handle:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, handle)
+        sink = _Sink(handle)
+        try:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+
+
+class _Sink:
+    """The file torch.save writes to; keeps the OSError of a failed write, which torch turns into a RuntimeError."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

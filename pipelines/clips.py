@@ -153,12 +153,16 @@ class _StoreClips(Dataset):
         self.normalization = normalization
         self.cache_videos = cache_videos
         self._cache: dict[str, list[np.ndarray]] = {}
-        self._shapes: dict[str, tuple[int, int, int]] = {}
         known = set(self.store.video_ids())
         missing = [video for video, _ in self.items if video not in known]
         if missing:
             raise InputError(self.store.root, f"has no video {missing[0]!r} ({len(missing)} of {len(self.items)} "
                                               "listed videos are missing: extracted from another dataset?)")
+        # Opening every file here checks it (datasets, dtypes, shapes) in this process, where a damaged one is a
+        # one-line InputError; found in a DataLoader worker, it would come back as the worker's traceback.
+        self._shapes: dict[str, tuple[int, int, int]] = {}
+        for video, _ in self.items:
+            self._shape(video)
 
     @property
     def channels(self) -> int:

@@ -14,15 +14,14 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
-from flow.errors import InputError
+from flow.atomic import atomic_output
+from flow.errors import InputError, write_error
 from pipelines import checkpoint as ckpt
 from pipelines.clips import Normalization
 
@@ -43,14 +42,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.Pat
         raise InputError(None, f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     model, payload = ckpt.model_from_checkpoint(checkpoint)
     out = Path(out)
-    if fmt == "mars":
-        _write_atomic(out, lambda path: torch.save(mars_payload(payload), path))
-        arch = mars_arch(payload["arch"])
-    else:
-        program = export_program(model)
-        extra = {METADATA: json.dumps(export_metadata(payload), indent=2)}
-        _write_atomic(out, lambda path: torch.export.save(program, path, extra_files=extra))
-        arch = payload["arch"]
+    try:
+        if fmt == "mars":
+            with atomic_output(out) as handle:
+                torch.save(mars_payload(payload), handle)
+            arch = mars_arch(payload["arch"])
+        else:
+            program = export_program(model)
+            extra = {METADATA: json.dumps(export_metadata(payload), indent=2)}
+            with atomic_output(out) as handle:
+                torch.export.save(program, handle, extra_files=extra)
+            arch = payload["arch"]
+    except OSError as exc:
+        raise write_error(out, exc) from None
     return {"format": fmt, "out": str(out), "arch": arch, "stream": payload.get("stream"),
             "classes": len(payload.get("classes", [])), "bytes": out.stat().st_size}
 
@@ -95,18 +99,3 @@ def export_metadata(payload: dict[str, Any]) -> dict[str, Any]:
         "preprocessing": preprocessing,
         "model_kwargs": kwargs,
     }
-
-
-def _write_atomic(out: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary name in the same folder, then rename: a crash never leaves half a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

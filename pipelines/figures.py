@@ -6,14 +6,12 @@ machine or inside a worker. Every figure has a fixed size in pixels at ``DPI``; 
 """
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from flow.atomic import atomic_output
 from flow.errors import InputError
 
 DPI = 100
@@ -46,19 +44,9 @@ def new_figure(width: float, height: float) -> Any:
 
 def save(figure: Any, path: str | Path) -> Path:
     """Render ``figure`` to PNG under a temporary name and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_output(path) as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+    return Path(path)
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -11,36 +11,40 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from flow.atomic import write_text_atomic
 from pipelines import figures, html_page
 from pipelines.report_manifest import manifest_section, profile_section
-from pipelines.report_tables import best_model, describe_fusion, top1_grid, write_text_atomic
+from pipelines.report_tables import best_model, describe_fusion, top1_grid
 from pipelines.run_folder import RunFolder, TrainingRun, open_run_folder
 
 FLOW_SAMPLE_FRAMES = 6  # frame / flow pairs shown for the sample video
 
 
 class _Images:
-    """Writes figures into the page's files folder and embeds them; forgets nothing it wrote."""
+    """Writes figures into the page's files folder and embeds them, remembering every file of this report."""
 
     def __init__(self, folder: Path, page_dir: Path) -> None:
         self.folder, self.page_dir = folder, page_dir
         self.written: set[Path] = set()
 
-    def figure(self, figure, name: str, caption: str) -> str:
+    def figure(self, figure: Any, name: str, caption: str) -> str:
         return self.embed(figures.save(figure, self.folder / name), caption)
 
     def embed(self, path: Path, caption: str) -> str:
-        self.written.add(path.resolve())
+        self.keep(path)
         return html_page.image(path, caption, self.page_dir)
 
+    def keep(self, path: Path) -> None:
+        self.written.add(path.resolve())
+
     def remove_stale(self) -> None:
-        """PNGs of an earlier report that this one did not write (a stream or video that is gone)."""
-        for path in self.folder.glob("*.png"):
-            if path.resolve() not in self.written:
+        """Files of an earlier report that this one did not write (a stream or video that is gone)."""
+        for path in self.folder.iterdir():
+            if path.suffix in (".png", ".json") and path.resolve() not in self.written:
                 path.unlink()
 
 
@@ -143,6 +147,7 @@ def _attention_section(run: RunFolder, images: _Images, count: int, device: str,
         log(f"attention: {video}")
         attention = probe.video(video, label)
         paths = write_attention(attention, images.folder, prefix=f"attention{number}_")
+        images.keep(paths["json"])
         parts.append(f"<h3>{html_page.text(attention.describe())}</h3>")
         parts.append(images.embed(paths["overlay"], "Frames with their temporal weights (border colour, brightness "
                                                     "and bars)."))
@@ -162,7 +167,8 @@ def _flow_section(run: RunFolder, images: _Images) -> str:
     if not ids:
         return html_page.paragraph(f"{run.store}: the store holds no videos.", "note")
     training = _sta_training(run) or (run.trainings[0] if run.trainings else None)
-    video = pick_videos(run, training, 1)[0][0] if training else ids[0]
+    picks = pick_videos(run, training, 1) if training else []
+    video = picks[0][0] if picks else ids[0]
     frames, flow = store.frames(video), store.flow(video)
     indices = np.unique(np.linspace(0, len(flow) - 1, min(FLOW_SAMPLE_FRAMES, len(flow))).round().astype(int))
     preprocessing = store.preprocessing

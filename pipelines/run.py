@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from flow.errors import InputError
 from pipelines.config import build_config, config_to_dict, read_toml
+from pipelines.lock import folder_lock
 from pipelines.manifest import config_hash, fingerprint, library_versions, write_json_atomic
 from pipelines.streams import stream_name
 
@@ -134,13 +135,18 @@ class Runner:
 def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (),
         log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """The whole pipeline; returns the fused report (or the evaluation summaries when there is nothing to fuse)."""
+    runner = Runner(plan, from_stage, force, log)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
+        return _run_locked(plan, runner, log, progress)
+
+
+def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
     from flow.extract import ExtractConfig, extract_flow
     from pipelines.evaluate import EvaluateConfig, evaluate
     from pipelines.fuse import FuseConfig, fuse
     from pipelines.train import TrainPaths, train
 
-    runner = Runner(plan, from_stage, force, log)
-    plan.out.mkdir(parents=True, exist_ok=True)
     for stream in plan.data.streams:
         if stream not in STREAM_STAGES:
             raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "

@@ -15,10 +15,11 @@ import h5py
 import numpy as np
 import pytest
 
+from cli.byod import LAYOUT_NAMES, QUANTIZATION_NAMES
 from conftest import REPO, run_cli
 from flow import FlowStore
 from flow.importer import LAYOUTS, has_flow, is_imported
-from flow.quantize import quantize, step
+from flow.quantize import QUANTIZATIONS, quantize, step
 
 BOUND = 20.0
 SIZE = (72, 96)  # height, width
@@ -169,6 +170,10 @@ def test_3d_resnets_frames_make_an_rgb_only_store(sources, tmp_path):
     again = run_cli("import-frames", str(tree), "--out", str(tmp_path / "store"), "--quantization", "round",
                     "--no-progress", check=False)
     assert again.returncode == 2 and "has no flow" in again.stderr
+
+
+def test_the_command_offers_exactly_the_layouts_there_are():
+    assert LAYOUT_NAMES == ("auto", *LAYOUTS) and QUANTIZATION_NAMES == QUANTIZATIONS
 
 
 def test_an_ambiguous_tree_lists_the_candidates(sources, tmp_path):

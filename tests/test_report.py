@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from pipelines.flow_colors import color_wheel, flow_to_rgb
 from pipelines.run_folder import open_run_folder, read_metrics
 
 INSTALL = "pip install 'mars-sta[report]'"
+needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                      reason=f"matplotlib is not installed ({INSTALL})")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,7 @@ def _image(path: Path) -> np.ndarray:
     return image
 
 
+@needs_matplotlib
 def test_report_writes_and_embeds_every_picture(report):
     assert report.stdout.strip().endswith(f"report: {report.path}")
     expected = {"confusion_split1.png", "per_class_split1.png", "curves_split1_flow.png",
@@ -71,6 +75,7 @@ def test_report_writes_and_embeds_every_picture(report):
     assert _image(report.files / "curves_split1_sta-mars.png").shape[:2] == (300, 1200)
 
 
+@needs_matplotlib
 def test_report_is_self_contained_and_holds_the_top1_table(report, tiny_run):
     assert re.findall(r'(?:src|href)="(?!data:|#)', report.html) == []
     assert "<link" not in report.html and "<script" not in report.html
@@ -83,6 +88,7 @@ def test_report_is_self_contained_and_holds_the_top1_table(report, tiny_run):
         assert words in report.html
 
 
+@needs_matplotlib
 def test_report_attention_weights_cover_every_test_clip(report):
     weights = json.loads((report.files / "attention1_attention.json").read_text())
     assert weights["stream"] == "sta-mars" and len(weights["clips"]) == 2  # 16 flow pairs / 8-frame clips
@@ -95,6 +101,7 @@ def test_report_attention_weights_cover_every_test_clip(report):
     assert np.allclose([clip["frame_weights"] for clip in weights["clips"]], gate.mean(axis=1), atol=1e-5)
 
 
+@needs_matplotlib
 def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
     scores = np.load(tiny_run.out / "split1" / "scores" / "sta-mars-test.npz")
     video = str(scores["video_ids"][0])
@@ -109,6 +116,7 @@ def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
     assert weights["predicted"] == classes[int(np.argmax(scores["logits"][0]))]  # same clips, same average
 
 
+@needs_matplotlib
 def test_attention_needs_a_checkpoint_with_sta(tiny_run, tmp_path):
     result = run_cli("attention", "--checkpoint", str(tiny_run.flow), "--store", str(tiny_run.store),
                      "--video", "anything", "--out", str(tmp_path / "att"), check=False)
@@ -118,6 +126,7 @@ def test_attention_needs_a_checkpoint_with_sta(tiny_run, tmp_path):
     assert not (tmp_path / "att").exists()
 
 
+@needs_matplotlib
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
     result = run_cli("report", str(tmp_path), check=False)
     assert result.returncode == 2
