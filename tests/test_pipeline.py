@@ -120,3 +120,13 @@ def test_run_twice_runs_nothing_the_second_time(tmp_path):
     assert report.stat().st_mtime_ns == stamp
     forced = run_cli("run", str(config), "--out", str(tmp_path / "out"), "--force", "fuse")
     assert "[run]  fuse scores" in forced.stdout and "ran 1 stage(s)" in forced.stdout
+
+
+def test_views_protocol_is_recorded_and_scores_every_video(synth_store, flow_teacher, tmp_path):
+    out = tmp_path / "views.npz"
+    evaluate(EvaluateConfig(protocol="views:2x3", subset="val"), flow_teacher, synth_store.store, out,
+             progress=False)
+    scores = load_scores(out)
+    assert scores.protocol == "views:2x3:16f" and scores.subset == "val" and len(scores.video_ids) >= 4
+    with pytest.raises(InputError, match="views:KxM"):
+        evaluate(EvaluateConfig(protocol="views:2x2"), flow_teacher, synth_store.store, out, progress=False)
