@@ -35,6 +35,7 @@ def import_frames_command(root: Path, out: Path, no_progress: bool, **options) -
       mars        %05d.jpg, TVL1jpg_x_%05d.jpg, TVL1jpg_y_%05d.jpg   (flow truncated)
       mmaction2   img_%05d.jpg, flow_x_%05d.jpg, flow_y_%05d.jpg     (denseflow; flow rounded)
       3d-resnets  image_%05d.jpg                                     (RGB only)
+
     Rerunning the same command resumes. Folders with gaps in their numbering, flow x/y counts that differ or files
     that are not whole JPEGs are listed in OUT/failures.json; the exit status is then 1 unless --allow-failures.
     """

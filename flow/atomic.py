@@ -46,3 +46,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what writers killed mid-write left in ``folder`` (a checkpoint's can be as large as the checkpoint).
+
+    Only call while holding the folder's lock: a running writer's temporary file would go too.
+    """
+    stale = [path for path in Path(folder).glob(".*.tmp") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

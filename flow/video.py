@@ -135,7 +135,9 @@ class VideoReader:
             raise VideoError(self.path, "no such file")
         if self.path.stat().st_size == 0:
             raise VideoError(self.path, "empty file (0 bytes)")
-        self._capture = cv2.VideoCapture(str(self.path))
+        # FFmpeg only: when it cannot read a file, OpenCV's fallback readers try next and print their complaints
+        # straight to stderr ("Unexpected element. Expected: LIST"); the reason is recorded in failures.json instead.
+        self._capture = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
             raise VideoError(self.path, "cannot be opened as a video")
         native = self._capture.get(cv2.CAP_PROP_FPS)

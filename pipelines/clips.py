@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flow.errors import InputError
+from flow.importer import has_flow
 from flow.store import FlowStore
 
 MODES: dict[str, int] = {"rgb": 3, "flow": 2, "rgb+flow": 5}
@@ -146,6 +147,10 @@ class _StoreClips(Dataset):
         if sample_duration < 1 or sample_size < 1:
             raise ValueError("sample_duration and sample_size must be positive")
         self.store = store if isinstance(store, FlowStore) else FlowStore(store)
+        if mode != "rgb" and not has_flow(self.store.preprocessing):
+            raise InputError(self.store.root, f"holds RGB frames only ({self.store.preprocessing.get('source_layout')} "
+                                              f"layout); {mode} clips need flow (import a layout with flow, or "
+                                              "extract-flow)")
         self.items = [(str(video), int(label)) for video, label in items]
         self.mode = mode
         self.sample_duration = sample_duration

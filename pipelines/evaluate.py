@@ -81,7 +81,9 @@ def evaluate(
                                      f"{len(data.classes)} (or other names): scores would be meaningless")
     if payload.get("preprocessing_hash") not in (None, data.preprocessing_hash):
         raise InputError(store, "was extracted with other preprocessing than the checkpoint was trained on")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after scoring
+    if Path(out).parent.is_file():  # an unusable --out fails now, not after scoring
+        raise InputError(out, f"cannot be written: {Path(out).parent} is a file, not a folder")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     items = {"test": data.test, "val": data.val, "train": data.train}[config.subset]
     if not items:
         raise InputError(None, f"subset {config.subset!r} of split {config.split} is empty")

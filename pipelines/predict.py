@@ -34,6 +34,7 @@ from pipelines import checkpoint as ckpt
 from pipelines.clips import Normalization, VideoClips
 from pipelines.device import resolve_device
 from pipelines.fuse import fused_scores
+from pipelines.fusion_weights import softmax
 from pipelines.manifest import config_hash
 from pipelines.streams import fusion_name
 
@@ -56,7 +57,8 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The top classes of one video: names, softmax probabilities and (fused) raw logits, best first."""
+    """The top classes of one video: names, softmax probabilities and (fused) raw logits, best first; ``clips``
+    is the number of test clips (of the stream with the most)."""
 
     video: str
     classes: list[str]
@@ -195,11 +197,11 @@ class Predictor:
             decoded = decode_video(video, streams[0].preprocessing, rgb=any(not s.needs_flow for s in streams),
                                    flow=any(s.needs_flow for s in streams))
             for stream in streams:
-                stream_logits, clips = self._logits(stream, decoded)
+                stream_logits, stream_clips = self._logits(stream, decoded)
                 logits.append(stream_logits)
+                clips = max(clips, stream_clips)
         fused = fused_scores(logits, [1.0] * len(logits)) if len(logits) > 1 else logits[0].astype(np.float64)
-        probabilities = np.exp(fused - fused.max())
-        probabilities /= probabilities.sum()
+        probabilities = softmax(fused[None])[0]
         top = np.argsort(-fused, kind="stable")[: min(self.config.top_k, len(self.classes))]
         return Prediction(str(video), [self.classes[i] for i in top], [float(probabilities[i]) for i in top],
                           [float(fused[i]) for i in top], clips)
@@ -259,14 +261,17 @@ def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoi
                       dynamic_ncols=True):
         try:
             prediction = predictor(video)
-        except (InputError, cv2.error) as exc:
-            reason = exc.problem if isinstance(exc, InputError) else f"OpenCV error: {str(exc).strip().splitlines()[-1]}"
-            summary.failures[str(video)] = reason
-            if on_failure:
-                on_failure(str(video), reason)
+        except InputError as exc:
+            reason = exc.problem
+        except cv2.error as exc:
+            reason = f"OpenCV error: {str(exc).strip().splitlines()[-1]}"
+        else:
+            summary.predictions.append(prediction)
+            if on_prediction:
+                on_prediction(prediction)
             continue
-        summary.predictions.append(prediction)
-        if on_prediction:
-            on_prediction(prediction)
+        summary.failures[str(video)] = reason
+        if on_failure:
+            on_failure(str(video), reason)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary

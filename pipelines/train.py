@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from flow.atomic import write_text_atomic
+from flow.atomic import remove_temporaries, write_text_atomic
 from flow.errors import InputError
 from pipelines import checkpoint as ckpt
 from pipelines.config import config_to_dict
@@ -274,6 +274,8 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out) if context.is_main else contextlib.nullcontext():
+        if context.is_main:
+            remove_temporaries(out)  # of a run killed while writing a checkpoint
         return _train_locked(config, paths, fine_tuning, device, context, say, out, resume)
 
 
