@@ -106,7 +106,8 @@ def ctx(synth_store, flow_teacher, tmp_path_factory) -> SimpleNamespace:
 
     root = tmp_path_factory.mktemp("bad")
     c = SimpleNamespace(root=root, store=synth_store.store, videos=synth_store.videos, splits=synth_store.splits,
-                        teacher=flow_teacher, teacher_sha=_sha(flow_teacher), store_sha=_store_digest(synth_store.store))
+                        teacher=flow_teacher, teacher_sha=_sha(flow_teacher),
+                        store_sha=_store_digest(synth_store.store))
     (root / "tiny.toml").write_text(tiny_train_toml().replace("epochs = 2", "epochs = 1"))
     c.tiny = root / "tiny.toml"
 
