@@ -7,28 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from flow.atomic import write_text_atomic
 from pipelines.manifest import write_json_atomic
 
 _METHODS = {"equal": "equal average", "fixed": "fixed-weight average", "learned": "learned-weight average"}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text under a temporary name, fsync, then rename, so no reader sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv(rows: list[list[Any]]) -> str:

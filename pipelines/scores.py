@@ -5,14 +5,13 @@ Every file is checked where it enters: a damaged or inconsistent file is a one-l
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from flow.atomic import atomic_output
 from flow.errors import InputError
 from pipelines.streams import FUSION_ORDER
 
@@ -121,17 +120,8 @@ def save_scores(
     }
     if scores.features is not None:
         arrays["features"] = scores.features
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        np.savez(handle, **arrays)
     return path
 
 

@@ -160,7 +160,7 @@ def test_list_file_paths_are_relative_to_its_folder_and_labels_are_ignored(tmp_p
     _touch(root / "B" / "two words.avi")
     outside = _touch(tmp_path / "elsewhere" / "C" / "three.avi")
     listing = root / "list.txt"
-    listing.write_text(f"# comment\nA/one.avi 1\n\nB/two words.avi\n")
+    listing.write_text("# comment\nA/one.avi 1\n\nB/two words.avi\n")
     found = find_videos(listing)
     assert found.root == root.resolve()
     assert [e.video_id for e in found.entries] == ["A/one", "B/two words"]
