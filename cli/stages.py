@@ -51,12 +51,12 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
         from cli.launch import relaunch_under_torchrun
 
         relaunch_under_torchrun(nproc)
-    from pipelines.config import load_config
-    from pipelines.train import TrainConfig, TrainPaths
+    from pipelines.train import TrainPaths, load_train_config
     from pipelines.train import train as run_training
 
-    config = load_config(TrainConfig, config_path, options, table="train")
-    summary = run_training(config, TrainPaths(store=store, out=out, splits=splits, pretrained=pretrained,
+    config, file_pretrained = load_train_config(config_path, options)
+    summary = run_training(config, TrainPaths(store=store, out=out, splits=splits,
+                                              pretrained=pretrained or file_pretrained,
                                               teacher=teacher), progress=click.echo, resume=resume)
     click.echo(f"best validation top-1 {summary['best_val_acc']:.1f}% -> {summary['best']}")
 

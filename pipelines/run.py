@@ -82,12 +82,9 @@ def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, A
 def _train_config(plan: RunPlan, stream: str, split: int):
     """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
     [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
-    from pipelines.train import TrainConfig
+    from pipelines.train import TrainConfig, stream_values
 
-    shared = {k: v for k, v in plan.tables.get("train", {}).items() if not isinstance(v, dict)}
-    base_stream = stream.removeprefix("sta-")
-    per_stream = plan.tables.get("train", {})
-    values = {**shared, **per_stream.get(base_stream, {}), **per_stream.get(stream, {}), "stream": base_stream,
+    values = {**stream_values(plan.tables.get("train", {}), stream), "stream": stream.removeprefix("sta-"),
               "split": split}
     if stream.startswith("sta-"):
         values.setdefault("sta", plan.data.sta)

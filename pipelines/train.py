@@ -90,6 +90,32 @@ class TrainPaths:
     teacher: Path | None = None
 
 
+def stream_values(train_table: dict[str, Any], stream: str) -> dict[str, Any]:
+    """The ``[train]`` values for one stream: shared keys, then ``[train.<stream>]`` (``[train.mars]`` also
+    applies to ``sta-mars``, whose own table comes last)."""
+    shared = {k: v for k, v in train_table.items() if not isinstance(v, dict)}
+    base = stream.removeprefix("sta-")
+    return {**shared, **train_table.get(base, {}), **train_table.get(stream, {})}
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[TrainConfig, Path | None]:
+    """``mars-sta train --config X.toml``: the file's ``[train]`` table for the stream being trained, then options.
+
+    Returns the config and the ``pretrained`` checkpoint the file names for that stream (relative to the file)."""
+    from pipelines.config import build_config, read_toml
+
+    if path is None:
+        return build_config(TrainConfig, {}, overrides), None
+    table = read_toml(path).get("train", {})
+    stream = overrides.get("stream") or table.get("stream") or TrainConfig.stream
+    if overrides.get("sta") or table.get("sta"):
+        stream = f"sta-{stream}"
+    values = stream_values(table, stream)
+    pretrained = values.pop("pretrained", None)
+    config = build_config(TrainConfig, values, overrides, source=path)
+    return config, (Path(path).parent / pretrained).resolve() if pretrained else None
+
+
 def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
     """Fill the MARS defaults that depend on the stream and on fine-tuning."""
     return dataclasses.replace(

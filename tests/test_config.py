@@ -36,3 +36,17 @@ def test_bad_config_names_file_and_key(tmp_path, text, words):
 def test_missing_config_file(tmp_path):
     with pytest.raises(InputError, match="config file not found"):
         load_config(TrainConfig, tmp_path / "none.toml")
+
+
+def test_train_config_takes_the_streams_own_table(tmp_path):
+    from pipelines.train import load_train_config
+
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\nepochs = 3\nalpha = 50.0\n[train.mars]\nalpha = 10.0\n'
+                    '[train.sta-mars]\nepochs = 4\npretrained = "k.pth"\n')
+    mars, _ = load_train_config(path, {"stream": "mars"})
+    sta, pretrained = load_train_config(path, {"stream": "mars", "sta": "layer4"})
+    flow, _ = load_train_config(path, {"stream": "flow", "epochs": 9})
+    assert (mars.alpha, mars.epochs) == (10.0, 3)
+    assert (sta.alpha, sta.epochs, sta.sta, pretrained) == (10.0, 4, "layer4", (tmp_path / "k.pth").resolve())
+    assert (flow.alpha, flow.epochs) == (50.0, 9)
