@@ -20,10 +20,21 @@ from pipelines.export import FORMATS, export_checkpoint, mars_arch
 CLASSES = ["left", "right", "up", "down", "still"]
 
 RUN_WITH_TORCH_ONLY = '''\
-import importlib.util, json, sys
+import json, sys
+
+
+class NotInstalled:
+    """Make this package's modules unimportable, as on a machine where only torch is installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("mars_sta", "flow", "pipelines", "cli"):
+            raise ImportError(f"{name} is not installed here")
+        return None
+
+
+sys.meta_path.insert(0, NotInstalled())
 import torch
 
-assert importlib.util.find_spec("mars_sta") is None and importlib.util.find_spec("pipelines") is None
 extra = {"mars_sta.json": ""}
 program = torch.export.load(sys.argv[1], extra_files=extra)
 inputs = torch.load(sys.argv[2])
@@ -80,7 +91,8 @@ def test_torch_export_runs_with_torch_alone_at_any_batch_size(sta_checkpoint, tm
     inputs = [torch.randn(batch, 3, 16, 32, 32) for batch in (1, 3)]
     torch.save(inputs, tmp_path / "inputs.pt")
     (tmp_path / "run.py").write_text(RUN_WITH_TORCH_ONLY)
-    # -I: no PYTHONPATH, no user site, no current folder; the repository is not importable from here
+    # -I: no PYTHONPATH, no user site, no current folder; the script also blocks this package's modules, which an
+    # editable install would otherwise still provide
     result = subprocess.run([sys.executable, "-I", str(tmp_path / "run.py"), str(out), str(tmp_path / "inputs.pt"),
                              str(tmp_path / "outputs.pt")], capture_output=True, text=True, cwd=tmp_path,
                             timeout=120)
