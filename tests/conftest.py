@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ def tiny_train_toml() -> str:
             return "[" + ", ".join(str(x) for x in v) + "]"
         return str(v)
     return "[train]\n" + "".join(f"{k} = {value(v)}\n" for k, v in TINY_TRAIN.items())
+
+
+def write_video(path, frames, fps=25.0):
+    """Frames (T, H, W, 3) BGR uint8 to an MJPG .avi."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(np.ascontiguousarray(frame))
+    writer.release()
+    return path
 
 
 def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import write_video
+
 from flow import FlowStore
 from flow.errors import InputError
 from flow.quantize import dequantize
@@ -32,16 +34,6 @@ def cli(*args, env=None, check=None):
     if check is not None:
         assert result.returncode == check, result.stdout + result.stderr
     return result
-
-
-def write_video(path, frames, fps=25.0):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(np.ascontiguousarray(frame))
-    writer.release()
-    return path
 
 
 def noisy_clip(frames, seed, width=64, height=48):

@@ -6,6 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import write_video
+
 from cli import flowcmds
 from flow.errors import InputError
 from flow.extract import ExtractConfig, VideoJob, extract_video
@@ -15,17 +17,6 @@ from flow.tvl1 import OPENCV_DEFAULTS, PRESETS, preset_params
 from flow.video import VideoReader, find_videos, output_size
 
 BOUND = 20.0
-
-
-def write_video(path, frames, fps=25.0):
-    """Frames (T, H, W, 3) BGR uint8 to an MJPG .avi."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    for frame in frames:
-        writer.write(np.ascontiguousarray(frame))
-    writer.release()
-    return path
 
 
 # -- quantisation ------------------------------------------------------------------------------------------------
