@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mars_sta.authors_layout import from_authors_layout, has_authors_keys
 from mars_sta.registry import list_models
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     classifier_replaced: bool = False
     input_adapted: str | None = None
+    authors_layout: bool = False
 
     def __str__(self) -> str:
         parts = [f"{self.source}: loaded {self.loaded} tensors"]
@@ -53,6 +55,8 @@ class LoadReport:
             parts.append("classifier replaced (class count differs)")
         if self.input_adapted:
             parts.append(self.input_adapted)
+        if self.authors_layout:
+            parts.append("attention read from the STA-MARS authors' layout (fa.*)")
         if self.missing:
             parts.append(f"{len(self.missing)} model keys not in the file (e.g. {self.missing[0]})")
         if self.unexpected:
@@ -78,6 +82,12 @@ def load_pretrained(
 ) -> LoadReport:
     """Load weights into ``model`` and report what was done.
 
+    Args:
+        model: a network from ``build_model`` (or any module with the same key names).
+        path_or_state: a checkpoint file (this project's, MARS's, 3D-ResNets', the STA-MARS authors') or a dict.
+        adapt_input: ``"average"`` converts ``conv1`` between RGB and flow; ``None`` makes that an error.
+        strict: require every backbone key to match (attention and BN counters excepted).
+
     * The classifier (``fc``; ``fc8`` for C3D) keeps its fresh weights when the class counts differ (fine-tuning).
     * ``adapt_input="average"`` converts ``conv1`` between RGB (3 channels) and flow (2 channels) by the
       cross-modality average: the mean over the file's input channels, repeated for each of the model's.
@@ -85,6 +95,8 @@ def load_pretrained(
     * Attention keys (any ``sta`` component) may be missing or unused: a plain network's weights load into one with
       STA, whose modules keep their initialisation. BN ``num_batches_tracked`` counters (absent in files written
       before PyTorch 0.4.1) may be missing too.
+    * The STA-MARS authors' attention keys (``layer4.<i>.fa.conv3d_1_fa.*`` …) load into ``sta="layer4:bn"``
+      (``mars_sta.authors_layout``).
     * With ``strict=True`` every other key must match in name and shape, otherwise ``CheckpointError`` names the
       first mismatch; ``strict=False`` loads what matches and reports the rest.
     """
@@ -101,9 +113,12 @@ def load_pretrained(
         state = remap(state)
 
     target = model.state_dict()
+    authors_layout = has_authors_keys(state)
+    if authors_layout:
+        state = from_authors_layout(state, target)
     classifier = getattr(model, "classifier_name", "fc")
     input_key = "conv1.weight"
-    report = LoadReport(source, file_arch, loaded=0)
+    report = LoadReport(source, file_arch, loaded=0, authors_layout=authors_layout)
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in target:

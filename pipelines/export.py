@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from flow.atomic import atomic_output
+from mars_sta.authors_layout import to_authors_layout
 from flow.errors import InputError, write_error
 from pipelines import checkpoint as ckpt
 from pipelines.clips import Normalization
@@ -61,11 +62,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, out: str | os.Pat
 
 def mars_payload(payload: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint dict as MARS's ``train.py`` saves it (no optimizer state: the file is for fine-tuning and
-    testing, not for resuming)."""
+    testing, not for resuming); attention with the authors' BatchNorms (``sta=...:bn``) takes the key names and
+    kernel shapes of their STA-MARS code."""
+    state = to_authors_layout(payload["state_dict"])
     return {
         "epoch": int(payload.get("epoch", 0)),
         "arch": mars_arch(payload["arch"]),
-        "state_dict": {f"module.{key}": value for key, value in payload["state_dict"].items()},
+        "state_dict": {f"module.{key}": value for key, value in state.items()},
         "optimizer": None,
     }
 
