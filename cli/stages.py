@@ -28,6 +28,10 @@ ANY_PATH = click.Path(path_type=Path)
 @click.option("--frames", type=int, help="Clip length (sample_duration), default 16.")
 @click.option("--size", type=int, help="Crop size (sample_size), default 112.")
 @click.option("--alpha", type=float, help="MARS feature-matching weight, default 50.")
+@click.option("--attention-lr-mult", type=float, help="Attention parameters train at lr × this (default 10, as "
+                                                       "the STA-MARS authors).")
+@click.option("--finetune-from", help="With --pretrained: first stage to train ('all', or default: the last "
+                                      "stage, layer4 for the ResNets). Attention modules always train.")
 @click.option("--val-fraction", type=float, help="Share of each class held out for validation (default 0.1; "
                                                   "0 selects on the test split, as MARS).")
 @click.option("--workers", type=int, help="DataLoader workers.")

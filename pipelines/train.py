@@ -61,7 +61,9 @@ class TrainConfig:
     scheduler: str = "plateau"  # plateau (on validation loss) | onecycle | cosine | none
     lr_patience: int = 10
     warmup_fraction: float = 0.15  # onecycle only
-    finetune_from: str = "layer4"  # with --pretrained: train this stage, later ones and fc ("all" trains everything)
+    finetune_from: str = "default"  # with --pretrained: train this stage, later ones and the classifier ("all":
+    # everything; "default": the architecture's last stage, MARS's layer4 for the ResNets). Attention always trains.
+    attention_lr_mult: float = 10.0  # attention parameters train at lr × this (the STA-MARS authors' 10)
     frames: int = 16  # sample_duration
     size: int = 112  # sample_size
     alpha: float = 50.0  # MARS weight of the feature-matching term
@@ -143,28 +145,58 @@ def _validate(config: TrainConfig, paths: TrainPaths) -> None:
         raise InputError(None, "accumulate must be at least 1")
 
 
-def _trainable_parameters(model: torch.nn.Module, finetune_from: str, fine_tuning: bool) -> list[torch.nn.Parameter]:
-    """Parameters to optimise: all from scratch; from ``finetune_from`` on (stage order) when fine-tuning."""
-    if not fine_tuning or finetune_from == "all":
-        return [p for p in model.parameters() if p.requires_grad]
+def _frozen_prefix(model: torch.nn.Module, finetune_from: str) -> set[str]:
+    """Names of the top-level children before the stage ``finetune_from`` (a child's name or its prefix, so C3D's
+    ``conv5`` starts at ``conv5a``); ``default`` is the architecture's last stage."""
+    from mars_sta import model_entry
+
+    stage = model_entry(model.arch).stages[-1] if finetune_from == "default" else finetune_from
     names = [name for name, _ in model.named_children()]
-    if finetune_from not in names:
+    start = next((i for i, name in enumerate(names) if name == stage or name.startswith(stage)), None)
+    if start is None:
         raise InputError(None, f"finetune_from {finetune_from!r}: the model has stages {', '.join(names)}")
-    trainable = set(names[names.index(finetune_from):])
-    params = []
+    return set(names[:start])
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig, fine_tuning: bool) -> list[dict[str, Any]]:
+    """Optimizer groups: ``backbone`` at ``lr`` and ``attention`` (every attention module) at
+    ``lr × attention_lr_mult``.
+
+    From scratch everything trains; when fine-tuning, the children before ``finetune_from`` are frozen, except the
+    attention modules, which train wherever ``sta`` put them (a frozen module at its initialisation would be a
+    constant gate). The group dicts carry ``name`` and ``lr_mult`` for the manifest.
+    """
+    from mars_sta import attention_modules
+
+    frozen = _frozen_prefix(model, config.finetune_from) if fine_tuning and config.finetune_from != "all" else set()
     for name, child in model.named_children():
-        for p in child.parameters():
-            p.requires_grad_(name in trainable)
-            if name in trainable:
-                params.append(p)
-    return params
+        child.requires_grad_(name not in frozen)
+    attention = [p for _, module in attention_modules(model) for p in module.parameters()]
+    for p in attention:
+        p.requires_grad_(True)
+    attention_ids = {id(p) for p in attention}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in attention_ids]
+    groups = [{"name": "backbone", "params": backbone, "lr": config.lr, "lr_mult": 1.0}]
+    if attention:
+        groups.append({"name": "attention", "params": attention, "lr": config.lr * config.attention_lr_mult,
+                       "lr_mult": config.attention_lr_mult})
+    return groups
 
 
-def _make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def describe_groups(model: torch.nn.Module, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """For the manifest: each group's rate and size, and how many parameters stay frozen."""
+    rows = [{"name": g["name"], "lr": g["lr"], "lr_mult": g["lr_mult"], "tensors": len(g["params"]),
+             "parameters": sum(p.numel() for p in g["params"])} for g in groups]
+    trained = sum(row["parameters"] for row in rows)
+    return {"parameter_groups": rows, "frozen_parameters": sum(p.numel() for p in model.parameters()) - trained}
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """SGD as MARS (momentum, dampening) or AdamW, over ``parameter_groups``."""
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     dampening = 0.0 if config.nesterov else config.dampening
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, dampening=dampening,
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=dampening,
                            weight_decay=config.weight_decay, nesterov=config.nesterov)
 
 
@@ -172,7 +204,8 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
     if config.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", patience=config.lr_patience)
     if config.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=config.epochs,
                                                    steps_per_epoch=steps_per_epoch, pct_start=config.warmup_fraction)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
@@ -305,6 +338,20 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
         return _train_locked(config, paths, fine_tuning, device, context, say, out, resume)
 
 
+def _warn_collapsed_time(config: TrainConfig, in_channels: int, say: Callable[[str], None]) -> None:
+    """Say where attention sees a single time step: there STA's temporal weights have nothing to weigh."""
+    from mars_sta.profile import attention_time_steps
+
+    steps = attention_time_steps(config.arch, sta=config.sta, frames=config.frames, size=config.size,
+                                 in_channels=in_channels)
+    collapsed = sorted({next(part for part in name.split(".") if part != "sta")
+                        for name, length in steps.items() if length == 1})
+    if collapsed:
+        say(f"warning: sta {', '.join(collapsed)} sees a temporal length of 1 at {config.frames} frames, so its "
+            f"temporal attention reduces to a channel gate; use more frames (the paper's STA runs use 64) or an "
+            f"earlier stage")
+
+
 def _configure_determinism(config: TrainConfig, device: torch.device) -> None:
     """Deterministic kernels by default on CPU (resume equals an uninterrupted run); cuDNN autotuning on CUDA."""
     deterministic = config.deterministic if config.deterministic is not None else device.type == "cpu"
@@ -336,11 +383,13 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         if device.type != "cuda":
             raise InputError(None, "sync_bn needs CUDA (SyncBatchNorm does not run on CPU)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.sta:
+        _warn_collapsed_time(config, model.build_kwargs["in_channels"], say)
     teacher = _load_teacher(paths.teacher, data, device) if config.stream == "mars" else None
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher is not None else None
     model.to(device)
-    params = _trainable_parameters(model, config.finetune_from, fine_tuning)
-    optimizer = _make_optimizer(config, params)
+    groups = parameter_groups(model, config, fine_tuning)
+    optimizer = make_optimizer(config, groups)
     steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
@@ -354,7 +403,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
         "pretrained": paths.pretrained, "teacher": paths.teacher})
     manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
-                    processes=context.world_size)
+                    processes=context.world_size, **describe_groups(model, groups))
     start_epoch, best_acc = 0, -math.inf
     last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
     if last_path.exists() and not resume:
