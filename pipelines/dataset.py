@@ -14,7 +14,7 @@ from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.clips import SCALES, ClipDataset, Normalization, VideoClips
 from pipelines.manifest import config_hash
-from pipelines.splits import load_split, val_subset
+from pipelines.splits import hold_out_validation, load_split
 from pipelines.synth import mirror_maps
 
 Items = list[tuple[str, int]]
@@ -31,6 +31,7 @@ class StageData:
     test: Items
     splits_path: Path
     preprocessing_hash: str
+    val_method: str = "none"  # how the validation part was held out (splits.ValidationSplit.method)
     hflip_map: dict[int, int] | None = None
     vflip_map: dict[int, int] | None = None
     normalization_name: str = field(default="mars")
@@ -76,9 +77,10 @@ def open_stage_data(store_path: Path, splits: Path | None, split: int, val_fract
     if missing:
         raise InputError(store_path, f"{len(missing)} video(s) of split {split} are not in the store, e.g. "
                                      f"'{missing[0]}' (extract them, or check --splits)")
-    train, val = val_subset(chosen.train, val_fraction, seed)
+    held_out = hold_out_validation(chosen.train, val_fraction, seed)
     hflip, vflip = _mirror_maps(store, chosen.classes)
-    return StageData(store=store, classes=list(chosen.classes), train=train, val=val, test=list(chosen.test),
+    return StageData(store=store, classes=list(chosen.classes), train=held_out.train, val=held_out.val,
+                     test=list(chosen.test), val_method=held_out.method,
                      splits_path=Path(splits), preprocessing_hash=config_hash(store.preprocessing),
                      hflip_map=hflip, vflip_map=vflip)
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 
 from flow.errors import InputError
 
@@ -22,6 +26,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 CSV_COLUMNS = ("video", "class", "subset", "split")
 _HMDB_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d+)\.txt$")
+_UCF_GROUP = re.compile(r"_g(?P<group>\d+)_c\d+$")  # v_<Class>_g08_c01: clips of one group share a source video
 _MMACTION_FILE = re.compile(r"^.+_(?P<subset>train|val)_split_(?P<n>\d+)_(?P<kind>\w+)\.txt$")
 
 
@@ -80,6 +85,61 @@ def load_split(path: str | Path, split: int = 1) -> Split:
         "no split files found (expected classInd.txt with trainlist0N/testlist0N.txt, "
         "<class>_test_splitN.txt files, <name>_train_split_N_<kind>.txt lists, or pass a .csv file)",
     )
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """A training list split into the part trained on and the held-out validation part, and how it was chosen."""
+
+    train: list[tuple[str, int]]
+    val: list[tuple[str, int]]
+    method: str  # "groups" (no source-video group on both sides), "class-stratified" or "none"
+
+
+def video_group(video: str) -> str | None:
+    """The UCF-101 group of a video id (``.../v_Biking_g08_c01`` → ``"08"``), or None when it names none."""
+    match = _UCF_GROUP.search(video.rsplit("/", 1)[-1])
+    return match["group"] if match else None
+
+
+def hold_out_validation(train: list[tuple[str, int]], fraction: float = 0.1, seed: int = 0) -> ValidationSplit:
+    """Hold out about ``fraction`` of a training list for validation, without leaking source videos.
+
+    UCF-101's clips of one group are cut from one long video, so where every video names a group the held-out part
+    is whole groups, stratified by class (scikit-learn's ``StratifiedGroupKFold``, one fold of about 1/fraction);
+    otherwise (HMDB-51, other lists) it falls back to ``val_subset``'s per-class choice. Each class keeps at least
+    one training video.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), not {fraction}")
+    if fraction == 0.0:
+        return ValidationSplit(list(train), [], "none")
+    groups = [video_group(video) for video, _ in train]
+    keys = {(label, group) for (_, label), group in zip(train, groups)}
+    folds = max(2, round(1.0 / fraction))
+    if None in groups or len(keys) < folds:
+        rest, val = val_subset(train, fraction, seed)
+        return ValidationSplit(rest, val, "class-stratified")
+    held = _held_out_groups(train, groups, folds, seed)
+    return ValidationSplit([item for item in train if item[0] not in held],
+                           [item for item in train if item[0] in held], "groups")
+
+
+def _held_out_groups(train: list[tuple[str, int]], groups: list[str | None], folds: int, seed: int) -> set[str]:
+    """Video ids of the first fold of a seeded class-stratified group k-fold (list order does not matter)."""
+    order = sorted(range(len(train)), key=lambda i: train[i][0])
+    labels = np.array([train[i][1] for i in order])
+    group_keys = [f"{train[i][1]}:{groups[i]}" for i in order]
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes smaller than the fold count are expected here
+        _, fold = next(splitter.split(np.zeros(len(order)), labels, group_keys))
+    held = {train[order[i]][0] for i in fold}
+    for label in set(labels.tolist()):  # a class whose every group fell in the fold keeps them for training
+        videos = {video for video, lab in train if lab == label}
+        if videos <= held:
+            held -= videos
+    return held
 
 
 def val_subset(

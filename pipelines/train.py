@@ -403,7 +403,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
         "pretrained": paths.pretrained, "teacher": paths.teacher})
     manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
-                    processes=context.world_size, **describe_groups(model, groups))
+                    processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
     start_epoch, best_acc = 0, -math.inf
     last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
     if last_path.exists() and not resume:
@@ -424,6 +424,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         if metrics_path.exists() else []
     if context.is_main:
         write_json_atomic(out / "manifest.json", manifest)
+        write_text_atomic(out / "val_videos.txt", "".join(f"{video}\n" for video, _ in data.val))
 
     base_payload = {"arch": config.arch, "model_kwargs": model.build_kwargs, "stream": name,
                     "classes": data.classes, "preprocessing_hash": data.preprocessing_hash,

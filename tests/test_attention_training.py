@@ -65,7 +65,7 @@ def test_every_attention_parameter_trains_at_the_multiplied_rate(arch, sta, fram
     assert all(torch.equal(p, old) for p, old in zip(frozen, before[1]))
 
 
-def test_from_scratch_everything_trains_and_the_manifest_lists_the_groups(synth_store, tiny_config, tmp_path):
+def test_a_run_lists_its_parameter_groups_and_validation_videos(synth_store, tiny_config, tmp_path):
     config = tiny_config(stream="rgb", sta="layer3", epochs=1, attention_lr_mult=4.0)
     train(config, TrainPaths(store=synth_store.store, out=tmp_path))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -73,6 +73,9 @@ def test_from_scratch_everything_trains_and_the_manifest_lists_the_groups(synth_
     assert manifest["frozen_parameters"] == 0
     assert groups["attention"]["lr"] == pytest.approx(4.0 * groups["backbone"]["lr"])
     assert groups["attention"]["tensors"] > 0 and groups["backbone"]["parameters"] > groups["attention"]["parameters"]
+    val_videos = (tmp_path / "val_videos.txt").read_text().split()
+    assert manifest["validation"] == "class-stratified"  # the synthetic clip names carry no UCF-101 groups
+    assert len(val_videos) == manifest["val_videos"] > 0
 
 
 def test_finetuning_a_stage_the_model_lacks_names_its_stages():
