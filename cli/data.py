@@ -17,6 +17,7 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
     "bg_saturation": 0.7,
     "pan": 0.6,
     "motion_window": 0,
+    "distractor": 0.0,
 }
 
 
@@ -41,6 +42,8 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
               help="Largest camera pan, px per frame.")
 @click.option("--motion-window", type=click.IntRange(min=0), default=_DEFAULTS["motion_window"], show_default=True,
               help="Frame steps during which the class motion runs, at a random time (0: the whole clip).")
+@click.option("--distractor", type=click.FloatRange(min=0), default=_DEFAULTS["distractor"], show_default=True,
+              help="Random-walk motion of the object outside the motion window, px per frame (not a class).")
 def synth(out_dir: Path, **options) -> None:
     """Write a synthetic motion dataset to OUT_DIR: videos/<class>/*.avi, splits/ (UCF-101 style) and synth.json."""
     from pipelines.synth import SynthConfig, generate

@@ -31,8 +31,11 @@ from pipelines.lock import folder_lock
 from pipelines.manifest import config_hash, fingerprint, library_versions, write_json_atomic
 from pipelines.streams import stream_name
 
-STAGE_ORDER = ("synth", "extract", "train-flow", "train-rgb", "train-mars", "train-sta-mars", "evaluate", "fuse")
-STREAM_STAGES = {"flow": "train-flow", "rgb": "train-rgb", "mars": "train-mars", "sta-mars": "train-sta-mars"}
+# Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
+TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
+STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
+TEACHERS = ("flow", "sta-flow")
 
 
 @dataclass
@@ -44,7 +47,8 @@ class DataConfig:
     store: str | None = None  # default: OUT/store
     splits_to_run: list = field(default_factory=lambda: [1])
     streams: list = field(default_factory=lambda: ["flow", "rgb", "mars", "sta-mars"])
-    sta: str = "layer4"  # STA spec used by the sta-mars (and sta-rgb) stream
+    sta: str = "layer4"  # STA spec of the sta- streams (a [train.<stream>] table may set its own)
+    teacher: str = "flow"  # the flow stream MARS streams distil from: flow, or sta-flow as the STA-MARS authors
     dataset: str = "dataset"  # name printed in reports
 
 
@@ -144,13 +148,7 @@ def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progr
     from pipelines.fuse import FuseConfig, fuse
     from pipelines.train import TrainPaths, train
 
-    for stream in plan.data.streams:
-        if stream not in STREAM_STAGES:
-            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
-                                          f"(known: {', '.join(STREAM_STAGES)})")
-    if "mars" in plan.data.streams or "sta-mars" in plan.data.streams:
-        if "flow" not in plan.data.streams:
-            raise InputError(plan.source, "mars streams need the flow stream as their teacher")
+    _check_streams(plan)
 
     if "synth" in plan.tables:
         from pipelines.synth import SynthConfig, generate
@@ -177,11 +175,11 @@ def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progr
     for split in plan.data.splits_to_run:
         split_dir = plan.out / f"split{split}"
         checkpoints: dict[str, Path] = {}
-        for stream in plan.data.streams:
+        for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
             config, pretrained = _train_config(plan, stream, split)
             name = stream_name(config.stream, config.sta)
             folder = split_dir / STREAM_STAGES[stream]
-            teacher = checkpoints.get("flow") if config.stream == "mars" else None
+            teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
             paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
                                pretrained=pretrained)
             key = {"config": config_to_dict(config), "store": store_key,
@@ -209,6 +207,19 @@ def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progr
     report = runner.stage("fuse", "fuse scores", fuse_key,
                           lambda: fuse(score_files, plan.out / "fused", fuse_config))
     return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+
+
+def _check_streams(plan: RunPlan) -> None:
+    """Known stream names, and the teacher stream wherever a MARS stream distils from it."""
+    for stream in plan.data.streams:
+        if stream not in STREAM_STAGES:
+            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
+                                          f"(known: {', '.join(STREAM_STAGES)})")
+    if plan.data.teacher not in TEACHERS:
+        raise InputError(plan.source, f"[data] teacher {plan.data.teacher!r}: expected one of {', '.join(TEACHERS)}")
+    if {"mars", "sta-mars"} & set(plan.data.streams) and plan.data.teacher not in plan.data.streams:
+        raise InputError(plan.source, f"mars streams distil from the {plan.data.teacher} stream (teacher), "
+                                      "which [data] streams does not list")
 
 
 def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:

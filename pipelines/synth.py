@@ -67,6 +67,7 @@ class SynthConfig:
     drift: float = 0.25  # px per frame, largest drift of the classes that do not translate
     pan: float = 0.6  # px per frame, largest background (camera) pan
     motion_window: int = 0  # 0: the class motion runs through the clip; k: only during k random consecutive steps
+    distractor: float = 0.0  # px per frame: random-walk motion of the object outside the motion window (no class)
     brightness: tuple[float, float] = (0.7, 1.2)
     brightness_offset: float = 20.0
     noise: tuple[float, float] = (3.0, 8.0)  # sensor noise sigma, grey levels
@@ -88,6 +89,8 @@ class SynthConfig:
             raise ValueError("cue_probability and bg_saturation must be between 0 and 1")
         if not 0 <= self.motion_window <= self.frames - 1:
             raise ValueError(f"motion_window must be between 0 and frames - 1 = {self.frames - 1}")
+        if self.distractor < 0:
+            raise ValueError("distractor must be 0 or more")
 
     @property
     def class_names(self) -> list[str]:
@@ -303,6 +306,9 @@ def _trajectory(
             amplitude, period = rng.uniform(*config.amplitude), rng.uniform(*config.period)
             phase = rng.uniform(0, 2 * math.pi) + 2 * math.pi / period * np.concatenate([[0], np.cumsum(active)])
             wobble[:, axis] = amplitude * (np.sin(phase) - np.sin(phase[0]))
+
+    if config.distractor > 0:  # drawn only when asked, so that the data of every other setting stays the same
+        step_xy += rng.normal(0.0, config.distractor, (steps, 2)) * ~active[:, None]
 
     def accumulate(step: np.ndarray) -> np.ndarray:
         return np.concatenate([np.zeros((1,) + step.shape[1:]), np.cumsum(step, axis=0)])

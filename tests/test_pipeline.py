@@ -130,3 +130,23 @@ def test_views_protocol_is_recorded_and_scores_every_video(synth_store, flow_tea
     assert scores.protocol == "views:2x3:16f" and scores.subset == "val" and len(scores.video_ids) >= 4
     with pytest.raises(InputError, match="views:KxM"):
         evaluate(EvaluateConfig(protocol="views:2x2"), flow_teacher, synth_store.store, out, progress=False)
+
+
+def test_run_distils_sta_mars_from_the_sta_flow_stream(synth_store, tmp_path):
+    from pipelines.run import load_plan, run
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[data]\nvideos = "{synth_store.videos}"\nstore = "{synth_store.store}"\n'
+        'streams = ["sta-mars", "sta-flow"]\nteacher = "sta-flow"\nsta = "layer3:bn"\n\n'
+        '[extract]\nshort_side = 0\npreset = "cheap"\nworkers = 2\n\n'
+        + tiny_train_toml().replace("epochs = 2", "epochs = 1"))
+    result = run(load_plan(config, tmp_path / "out"), log=lambda message: None, progress=False)
+    assert result["ran"][1:3] == ["train sta-flow (split 1)", "train sta-mars (split 1)"]
+    manifest = (tmp_path / "out" / "split1" / "train-sta-mars" / "manifest.json").read_text()
+    assert str(tmp_path / "out" / "split1" / "train-sta-flow" / "best.pth") in manifest
+
+    config.write_text(config.read_text().replace('teacher = "sta-flow"', 'teacher = "flow"'))
+    with pytest.raises(InputError, match="distil from the flow stream"):
+        run(load_plan(config, tmp_path / "other"), log=lambda message: None, progress=False)
+    assert not (tmp_path / "other" / "split1").exists()
