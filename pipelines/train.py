@@ -58,8 +58,9 @@ class TrainConfig:
     momentum: float = 0.9
     dampening: float = 0.9  # MARS keeps PyTorch's dampening = momentum
     nesterov: bool = False
-    scheduler: str = "plateau"  # plateau (on validation loss) | onecycle | cosine | none
+    scheduler: str = "plateau"  # plateau (on validation loss) | step | onecycle | cosine | none
     lr_patience: int = 10
+    lr_milestones: list | None = None  # step only: epochs after which lr is multiplied by 0.1 (MultiStepLR)
     warmup_fraction: float = 0.15  # onecycle only
     finetune_from: str = "default"  # with --pretrained: train this stage, later ones and the classifier ("all":
     # everything; "default": the architecture's last stage, MARS's layer4 for the ResNets). Attention always trains.
@@ -137,8 +138,10 @@ def _validate(config: TrainConfig, paths: TrainPaths) -> None:
         raise InputError(paths.teacher, "--teacher is only used by --stream mars")
     if config.optimizer not in ("sgd", "adamw"):
         raise InputError(None, f"optimizer {config.optimizer!r}: expected sgd or adamw")
-    if config.scheduler not in ("plateau", "onecycle", "cosine", "none"):
-        raise InputError(None, f"scheduler {config.scheduler!r}: expected plateau, onecycle, cosine or none")
+    if config.scheduler not in ("plateau", "step", "onecycle", "cosine", "none"):
+        raise InputError(None, f"scheduler {config.scheduler!r}: expected plateau, step, onecycle, cosine or none")
+    if config.scheduler == "step" and not config.lr_milestones:
+        raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
     if config.epochs < 1:
         raise InputError(None, "epochs must be at least 1")
     if config.accumulate < 1:
@@ -207,6 +210,8 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
         max_lr = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=config.epochs,
                                                    steps_per_epoch=steps_per_epoch, pct_start=config.warmup_fraction)
+    if config.scheduler == "step":  # stepped once per epoch, after validation
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones), gamma=0.1)
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
     return None
@@ -303,7 +308,7 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, datase
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None and config.scheduler != "plateau":
+            if scheduler is not None and config.scheduler not in ("plateau", "step"):
                 scheduler.step()
         n = labels.numel()
         for i, value in enumerate((loss.item() * n, ce.item() * n, mse.item() * n,
@@ -440,6 +445,8 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         row.update(validate(model, val_set, config, device, amp, context))
         if scheduler is not None and config.scheduler == "plateau":
             scheduler.step(row["val_loss"])
+        elif scheduler is not None and config.scheduler == "step":
+            scheduler.step()
         row["seconds"] = round(time.perf_counter() - started, 3)
         history.append(row)
         is_best = row["val_acc"] > best_acc
