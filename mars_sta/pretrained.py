@@ -102,7 +102,7 @@ def load_pretrained(
 
     target = model.state_dict()
     classifier = getattr(model, "classifier_name", "fc")
-    input_key = "conv1.weight"
+    input_key = f"{getattr(model, 'input_conv_name', 'conv1')}.weight"
     report = LoadReport(source, file_arch, loaded=0)
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
