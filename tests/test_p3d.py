@@ -152,17 +152,17 @@ def test_rgb_weights_initialise_a_flow_model_and_sta_keeps_its_init(writer, rele
 @pytest.mark.parametrize(("sta", "modules", "module_params"), [
     ("default", 36, 36 * (1024 * (10 * 10 + 4) + 5)),
     ("layer1:blocks=first", 1, 256 * (40 * 40 + 4) + 5),
-    ("layer2:input:blocks=last,layer3:se:blocks=first", 2, None),
+    ("layer2:input:blocks=first,layer3:se:blocks=last", 2, 256 * (40 * 40 + 4) + 5 + 2 * 1024 * 64 + 64 + 1024),
 ])
 def test_sta_adds_exactly_its_modules(sta, modules, module_params):
     base, model = meta_p3d(), meta_p3d(sta=sta)
     found = list(attention_modules(model))
     assert len(found) == modules and all(name.endswith(".sta") for name, _ in found)
     assert count(model) - count(base) == attention_params(model)
-    if module_params is not None:
-        assert attention_params(model) == module_params
-    base_keys = list(base.state_dict())
-    assert [key for key in model.state_dict() if ".sta." not in key] == base_keys
+    assert attention_params(model) == module_params
+    assert [key for key in model.state_dict() if ".sta." not in key] == list(base.state_dict())
+    with torch.no_grad():
+        assert model(torch.empty(2, 3, 16, 160, 160, device="meta")).shape == (2, CLASSES)
 
 
 def test_default_sta_is_the_last_3d_stage():
