@@ -117,7 +117,7 @@ def load_pretrained(
     if authors_layout:
         state = from_authors_layout(state, target)
     classifier = getattr(model, "classifier_name", "fc")
-    input_key = "conv1.weight"
+    input_key = f"{getattr(model, 'input_conv_name', 'conv1')}.weight"
     report = LoadReport(source, file_arch, loaded=0, authors_layout=authors_layout)
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mars_sta.blocks import BasicBlock, Bottleneck, ResidualBlock, Stride, make_shortcut, strided_size
+from mars_sta.blocks import (BasicBlock, Bottleneck, ResidualBlock, Stride, init_backbone_weights, make_shortcut,
+                             strided_size)
 from mars_sta.registry import register_model
 from mars_sta.spec import AttentionSpec, StageAttention
-from mars_sta.sta import Attention
 
 
 class ResNet3D(nn.Module):
@@ -62,19 +62,7 @@ class ResNet3D(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming (fan-out) convs and unit BN as the reference code; attention modules keep their own init."""
-        inside_attention = {id(sub) for m in self.modules() if isinstance(m, Attention) for sub in m.modules()}
-        for module in self.modules():
-            if id(module) in inside_attention:
-                continue
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_backbone_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled (N, D) vector that feeds ``fc`` (what MARS distils)."""
