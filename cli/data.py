@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-_DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
+_DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
     "classes": 10,
     "videos_per_class": 80,
     "frames": 17,
@@ -43,7 +43,7 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
               help="Frame steps during which the class motion runs, at a random time (0: the whole clip).")
 def synth(out_dir: Path, **options) -> None:
     """Write a synthetic motion dataset to OUT_DIR: videos/<class>/*.avi, splits/ (UCF-101 style) and synth.json."""
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
 
     try:
         config = SynthConfig(**options)

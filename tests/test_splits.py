@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flow.errors import InputError
-from pipelines.splits import load_split, val_subset
+from pipelines.data.splits import load_split, val_subset
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Biking", "YoYo"]
 

@@ -1,7 +1,7 @@
 """Pictures of what STA weighs and of the flow it learns from: weight curves, channel × frame maps, the frames
 with their temporal weights laid over them (the paper's Fig. 1, top row), and colour-coded optical flow.
 
-matplotlib is imported lazily through ``pipelines.figures``.
+matplotlib is imported lazily through ``pipelines.report.figures``.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipelines.attention import VideoAttention
-from pipelines.figures import new_figure
-from pipelines.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
+from pipelines.inference.attention import VideoAttention
+from pipelines.report.figures import new_figure
+from pipelines.report.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
 
 MAX_MODULES = 4  # STA in every block of a deep stage gives dozens of modules: draw the deepest few
 MAX_MAP_CLIPS = 4  # channel × frame maps drawn per module
