@@ -45,7 +45,8 @@ def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: s
     from pipelines.report.figures import require_matplotlib
 
     require_matplotlib()
-    from pipelines.inference.attention import collect_attention, write_attention
+    from pipelines.inference.attention import collect_attention
+    from pipelines.report.attention_figures import write_attention
 
     result = collect_attention(checkpoint, store, video_id, device=device)
     paths = write_attention(result, out)

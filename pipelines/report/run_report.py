@@ -126,7 +126,8 @@ def _sta_training(run: RunFolder) -> TrainingRun | None:
 
 
 def _attention_section(run: RunFolder, images: _Images, count: int, device: str, log: Callable[[str], None]) -> str:
-    from pipelines.inference.attention import AttentionProbe, write_attention
+    from pipelines.inference.attention import AttentionProbe
+    from pipelines.report.attention_figures import write_attention
 
     training = _sta_training(run)
     if training is None:
