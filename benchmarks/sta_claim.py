@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from pipelines.attention import AttentionProbe
-from pipelines.demo import demo_config_path
-from pipelines.run import load_plan, run
-from pipelines.splits import load_split
+from pipelines.inference.attention import AttentionProbe
+from pipelines.stages.demo import demo_config_path
+from pipelines.stages.run import load_plan, run
+from pipelines.data.splits import load_split
 
 STREAMS = ["flow", "rgb", "sta-rgb", "mars", "sta-mars"]
 PAIRS = [("sta-rgb", "rgb"), ("sta-mars", "mars")]

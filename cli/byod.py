@@ -66,7 +66,7 @@ def predict_command(videos: tuple[Path, ...], checkpoints: tuple[Path, ...], as_
     """
     from tqdm import tqdm
 
-    from pipelines.predict import PredictConfig, predict
+    from pipelines.stages.predict import PredictConfig, predict
 
     def show(prediction) -> None:
         if as_json:
@@ -96,7 +96,7 @@ def predict_command(videos: tuple[Path, ...], checkpoints: tuple[Path, ...], as_
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
 def export_command(checkpoint: Path, fmt: str, out: Path) -> None:
     """Write a checkpoint for use outside mars-sta: MARS's checkpoint format, or a program only torch can run."""
-    from pipelines.export import export_checkpoint
+    from pipelines.stages.export import export_checkpoint
 
     facts = export_checkpoint(checkpoint, fmt, out)
     click.echo(json.dumps(facts))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-_DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
+_DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
     "classes": 10,
     "videos_per_class": 80,
     "frames": 17,
@@ -46,7 +46,7 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
               help="Random-walk motion of the object outside the motion window, px per frame (not a class).")
 def synth(out_dir: Path, **options) -> None:
     """Write a synthetic motion dataset to OUT_DIR: videos/<class>/*.avi, splits/ (UCF-101 style) and synth.json."""
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
 
     try:
         config = SynthConfig(**options)

@@ -41,7 +41,7 @@ def extract_flow_command(videos: Path, out: Path, config_path: Path | None, no_p
     cannot be read are listed in OUT/failures.json; the exit status is then 1 unless --allow-failures.
     """
     from flow.extract import ExtractConfig, extract_flow, format_summary
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     config = load_config(ExtractConfig, config_path, options, table="extract")
     summary = extract_flow(config, videos, out, progress=not no_progress)

@@ -41,8 +41,8 @@ def fuse_command(scores: tuple[Path, ...], out_dir: Path, weights: dict[str, flo
     SCORES are .npz score files or folders of them. Test scores are reported; val/train scores are read only
     to learn weights. Default: the equal average of raw logits, as MARS's two-stream test.
     """
-    from pipelines.fuse import FuseConfig, fuse
-    from pipelines.report_tables import format_top1_table
+    from pipelines.stages.fuse import FuseConfig, fuse
+    from pipelines.report.tables import format_top1_table
 
     config = FuseConfig(weights=weights, learn_weights=learn_weights, softmax=softmax, dataset=dataset)
     report = fuse(scores, out_dir, config)

@@ -20,10 +20,10 @@ def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
 
     Needs matplotlib (pip install 'mars-sta[report]').
     """
-    from pipelines.figures import require_matplotlib
+    from pipelines.report.figures import require_matplotlib
 
     require_matplotlib()
-    from pipelines.report import write_run_report
+    from pipelines.report.run_report import write_run_report
 
     path = write_run_report(run_dir, out, videos=videos, device=device, log=click.echo)
     click.echo(f"report: {path}")
@@ -42,10 +42,11 @@ def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: s
 
     Needs matplotlib (pip install 'mars-sta[report]').
     """
-    from pipelines.figures import require_matplotlib
+    from pipelines.report.figures import require_matplotlib
 
     require_matplotlib()
-    from pipelines.attention import collect_attention, write_attention
+    from pipelines.inference.attention import collect_attention
+    from pipelines.report.attention_figures import write_attention
 
     result = collect_attention(checkpoint, store, video_id, device=device)
     paths = write_attention(result, out)

@@ -55,8 +55,8 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
         from cli.launch import relaunch_under_torchrun
 
         relaunch_under_torchrun(nproc)
-    from pipelines.train import TrainPaths, load_train_config
-    from pipelines.train import train as run_training
+    from pipelines.stages.train import TrainPaths, load_train_config
+    from pipelines.stages.train import train as run_training
 
     config, file_pretrained = load_train_config(config_path, options)
     summary = run_training(config, TrainPaths(store=store, out=out, splits=splits,
@@ -81,9 +81,9 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def evaluate(checkpoint, store, splits, out, config_path, as_json, **options) -> None:
     """Score every video of a split with one checkpoint; prints top-1, top-5 and mean class accuracy."""
-    from pipelines.config import load_config
-    from pipelines.evaluate import EvaluateConfig
-    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.core.config import load_config
+    from pipelines.stages.evaluate import EvaluateConfig
+    from pipelines.stages.evaluate import evaluate as run_evaluation
 
     config = load_config(EvaluateConfig, config_path, options, table="evaluate")
     summary = run_evaluation(config, checkpoint, store, out, splits, log=None if as_json else click.echo)
@@ -104,8 +104,8 @@ def run(config_path, out, from_stage, force, splits_to_run) -> None:
     A rerun skips each stage whose inputs and config are unchanged; a killed run resumes where it stopped.
     Stages: extract, train-flow, train-rgb, train-mars, train-sta-mars, evaluate, fuse.
     """
-    from pipelines.run import load_plan
-    from pipelines.run import run as run_pipeline
+    from pipelines.stages.run import load_plan
+    from pipelines.stages.run import run as run_pipeline
 
     plan = load_plan(config_path, out, {"splits_to_run": list(splits_to_run) or None})
     result = run_pipeline(plan, from_stage, tuple(force), log=click.echo)
@@ -118,7 +118,7 @@ def run(config_path, out, from_stage, force, splits_to_run) -> None:
 @click.option("--config", "config_path", type=EXISTING_FILE, help="Another demo config (default configs/demo.toml).")
 def demo(out, seed, config_path) -> None:
     """The whole pipeline on the embedded synthetic dataset, ending with the fused top-1 table."""
-    from pipelines.demo import run_demo
+    from pipelines.stages.demo import run_demo
 
     run_demo(out, seed=seed, config_path=config_path, log=click.echo)
 

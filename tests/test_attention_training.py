@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mars_sta import attention_modules, build_model
-from pipelines.train import TrainConfig, TrainPaths, make_optimizer, parameter_groups, train
+from pipelines.stages.train import TrainConfig, TrainPaths, make_optimizer, parameter_groups, train
 
 BASE_LR, MULT = 0.01, 10.0
 

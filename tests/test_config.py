@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from flow.errors import InputError
-from pipelines.config import load_config
-from pipelines.train import TrainConfig
+from pipelines.core.config import load_config
+from pipelines.stages.train import TrainConfig
 
 
 def test_toml_then_overrides(tmp_path):
@@ -39,7 +39,7 @@ def test_missing_config_file(tmp_path):
 
 
 def test_train_config_takes_the_streams_own_table(tmp_path):
-    from pipelines.train import load_train_config
+    from pipelines.stages.train import load_train_config
 
     path = tmp_path / "run.toml"
     path.write_text('[train]\nepochs = 3\nalpha = 50.0\n[train.mars]\nalpha = 10.0\n'

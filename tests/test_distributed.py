@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from conftest import REPO, run_cli, tiny_train_toml
-from pipelines.checkpoint import load_checkpoint
-from pipelines.distributed import batch_plan
-from pipelines.scores import load_scores
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.core.distributed import batch_plan
+from pipelines.scoring.scores import load_scores
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

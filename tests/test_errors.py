@@ -348,8 +348,8 @@ def _assert_verifies(store: Path) -> None:
 
 
 def _crlf_scored_every_test_video(c, out: Path) -> None:
-    from pipelines.scores import load_scores
-    from pipelines.splits import load_split
+    from pipelines.scoring.scores import load_scores
+    from pipelines.data.splits import load_split
 
     scores = load_scores(out / "scores.npz")
     assert list(scores.video_ids) == [video for video, _ in load_split(c.splits).test]

@@ -26,7 +26,7 @@ import torch
 from conftest import REPO, run_cli, tiny_train_toml
 from flow import FlowStore
 from flow.verify import verify_store
-from pipelines.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import load_checkpoint
 
 EXTRACT = ["--preset", "cheap", "--short-side", "0", "--workers", "2", "--no-progress"]
 # One OpenCV/torch thread per process: several children share two cores, and all runs see the same setting.
@@ -68,10 +68,10 @@ if _FAULT:
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        import pipelines.train
+        import pipelines.stages.train
 
         _calls = {"validate": 0}
-        _validate = pipelines.train.validate
+        _validate = pipelines.stages.train.validate
 
         def _counting_validate(*args, **kwargs):
             _calls["validate"] += 1
@@ -79,7 +79,7 @@ if _FAULT:
                 _act(_action)
             return _validate(*args, **kwargs)
 
-        pipelines.train.validate = _counting_validate
+        pipelines.stages.train.validate = _counting_validate
 
         def _after_step(optimizer, args, kwargs):
             if _moment == "mid-epoch" and _calls["validate"] == 1:  # epoch 2's first step is done
@@ -170,7 +170,7 @@ def assert_same_store(store: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> SimpleNamespace:
     """Eight small synthetic videos and their store, extracted in one uninterrupted run."""
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("fault_clips")
     generate(root / "data", SynthConfig(classes=2, videos_per_class=4, frames=13, size=48, seed=4))

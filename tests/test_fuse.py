@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from flow.errors import InputError
-from pipelines import metrics
-from pipelines.fuse import FuseConfig, combinations, fuse
-from pipelines.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
-from pipelines.scores import save_scores
+from pipelines.scoring import metrics
+from pipelines.stages.fuse import FuseConfig, combinations, fuse
+from pipelines.scoring.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
+from pipelines.scoring.scores import save_scores
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Archery", "Biking", "Climbing"]

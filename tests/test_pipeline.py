@@ -12,11 +12,11 @@ import torch
 
 from conftest import REPO, TINY_TRAIN, run_cli, tiny_train_toml
 from flow.errors import InputError
-from pipelines.checkpoint import load_checkpoint
-from pipelines.evaluate import EvaluateConfig, evaluate
-from pipelines.scores import load_scores
-from pipelines.splits import load_split
-from pipelines.train import TrainPaths, train
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.stages.evaluate import EvaluateConfig, evaluate
+from pipelines.scoring.scores import load_scores
+from pipelines.data.splits import load_split
+from pipelines.stages.train import TrainPaths, train
 
 
 def test_mars_distillation_leaves_teacher_unchanged(synth_store, flow_teacher, tiny_config, tmp_path):
@@ -133,7 +133,7 @@ def test_views_protocol_is_recorded_and_scores_every_video(synth_store, flow_tea
 
 
 def test_run_distils_sta_mars_from_the_sta_flow_stream(synth_store, tmp_path):
-    from pipelines.run import load_plan, run
+    from pipelines.stages.run import load_plan, run
 
     config = tmp_path / "run.toml"
     config.write_text(

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 from mars_sta.profile import attention_time_steps
-from pipelines.run import _train_config, load_plan
+from pipelines.stages.run import _train_config, load_plan
 
 CONFIGS = sorted((REPO / "configs").glob("*.toml"))
 

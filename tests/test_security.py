@@ -16,7 +16,7 @@ from conftest import REPO, run_cli
 from flow import FlowStore
 from flow.errors import InputError
 from mars_sta import CheckpointError, build_model, load_pretrained
-from pipelines.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import load_checkpoint
 
 PRODUCT = [path for folder in ("mars_sta", "flow", "pipelines", "cli", "benchmarks")
            for path in sorted((REPO / folder).rglob("*.py"))]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flow.errors import InputError
-from pipelines.splits import load_split, val_subset
+from pipelines.data.splits import load_split, val_subset
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Biking", "YoYo"]
 
@@ -224,7 +224,7 @@ def _ucf_style_train_list(classes: int = 4, groups: int = 7, clips: int = 4) -> 
 
 
 def test_ucf101_validation_holds_out_whole_groups_per_class():
-    from pipelines.splits import hold_out_validation, video_group
+    from pipelines.data.splits import hold_out_validation, video_group
 
     train = _ucf_style_train_list()
     held = hold_out_validation(train, 0.2, seed=5)
@@ -239,7 +239,7 @@ def test_ucf101_validation_holds_out_whole_groups_per_class():
 
 
 def test_validation_without_groups_falls_back_to_class_stratification():
-    from pipelines.splits import hold_out_validation
+    from pipelines.data.splits import hold_out_validation
 
     train = [(f"c{label}/clip_{i:03d}", label) for label in range(3) for i in range(10)]
     held = hold_out_validation(train, 0.1, seed=1)

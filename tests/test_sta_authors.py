@@ -8,7 +8,7 @@ from torch import nn
 
 from mars_sta import build_model, load_pretrained
 from mars_sta.authors_layout import to_authors_layout
-from pipelines.export import mars_payload
+from pipelines.stages.export import mars_payload
 
 
 class AuthorsAttention(nn.Module):

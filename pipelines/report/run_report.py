@@ -16,10 +16,10 @@ from typing import Any, Callable
 import numpy as np
 
 from flow.atomic import write_text_atomic
-from pipelines import figures, html_page
-from pipelines.report_manifest import manifest_section, profile_section
-from pipelines.report_tables import best_model, describe_fusion, top1_grid
-from pipelines.run_folder import RunFolder, TrainingRun, open_run_folder
+from pipelines.report import figures, html_page
+from pipelines.report.sections import manifest_section, profile_section
+from pipelines.report.tables import best_model, describe_fusion, top1_grid
+from pipelines.report.run_folder import RunFolder, TrainingRun, open_run_folder
 
 FLOW_SAMPLE_FRAMES = 6  # frame / flow pairs shown for the sample video
 
@@ -104,7 +104,7 @@ def _training_section(run: RunFolder, images: _Images) -> str:
 
 def pick_videos(run: RunFolder, training: TrainingRun, count: int) -> list[tuple[str, int | None]]:
     """Test videos of different classes (the first of each class, in class order), with their labels."""
-    from pipelines.scores import load_scores
+    from pipelines.scoring.scores import load_scores
 
     path = run.score_file(training.split, training.stream)
     if not path.is_file():
@@ -126,7 +126,8 @@ def _sta_training(run: RunFolder) -> TrainingRun | None:
 
 
 def _attention_section(run: RunFolder, images: _Images, count: int, device: str, log: Callable[[str], None]) -> str:
-    from pipelines.attention import AttentionProbe, write_attention
+    from pipelines.inference.attention import AttentionProbe
+    from pipelines.report.attention_figures import write_attention
 
     training = _sta_training(run)
     if training is None:
@@ -158,7 +159,7 @@ def _attention_section(run: RunFolder, images: _Images, count: int, device: str,
 
 def _flow_section(run: RunFolder, images: _Images) -> str:
     from flow.store import FlowStore
-    from pipelines.attention_figures import flow_strip
+    from pipelines.report.attention_figures import flow_strip
 
     if run.store is None:
         return html_page.paragraph("The run's flow store was not found.", "note")

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from flow.atomic import write_json_atomic
 from flow.errors import InputError
 
 
@@ -100,10 +99,10 @@ class AttentionProbe:
     def __init__(self, checkpoint: str | Path, store: str | Path, device: str = "auto", batch_size: int = 8) -> None:
         from flow.store import FlowStore
         from mars_sta import STA, attention_modules
-        from pipelines import checkpoint as ckpt
-        from pipelines.clips import Normalization
-        from pipelines.device import resolve_device
-        from pipelines.manifest import config_hash
+        from pipelines.core import checkpoint as ckpt
+        from pipelines.data.clips import Normalization
+        from pipelines.core.device import resolve_device
+        from pipelines.core.manifest import config_hash
 
         model, self.payload = ckpt.model_from_checkpoint(checkpoint)
         kwargs = self.payload["model_kwargs"]
@@ -125,7 +124,7 @@ class AttentionProbe:
         """Every test clip of ``video_id`` through the network, keeping each STA module's gate."""
         import torch
 
-        from pipelines.clips import VideoClips
+        from pipelines.data.clips import VideoClips
 
         if video_id not in self.store:
             raise InputError(self.store.root, f"has no video {video_id!r}")
@@ -156,20 +155,3 @@ def collect_attention(checkpoint: str | Path, store: str | Path, video_id: str, 
                       device: str = "auto") -> VideoAttention:
     """The STA weights of one video's test clips (see ``AttentionProbe`` to reuse the network for several)."""
     return AttentionProbe(checkpoint, store, device).video(video_id, label)
-
-
-def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
-    """The three pictures and the weights as JSON, into ``out_dir``; returns ``{kind: path}``."""
-    from pipelines import attention_figures as figures
-    from pipelines.figures import save
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "frame_weights": save(figures.frame_weight_curves(attention), out_dir / f"{prefix}frame_weights.png"),
-        "channel_frame": save(figures.channel_frame_maps(attention), out_dir / f"{prefix}channel_frame.png"),
-        "overlay": save(figures.attention_overlay(attention), out_dir / f"{prefix}overlay.png"),
-    }
-    paths["json"] = out_dir / f"{prefix}attention.json"
-    write_json_atomic(paths["json"], attention.to_json())
-    return paths

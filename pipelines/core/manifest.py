@@ -12,10 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-from flow.atomic import write_json_atomic
-
-__all__ = ["config_hash", "file_sha256", "fingerprint", "library_versions", "stage_manifest",
-           "write_json_atomic"]
+__all__ = ["config_hash", "file_sha256", "fingerprint", "library_versions", "stage_manifest"]
 
 _LIBRARIES = ("mars-sta", "torch", "numpy", "opencv-contrib-python-headless", "opencv-contrib-python", "h5py",
               "scikit-learn", "click")

@@ -1,18 +1,20 @@
 """Pictures of what STA weighs and of the flow it learns from: weight curves, channel × frame maps, the frames
 with their temporal weights laid over them (the paper's Fig. 1, top row), and colour-coded optical flow.
 
-matplotlib is imported lazily through ``pipelines.figures``.
+matplotlib is imported lazily through ``pipelines.report.figures``.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from pipelines.attention import VideoAttention
-from pipelines.figures import new_figure
-from pipelines.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
+from flow.atomic import write_json_atomic
+from pipelines.inference.attention import VideoAttention
+from pipelines.report.figures import new_figure, save
+from pipelines.report.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
 
 MAX_MODULES = 4  # STA in every block of a deep stage gives dozens of modules: draw the deepest few
 MAX_MAP_CLIPS = 4  # channel × frame maps drawn per module
@@ -166,3 +168,17 @@ def flow_strip(frames: np.ndarray, flow: np.ndarray, indices: np.ndarray, title:
                      fontsize=8, transform=grid[0, -1].transAxes)
     figure.suptitle(title, fontsize=10)
     return figure
+
+
+def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
+    """The three pictures and the weights as JSON, into ``out_dir``; returns ``{kind: path}``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "frame_weights": save(frame_weight_curves(attention), out_dir / f"{prefix}frame_weights.png"),
+        "channel_frame": save(channel_frame_maps(attention), out_dir / f"{prefix}channel_frame.png"),
+        "overlay": save(attention_overlay(attention), out_dir / f"{prefix}overlay.png"),
+    }
+    paths["json"] = out_dir / f"{prefix}attention.json"
+    write_json_atomic(paths["json"], attention.to_json())
+    return paths

@@ -30,13 +30,13 @@ from flow.quantize import quantize
 from flow.store import FlowStore
 from flow.tvl1 import TVL1, preset_params
 from flow.video import VideoReader, find_videos
-from pipelines import checkpoint as ckpt
-from pipelines.clips import Normalization, VideoClips
-from pipelines.device import resolve_device
-from pipelines.fuse import fused_scores
-from pipelines.fusion_weights import softmax
-from pipelines.manifest import config_hash
-from pipelines.streams import fusion_name
+from pipelines.core import checkpoint as ckpt
+from pipelines.data.clips import Normalization, VideoClips
+from pipelines.core.device import resolve_device
+from pipelines.stages.fuse import fused_scores
+from pipelines.scoring.fusion_weights import softmax
+from pipelines.core.manifest import config_hash
+from pipelines.core.streams import fusion_name
 
 FLOW_CHANNELS = 2
 

@@ -16,12 +16,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from flow.errors import InputError
-from pipelines import metrics
-from pipelines.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
-from pipelines.manifest import stage_manifest
-from pipelines.report_tables import write_report
-from pipelines.scores import STREAMS, Scores, load_scores
-from pipelines.streams import FUSION_ORDER, fusion_name
+from pipelines.scoring import metrics
+from pipelines.scoring.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
+from pipelines.core.manifest import stage_manifest
+from pipelines.report.tables import write_report
+from pipelines.scoring.scores import STREAMS, Scores, load_scores
+from pipelines.core.streams import FUSION_ORDER, fusion_name
 
 LEARNING_SUBSETS = ("val", "train")  # where learned weights come from, in order of preference
 

@@ -6,7 +6,7 @@ scheduler use a seeded validation subset of the training list, never the test sp
 back to MARS's own choice, the test split, and says so).
 
 Under torchrun (``WORLD_SIZE`` > 1) the same code runs as DistributedDataParallel: each rank trains its part of
-every step of one batch plan (pipelines.distributed), metrics are summed over ranks and only rank 0 writes.
+every step of one batch plan (pipelines.core.distributed), metrics are summed over ranks and only rank 0 writes.
 
 Every epoch ends with an atomic checkpoint holding model, optimizer, scheduler, epoch and RNG state; the clip
 sampling of an epoch depends only on (seed, epoch), so a run killed at any point and resumed ends with the same
@@ -28,16 +28,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
-from flow.atomic import remove_temporaries, write_text_atomic
+from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
-from pipelines import checkpoint as ckpt
-from pipelines.config import config_to_dict
-from pipelines.dataset import StageData, open_stage_data
-from pipelines.device import autocast, check_amp, resolve_device
-from pipelines.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
-from pipelines.lock import folder_lock
-from pipelines.manifest import stage_manifest, write_json_atomic
-from pipelines.streams import stream_name
+from pipelines.core import checkpoint as ckpt
+from pipelines.core.config import config_to_dict
+from pipelines.data.dataset import StageData, open_stage_data
+from pipelines.core.device import autocast, check_amp, resolve_device
+from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
+from pipelines.core.lock import folder_lock
+from pipelines.core.manifest import stage_manifest
+from pipelines.core.streams import stream_name
 
 STREAMS = ("flow", "rgb", "mars")
 
@@ -105,7 +105,7 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[Tra
     """``mars-sta train --config X.toml``: the file's ``[train]`` table for the stream being trained, then options.
 
     Returns the config and the ``pretrained`` checkpoint the file names for that stream (relative to the file)."""
-    from pipelines.config import build_config, read_toml
+    from pipelines.core.config import build_config, read_toml
 
     if path is None:
         return build_config(TrainConfig, {}, overrides), None

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.config import build_config, config_to_dict, read_toml
-from pipelines.lock import folder_lock
-from pipelines.manifest import config_hash, fingerprint, library_versions, write_json_atomic
-from pipelines.streams import stream_name
+from pipelines.core.config import build_config, config_to_dict, read_toml
+from pipelines.core.lock import folder_lock
+from pipelines.core.manifest import config_hash, fingerprint, library_versions
+from pipelines.core.streams import stream_name
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
 TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
@@ -86,7 +87,7 @@ def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, A
 def _train_config(plan: RunPlan, stream: str, split: int):
     """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
     [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
-    from pipelines.train import TrainConfig, stream_values
+    from pipelines.stages.train import TrainConfig, stream_values
 
     values = {**stream_values(plan.tables.get("train", {}), stream), "stream": stream.removeprefix("sta-"),
               "split": split}
@@ -144,14 +145,14 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
 
 def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
     from flow.extract import ExtractConfig, extract_flow
-    from pipelines.evaluate import EvaluateConfig, evaluate
-    from pipelines.fuse import FuseConfig, fuse
-    from pipelines.train import TrainPaths, train
+    from pipelines.stages.evaluate import EvaluateConfig, evaluate
+    from pipelines.stages.fuse import FuseConfig, fuse
+    from pipelines.stages.train import TrainPaths, train
 
     _check_streams(plan)
 
     if "synth" in plan.tables:
-        from pipelines.synth import SynthConfig, generate
+        from pipelines.data.synth import SynthConfig, generate
 
         synth_config = build_config(SynthConfig, plan.tables["synth"], source=plan.source)
 

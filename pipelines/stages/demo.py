@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.report_tables import format_top1_table
-from pipelines.run import load_plan, run
+from pipelines.report.tables import format_top1_table
+from pipelines.stages.run import load_plan, run
 
 DEMO_CONFIG = "demo.toml"
 
@@ -74,8 +74,8 @@ def run_demo(out: Path, seed: int = 0, config_path: Path | None = None,
 
 def _write_html_report(out: Path, log: Callable[[str], None]) -> None:
     """The HTML page of the run; without matplotlib the demo still succeeds and says how to get the page."""
-    from pipelines.figures import ReportUnavailable
-    from pipelines.report import write_run_report
+    from pipelines.report.figures import ReportUnavailable
+    from pipelines.report.run_report import write_run_report
 
     try:
         log(f"html report: {write_run_report(out, log=log)}")

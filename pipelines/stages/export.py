@@ -23,8 +23,8 @@ import torch
 from flow.atomic import atomic_output
 from mars_sta.authors_layout import to_authors_layout
 from flow.errors import InputError, write_error
-from pipelines import checkpoint as ckpt
-from pipelines.clips import Normalization
+from pipelines.core import checkpoint as ckpt
+from pipelines.data.clips import Normalization
 
 FORMATS = ("mars", "torch-export")
 METADATA = "mars_sta.json"  # extra file of a torch-export program

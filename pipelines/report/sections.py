@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipelines import html_page
-from pipelines.run_folder import RunFolder, TrainingRun, read_json
+from pipelines.report import html_page
+from pipelines.report.run_folder import RunFolder, TrainingRun, read_json
 
 
 def _first_split(run: RunFolder) -> list[TrainingRun]:

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 from flow.errors import InputError
 from flow.store import FlowStore
-from pipelines.clips import SCALES, ClipDataset, Normalization, VideoClips
-from pipelines.manifest import config_hash
-from pipelines.splits import hold_out_validation, load_split
-from pipelines.synth import mirror_maps
+from pipelines.core.manifest import config_hash
+from pipelines.data.clips import SCALES, ClipDataset, Normalization, VideoClips
+from pipelines.data.splits import hold_out_validation, load_split
+from pipelines.data.synth import mirror_maps
 
 Items = list[tuple[str, int]]
 

@@ -15,14 +15,14 @@ import torch
 from tqdm import tqdm
 
 from flow.errors import InputError
-from pipelines import checkpoint as ckpt
-from pipelines.config import config_to_dict
-from pipelines.dataset import open_stage_data
-from pipelines.device import autocast, check_amp, resolve_device
-from pipelines.distributed import gather_objects, init_distributed, rank_device
-from pipelines.manifest import config_hash, library_versions
-from pipelines.metrics import summarize
-from pipelines.scores import save_scores
+from pipelines.core import checkpoint as ckpt
+from pipelines.core.config import config_to_dict
+from pipelines.data.dataset import open_stage_data
+from pipelines.core.device import autocast, check_amp, resolve_device
+from pipelines.core.distributed import gather_objects, init_distributed, rank_device
+from pipelines.core.manifest import config_hash, library_versions
+from pipelines.scoring.metrics import summarize
+from pipelines.scoring.scores import save_scores
 
 SUBSETS = ("test", "val", "train")
 

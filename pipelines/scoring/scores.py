@@ -13,7 +13,7 @@ import numpy as np
 
 from flow.atomic import atomic_output
 from flow.errors import InputError
-from pipelines.streams import FUSION_ORDER
+from pipelines.core.streams import FUSION_ORDER
 
 SUBSETS = ("test", "val", "train")
 STREAMS = FUSION_ORDER

@@ -1,6 +1,6 @@
 """What a finished pipeline run left on disk, read back for the report: fused results, training runs, store.
 
-The layout is the one ``pipelines.run`` writes (``fused/report.json``, ``split<N>/train-<stream>/``,
+The layout is the one ``pipelines.stages.run`` writes (``fused/report.json``, ``split<N>/train-<stream>/``,
 ``split<N>/scores/``, ``store/``). Everything is read from those files alone, so a report can be written long
 after the run, on another machine, as long as the folder travels whole.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flow.errors import InputError
-from pipelines.streams import FUSION_ORDER
+from pipelines.core.streams import FUSION_ORDER
 
 
 @dataclass

@@ -10,8 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from flow.atomic import write_text_atomic
-from pipelines.manifest import write_json_atomic
+from flow.atomic import write_json_atomic, write_text_atomic
 
 _METHODS = {"equal": "equal average", "fixed": "fixed-weight average", "learned": "learned-weight average"}
 
