@@ -24,7 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from flow.progress import progress_bar
 
 from flow import extract
 from flow import store as layout
@@ -290,7 +290,7 @@ def _run_with_progress(jobs: list[ImportJob], workers: int, progress: bool) -> l
     results: list[VideoResult] = []
     frames = 0
     started = time.perf_counter()
-    with tqdm(total=len(jobs), unit="video", desc="import-frames", disable=not progress or not jobs,
+    with progress_bar(total=len(jobs), unit="video", desc="import-frames", disable=not progress or not jobs,
               dynamic_ncols=True) as bar:
         def on_result(result: VideoResult) -> None:
             nonlocal frames

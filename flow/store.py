@@ -15,12 +15,13 @@ Per-video file: ``frames`` (T,) variable-length uint8, each a JPEG of one RGB fr
 ``flow`` uint8 (T−1, H, W, 2) quantised (x, y) codes, one gzip chunk per frame with a Fletcher-32 checksum; flow k
 is between frames k and k+1. Attributes: ``fps``, ``native_fps``, ``height``, ``width``, ``bound``,
 ``quantization``, ``frame_encoding``, ``jpeg_quality``, ``source`` (path below the source root), ``source_size``,
-``source_mtime``.
+``source_mtime``, ``source_sha256`` (of the source's bytes; stores written before it was recorded lack it).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -75,6 +76,33 @@ def finished_ids(root: str | os.PathLike) -> list[str]:
     folder = Path(root, VIDEOS)
     return sorted(p.relative_to(folder).as_posix()[: -len(SUFFIX)]
                   for p in iter_store_files(root) if p.name.endswith(SUFFIX))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks (videos can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_change(video_file: Path, source: Path, compare_content: bool = False) -> str | None:
+    """Why a finished video no longer matches its source (size, mtime, or with ``compare_content`` its SHA-256
+    as recorded at extraction), or None when it still does. An unreadable video file counts as changed."""
+    try:
+        with h5py.File(video_file, "r") as handle:
+            recorded = {key: _plain(handle.attrs.get(key)) for key in ("source_size", "source_mtime", "source_sha256")}
+    except OSError:
+        return "its store file cannot be read"
+    stat = os.stat(source)
+    if recorded["source_size"] != stat.st_size:
+        return f"size {recorded['source_size']} -> {stat.st_size} bytes"
+    if recorded["source_mtime"] != stat.st_mtime:
+        return "modified since extraction"
+    if compare_content and recorded["source_sha256"] != file_sha256(source):
+        return "content differs from the extracted one" if recorded["source_sha256"] else "no content hash recorded"
+    return None
 
 
 def remove_temporaries(root: str | os.PathLike) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
+from flow.progress import progress_bar
 
 from flow.errors import InputError
 from flow.importer import has_flow
@@ -257,7 +257,7 @@ def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoi
     predictor = Predictor(checkpoints, config)
     videos = list_videos(inputs)
     summary = PredictSummary(model=predictor.model)
-    for video in tqdm(videos, desc=f"predict {predictor.model}", unit="video", disable=not progress,
+    for video in progress_bar(videos, desc=f"predict {predictor.model}", unit="video", disable=not progress,
                       dynamic_ncols=True):
         try:
             prediction = predictor(video)

@@ -1,6 +1,7 @@
 """extract-flow, merge-stores and verify-store through the real CLI, on videos written by OpenCV; FlowStore reads."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -292,3 +293,69 @@ def test_verify_store_passes_a_good_store_and_names_each_damage(whole_store, tmp
     assert any("v_02.h5" in p and "damaged data" in p for p in problems)
     assert any("v_04.h5.tmp-123" in p for p in problems)
     assert cli("verify-store", tmp_path, check=2).stderr.startswith("error: ")
+
+
+# -- sources that changed after extraction -------------------------------------------------------------------------
+def _with_other_padding(path: Path) -> None:
+    """Other bytes of the same size and time: one byte of the AVI's JUNK padding changed, the frames untouched."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    padding = data.find(b"JUNK") + 12
+    data[padding] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_source_changed_since_extraction_is_extracted_again(tmp_path):
+    videos, store = tmp_path / "videos", tmp_path / "store"
+    for k in range(3):
+        write_video(videos / "Run" / f"v_{k}.avi", noisy_clip(9, seed=k, width=32, height=24))
+    cli("extract-flow", videos, "--out", store, "--workers", "1", *CHEAP, check=0)
+    files = {k: store / "videos" / "Run" / f"v_{k}.h5" for k in range(3)}
+    before = {k: path.read_bytes() for k, path in files.items()}
+
+    write_video(videos / "Run" / "v_1.avi", noisy_clip(12, seed=7, width=32, height=24))  # regenerated
+    result = cli("extract-flow", videos, "--out", store, "--workers", "1", *CHEAP, check=0)
+    assert "1 extracted (1 re-extracted as stale: the source changed), 2 already done" in result.stdout
+    assert [files[k].read_bytes() == before[k] for k in range(3)] == [True, False, True]
+    fresh = tmp_path / "fresh"
+    cli("extract-flow", videos, "--out", fresh, "--workers", "1", *CHEAP, check=0)
+    assert_same_content(store, fresh)  # the replaced entry is the new video's
+    assert FlowStore(store).num_frames("Run/v_1") == 12
+    assert temporaries(store) == []
+
+    _with_other_padding(videos / "Run" / "v_2.avi")  # same size and time: only the content hash tells
+    unchanged = cli("extract-flow", videos, "--out", store, "--workers", "1", *CHEAP, check=0)
+    assert "0 extracted, 3 already done" in unchanged.stdout
+    verified = cli("extract-flow", videos, "--out", store, "--workers", "1", "--verify-sources", *CHEAP, check=0)
+    assert "1 extracted (1 re-extracted as stale: the source changed), 2 already done" in verified.stdout
+    assert FlowStore(store).attrs("Run/v_2")["source_sha256"] == hashlib.sha256(
+        (videos / "Run" / "v_2.avi").read_bytes()).hexdigest()
+    cli("verify-store", store, check=0)
+
+
+def test_a_changed_source_that_no_longer_decodes_leaves_no_old_flow(tmp_path):
+    videos, store = tmp_path / "videos", tmp_path / "store"
+    for k in range(2):
+        write_video(videos / "Run" / f"v_{k}.avi", noisy_clip(9, seed=k, width=32, height=24))
+    cli("extract-flow", videos, "--out", store, "--workers", "1", *CHEAP, check=0)
+    (videos / "Run" / "v_0.avi").write_text("not a video any more\n")
+    result = cli("extract-flow", videos, "--out", store, "--workers", "1", *CHEAP, check=1)
+    assert "failed: Run/v_0.avi: cannot be opened as a video" in result.stdout
+    assert FlowStore(store).video_ids() == ["Run/v_1"]
+
+
+# -- progress in a log -----------------------------------------------------------------------------------------------
+def test_progress_into_a_log_file_is_whole_lines(tmp_path):
+    """stderr to a file (Slurm, CI, ``2> log``): no carriage-return redraws, the final state on its own line."""
+    videos = tmp_path / "videos"
+    for k in range(3):
+        write_video(videos / "Run" / f"v_{k}.avi", noisy_clip(5, seed=k, width=32, height=24))
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        subprocess.run([sys.executable, "-m", "cli", "extract-flow", str(videos), "--out", str(tmp_path / "store"),
+                        "--workers", "1", "--preset", "cheap", "--short-side", "0"], cwd=REPO, stderr=stderr,
+                       stdout=subprocess.DEVNULL, timeout=120, check=True)
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines()[-1].startswith("extract-flow: 100%|") and "3/3" in text.splitlines()[-1]
