@@ -106,7 +106,7 @@ def check_sta_stages(arch: str, sta: str | None) -> None:
 
 
 class StreamWeights(click.ParamType):
-    """``mars=1,rgb=1,flow=1.5`` -> {"mars": 1.0, "rgb": 1.0, "flow": 1.5}; weights finite and not negative."""
+    """``mars=1,rgb=1,flow=1.5`` -> {"mars": 1.0, "rgb": 1.0, "flow": 1.5}; weights finite and positive."""
 
     name = "STREAM=W,..."
 
@@ -122,8 +122,8 @@ class StreamWeights(click.ParamType):
                 sep = ""
             if not sep or not stream.strip():
                 self.fail(f"{item!r} is not STREAM=WEIGHT (e.g. mars=1,flow=1.5)", param, ctx)
-            if not (math.isfinite(weight) and weight >= 0):
-                self.fail(f"weight of {stream.strip()!r} must be a finite number >= 0, got {number.strip()!r}",
+            if not (math.isfinite(weight) and weight > 0):
+                self.fail(f"weight of {stream.strip()!r} must be a finite number > 0, got {number.strip()!r}",
                           param, ctx)
             weights[stream.strip()] = weight
         if not weights:

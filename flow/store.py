@@ -50,6 +50,12 @@ FRAME_ID_CHUNK = 64  # frames are variable-length: a chunk holds 64 small heap r
 
 REQUIRED_ATTRS = ("fps", "height", "width", "bound", "quantization", "frame_encoding", "source", "source_size",
                   "source_mtime")
+NUMBER = (int, float)
+ATTR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "fps": NUMBER, "native_fps": NUMBER, "height": int, "width": int, "bound": NUMBER, "quantization": str,
+    "frame_encoding": str, "jpeg_quality": int, "source": str, "source_size": int, "source_mtime": NUMBER,
+    "source_sha256": str,
+}
 
 
 def video_path(root: str | os.PathLike, video_id: str) -> Path:
@@ -92,8 +98,8 @@ def source_change(video_file: Path, source: Path, compare_content: bool = False)
     as recorded at extraction), or None when it still does. An unreadable video file counts as changed."""
     try:
         with h5py.File(video_file, "r") as handle:
-            recorded = {key: _plain(handle.attrs.get(key)) for key in ("source_size", "source_mtime", "source_sha256")}
-    except OSError:
+            recorded = {key: video_attr(handle.attrs, key) for key in ("source_size", "source_mtime", "source_sha256")}
+    except (OSError, InputError):
         return "its store file cannot be read"
     stat = os.stat(source)
     if recorded["source_size"] != stat.st_size:
@@ -144,8 +150,11 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(path, f"is not a flow store manifest (format is not {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(path, f"store format version {manifest.get('format_version')} is not supported "
+        raise InputError(path, f"store format version {manifest.get('format_version')!r} is not supported "
                                f"(this version reads {FORMAT_VERSION})")
+    if not isinstance(manifest.get("preprocessing"), dict) or not isinstance(manifest.get("source_root"), str):
+        raise InputError(path, "is not a complete flow store manifest ('preprocessing' must be a table and "
+                               "'source_root' a path)")
     return manifest
 
 
@@ -300,13 +309,16 @@ def check_video_file(handle: h5py.File, path: Path) -> tuple[int, int, int]:
     missing += [f"attribute {name}" for name in REQUIRED_ATTRS if name not in handle.attrs]
     if missing:
         raise InputError(path, f"not a complete flow-store video (missing {', '.join(missing)})")
+    for name in ATTR_TYPES:
+        if name in handle.attrs:
+            video_attr(handle.attrs, name, path)
     frames, flow = handle["frames"], handle["flow"]
-    height, width = int(handle.attrs["height"]), int(handle.attrs["width"])
+    height, width = video_attr(handle.attrs, "height"), video_attr(handle.attrs, "width")
     if frames.ndim != 1 or h5py.check_vlen_dtype(frames.dtype) != np.uint8:
         raise InputError(path, f"'frames' must be (T,) variable-length uint8 JPEG bytes, found {frames.dtype} "
                                f"{frames.shape}")
-    if handle.attrs["frame_encoding"] != "jpeg":
-        raise InputError(path, f"unknown frame encoding {handle.attrs['frame_encoding']!r}")
+    if video_attr(handle.attrs, "frame_encoding") != "jpeg":
+        raise InputError(path, f"unknown frame encoding {video_attr(handle.attrs, 'frame_encoding')!r}")
     count = frames.shape[0]
     if count < 2:
         raise InputError(path, f"holds {count} frame(s); a video needs at least 2")
@@ -452,6 +464,21 @@ class FlowStore:
 
     def __repr__(self) -> str:
         return f"FlowStore({str(self.root)!r})"
+
+
+def video_attr(attrs: h5py.AttributeManager, name: str, path: Path | None = None) -> Any:
+    """Attribute ``name`` as a plain value of the type the format gives it; None when absent or (without ``path``)
+    of another type; with ``path``, another type is an InputError naming the file."""
+    value = _plain(attrs[name]) if name in attrs else None
+    expected = ATTR_TYPES[name]
+    if value is None or (isinstance(value, expected) and not isinstance(value, bool)):
+        return value
+    if path is None:
+        return None
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+    raise InputError(path, f"attribute {name} must be {' or '.join(k.__name__ for k in kinds)}, found "
+                           f"{type(value).__name__} {shown}")
 
 
 def _plain(value: Any) -> Any:

@@ -84,11 +84,11 @@ def verify_video(file: Path, manifest: dict | None, read_data: bool = True) -> i
         if manifest is not None:
             preprocessing = manifest["preprocessing"]
             for key in ("bound", "quantization"):
-                if handle.attrs[key] != preprocessing[key]:
-                    raise InputError(file, f"{key} {handle.attrs[key]!r} differs from the manifest's "
-                                           f"{preprocessing[key]!r}")
-            short_side = preprocessing["short_side"]
-            if short_side and min(height, width) > short_side:
+                if layout.video_attr(handle.attrs, key) != preprocessing.get(key):
+                    raise InputError(file, f"{key} {layout.video_attr(handle.attrs, key)!r} differs from the "
+                                           f"manifest's {preprocessing.get(key)!r}")
+            short_side = preprocessing.get("short_side")
+            if isinstance(short_side, int) and short_side and min(height, width) > short_side:
                 raise InputError(file, f"frames are {width}x{height}, larger than short side {short_side}")
         if read_data:
             _read_everything(handle, file, count, height, width)

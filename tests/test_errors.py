@@ -413,7 +413,7 @@ ROWS = [
            "views:0x2", r"expected 'mars' or 'views:KxM'"),
           (["predict", "{videos}", "--checkpoint", "{teacher}"], "--top-k", "0", r"0 is not in the range x>=1"),
           (["fuse", "{out}", "--out", "{out}/fused"], "--weights", "rgb=-1",
-           r"weight of 'rgb' must be a finite number >= 0"),
+           r"weight of 'rgb' must be a finite number > 0"),
           (["profile", "--arch", "tiny_resnet"], "--frames", "0", r"0 is not in the range x>=1"),
           (["import-frames", "{videos}", "--out", "{out}/imported"], "--bound", "inf", r"'inf' is not a finite"),
           (["run", "{t_unknown_table}", "--out", "{out}/run"], "--split", "0", r"0 is not in the range x>=1")]],
