@@ -89,20 +89,22 @@ SHARD = Parsed("shard", _shard)
 PROTOCOL = Parsed("protocol", _protocol)
 
 
-def check_sta_stages(arch: str, sta: str | None) -> None:
-    """Refuse an ``--sta`` stage the architecture lacks, once the architecture is settled (option or config)."""
-    if not sta:
-        return
+def check_model_choice(arch: str, sta: str | None, arch_from: str | Path, sta_from: str | Path) -> None:
+    """Refuse an unknown architecture, or an STA spec that it cannot take, once both are settled (options, then
+    the config file); ``arch_from``/``sta_from`` name where each came from (an option or the file)."""
+    from flow.errors import InputError
     from mars_sta import model_entry, parse_sta
 
-    spec = parse_sta(sta)
-    if spec is None:
-        return
     try:
         entry = model_entry(arch)
-        spec.resolve(entry.default_sta_stage, entry.stages, arch)
     except ValueError as exc:
-        raise click.BadParameter(_without_name(str(exc), "sta"), param_hint="'--sta'") from None
+        raise InputError(arch_from, _without_name(str(exc), "arch")) from None
+    try:
+        spec = parse_sta(sta)
+        if spec is not None:
+            spec.resolve(entry.default_sta_stage, entry.stages, arch)
+    except ValueError as exc:
+        raise InputError(sta_from, _without_name(str(exc), "sta")) from None
 
 
 class StreamWeights(click.ParamType):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.options import (ARCH, COUNT, FRACTION_BELOW_ONE, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT,
-                         PROTOCOL, STA_SPEC, WRITABLE_FILE, WRITABLE_FOLDER, check_sta_stages,
+                         PROTOCOL, STA_SPEC, WRITABLE_FILE, WRITABLE_FOLDER, check_model_choice,
                          require_writable)
 
 EXISTING_FILE = click.Path(exists=False, dir_okay=False, path_type=Path)
@@ -58,7 +58,8 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
     from pipelines.train import train as run_training
 
     config, file_pretrained = load_train_config(config_path, options)
-    check_sta_stages(config.arch, config.sta)
+    check_model_choice(config.arch, config.sta, "--arch" if options["arch"] or not config_path else config_path,
+                       "--sta" if options["sta"] or not config_path else config_path)
     summary = run_training(config, TrainPaths(store=store, out=out, splits=splits,
                                               pretrained=pretrained or file_pretrained,
                                               teacher=teacher), progress=click.echo, resume=resume)
