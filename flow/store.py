@@ -86,11 +86,8 @@ def finished_ids(root: str | os.PathLike) -> list[str]:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in blocks (videos can be large)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def source_change(video_file: Path, source: Path, compare_content: bool = False) -> str | None:
