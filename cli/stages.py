@@ -16,11 +16,13 @@ ANY_PATH = click.Path(path_type=Path)
 
 @click.command()
 @click.option("--stream", type=click.Choice(["flow", "rgb", "mars"]), help="Stream to train (default rgb).")
-@click.option("--sta", "sta", default=None, type=STA_SPEC, help="Insert STA, e.g. 'layer4', 'layer3,layer4' or 'layer4:ta'.")
+@click.option("--sta", "sta", default=None, type=STA_SPEC,
+              help="Insert STA, e.g. 'layer4', 'layer3,layer4' or 'layer4:ta'.")
 @click.option("--store", required=True, type=ANY_PATH, help="Flow store written by extract-flow.")
 @click.option("--split", type=POSITIVE_INT, help="Split number (1-3).")
 @click.option("--splits", type=ANY_PATH, help="Split files (folder) or CSV; default: splits/ beside the videos.")
-@click.option("--out", required=True, type=WRITABLE_FOLDER, help="Output folder: last.pth, best.pth, metrics.jsonl.")
+@click.option("--out", required=True, type=WRITABLE_FOLDER,
+              help="Output folder: last.pth, best.pth, metrics.jsonl.")
 @click.option("--config", "config_path", type=EXISTING_FILE, help="TOML file with [train] options.")
 @click.option("--pretrained", type=EXISTING_FILE, help="Fine-tune from this checkpoint (MARS/3D-ResNets or ours).")
 @click.option("--teacher", type=EXISTING_FILE, help="Frozen flow-stream checkpoint (required by --stream mars).")
@@ -31,8 +33,8 @@ ANY_PATH = click.Path(path_type=Path)
 @click.option("--frames", type=POSITIVE_INT, help="Clip length (sample_duration), default 16.")
 @click.option("--size", type=POSITIVE_INT, help="Crop size (sample_size), default 112.")
 @click.option("--alpha", type=NON_NEGATIVE_FLOAT, help="MARS feature-matching weight, default 50.")
-@click.option("--val-fraction", type=FRACTION_BELOW_ONE, help="Share of each class held out for validation (default 0.1; "
-                                                  "0 selects on the test split, as MARS).")
+@click.option("--val-fraction", type=FRACTION_BELOW_ONE,
+              help="Share of each class held out for validation (default 0.1; 0 selects on the test split, as MARS).")
 @click.option("--workers", type=COUNT, help="DataLoader workers.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), help="Mixed precision (opt-in).")
@@ -98,7 +100,8 @@ def evaluate(checkpoint, store, splits, out, config_path, as_json, **options) ->
 @click.option("--out", type=WRITABLE_FOLDER, help="Run folder (default: run/ beside the config).")
 @click.option("--from", "from_stage", help="Rerun this stage and every later one.")
 @click.option("--force", multiple=True, help="Rerun this stage even if unchanged (repeatable).")
-@click.option("--split", "splits_to_run", type=POSITIVE_INT, multiple=True, help="Splits to run (repeatable; default [data]).")
+@click.option("--split", "splits_to_run", type=POSITIVE_INT, multiple=True,
+              help="Splits to run (repeatable; default [data]).")
 def run(config_path, out, from_stage, force, splits_to_run) -> None:
     """Run every stage from a TOML config: extract, train flow/rgb/mars/sta-mars, evaluate, fuse.
 
