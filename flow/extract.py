@@ -27,10 +27,10 @@ from typing import Any
 import cv2
 import h5py
 import numpy as np
-from flow.progress import progress_bar
 
 from flow import store as layout
 from flow.errors import InputError, VideoError
+from flow.progress import progress_bar
 from flow.quantize import QUANTIZATIONS, quantize
 from flow.shard import Shard, parse_shard, resolve_shard
 from flow.tvl1 import PRESETS, TVL1, preset_params

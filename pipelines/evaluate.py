@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from flow.progress import progress_bar
 
 from flow.errors import InputError
+from flow.progress import progress_bar
 from pipelines import checkpoint as ckpt
 from pipelines.config import config_to_dict
 from pipelines.dataset import open_stage_data

@@ -22,10 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from flow.progress import progress_bar
 
 from flow.errors import InputError
 from flow.importer import has_flow
+from flow.progress import progress_bar
 from flow.quantize import quantize
 from flow.store import FlowStore
 from flow.tvl1 import TVL1, preset_params
