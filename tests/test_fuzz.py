@@ -287,8 +287,8 @@ def parse_manifest(documents: tuple[str, str]) -> None:
         layout.read_manifest(folder)
 
 
-_ATTRIBUTE = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(),
-                       st.text(st.characters(exclude_characters="\x00"), max_size=8),  # HDF5 strings hold no NUL
+_HDF5_TEXT = st.characters(exclude_characters="\x00", exclude_categories=("Cs",))  # what an HDF5 string can hold
+_ATTRIBUTE = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(), st.text(_HDF5_TEXT, max_size=8),
                        st.binary(min_size=1, max_size=4).map(np.void), st.sampled_from(["round", "jpeg", "png", ""]),
                        st.lists(st.integers(0, 9), min_size=1, max_size=3).map(np.array))
 _VIDEO_ATTRS = ("fps", "native_fps", "height", "width", "bound", "quantization", "frame_encoding", "jpeg_quality",
