@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import WRITABLE_FOLDER
+
 _DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
     "classes": 10,
     "videos_per_class": 80,
@@ -22,7 +24,7 @@ _DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --h
 
 
 @click.command("synth")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=WRITABLE_FOLDER)
 @click.option("--classes", type=click.IntRange(2, 10), default=_DEFAULTS["classes"], show_default=True,
               help="Number of classes (even): the first CLASSES/2 direction pairs.")
 @click.option("--videos-per-class", type=click.IntRange(min=2), default=_DEFAULTS["videos_per_class"],

@@ -183,6 +183,8 @@ def _unwrap(raw: object, source: str) -> tuple[dict[str, torch.Tensor], str | No
         state, arch = raw, None
     if not state or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise CheckpointError(source, "no state_dict of tensors in this file")
+    if not all(isinstance(key, str) for key in state):
+        raise CheckpointError(source, "state_dict keys must be parameter names (strings)")
     stripped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         while key.startswith("module."):

@@ -66,8 +66,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(path, f"not a readable checkpoint (truncated or corrupt: {str(exc).splitlines()[0][:160]})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(path, "not a mars-sta checkpoint (no 'format': 'mars-sta'); use load_pretrained for MARS files")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise InputError(path, f"checkpoint format {payload['format_version']} is newer than this mars-sta reads")
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(path, f"checkpoint format {version!r} is newer than this mars-sta reads"
+                         if isinstance(version, int) else f"checkpoint format {version!r} is not a version number")
     for key in ("arch", "model_kwargs", "state_dict"):
         if key not in payload:
             raise InputError(path, f"checkpoint lacks '{key}'")
@@ -82,7 +84,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
     try:
         model = build_model(payload["arch"], **payload["model_kwargs"])
         model.load_state_dict(payload["state_dict"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:  # torch's, for odd keys
         raise InputError(path, f"weights do not fit '{payload['arch']}': {str(exc).splitlines()[0][:200]}") from None
     return model.eval(), payload
 

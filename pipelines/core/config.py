@@ -81,7 +81,12 @@ def build_config(
             if value is None and origin == "option":
                 continue
             merged[name] = _check_value(cls, fields[name], value, origin)
-    return cls(**merged)
+    try:
+        return cls(**merged)
+    except InputError as exc:  # the dataclass's own checks: name the file they came from
+        raise InputError(exc.path or source, exc.problem) from None
+    except ValueError as exc:
+        raise InputError(source, str(exc)) from None
 
 
 def load_config(

@@ -169,7 +169,8 @@ def load_scores(path: str | Path) -> Scores:
         if "pickle" in str(exc):
             raise InputError(path, "holds pickled objects; score files hold plain arrays only") from None
         raise InputError(path, f"not a readable .npz score file ({_first_line(exc)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError, TypeError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, AttributeError, TypeError,
+            NotImplementedError) as exc:  # zipfile: a compression method or zip version it cannot read
         raise InputError(path, f"not a readable .npz score file ({_first_line(exc)})") from None
     problem = _problem(scores)
     if problem:

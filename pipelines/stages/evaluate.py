@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flow.errors import InputError
+from flow.progress import progress_bar
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import config_to_dict
 from pipelines.data.dataset import open_stage_data
@@ -99,7 +99,7 @@ def evaluate(
                                 clips=n_clips if kind == "views" else None, crops=n_crops)
     mine = range(context.rank, len(videos), context.world_size)  # every video exactly once over the ranks
     scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    iterator = tqdm(mine, desc=f"evaluate {payload.get('stream', '')}", unit="video",
+    iterator = progress_bar(mine, desc=f"evaluate {payload.get('stream', '')}", unit="video",
                     disable=not progress or not context.is_main, leave=False)
     with torch.no_grad():
         for index in iterator:

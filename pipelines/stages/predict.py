@@ -22,10 +22,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flow.errors import InputError
 from flow.importer import has_flow
+from flow.progress import progress_bar
 from flow.quantize import quantize
 from flow.store import FlowStore
 from flow.tvl1 import TVL1, preset_params
@@ -257,7 +257,7 @@ def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoi
     predictor = Predictor(checkpoints, config)
     videos = list_videos(inputs)
     summary = PredictSummary(model=predictor.model)
-    for video in tqdm(videos, desc=f"predict {predictor.model}", unit="video", disable=not progress,
+    for video in progress_bar(videos, desc=f"predict {predictor.model}", unit="video", disable=not progress,
                       dynamic_ncols=True):
         try:
             prediction = predictor(video)
