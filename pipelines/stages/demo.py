@@ -20,7 +20,7 @@ def demo_config_path() -> Path:
     """``configs/demo.toml`` of a source checkout, or the copy installed with the package's data files."""
     import sys
 
-    for candidate in (Path(__file__).resolve().parents[1] / "configs" / DEMO_CONFIG,
+    for candidate in (Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG,
                       Path(sys.prefix) / "share" / "mars-sta" / "configs" / DEMO_CONFIG):
         if candidate.exists():
             return candidate
