@@ -215,8 +215,9 @@ def _fuse_split(split: int, subsets: dict[str, dict[str, Scores]], config: FuseC
         rows.append({"model": fusion_name(combo), "split": split, **metrics.summarize(fused[-1], labels)})
         weights[fusion_name(combo)] = {stream: float(w) for stream, w in zip(combo, combo_weights)}
     winner = _best(rows)
-    confusion = metrics.confusion_matrix(labels, metrics.predictions(fused[rows.index(winner)]), len(classes))
-    per_class = metrics.per_class_accuracy(confusion)
+    predicted = metrics.predictions(fused[rows.index(winner)])
+    confusion = metrics.confusion_matrix(labels, predicted, len(classes))
+    per_class = metrics.per_class_accuracy(labels, predicted, len(classes))
     best = {
         "model": winner["model"],
         "top1": winner["top1"],
