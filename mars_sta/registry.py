@@ -17,13 +17,17 @@ Factory = Callable[..., nn.Module]
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its factory and what ``build_model`` must know before calling it."""
+    """A registered architecture: its factory, what ``build_model`` must know before calling it, and the layers
+    that loading other weights treats apart (``first_conv`` is adapted between RGB and flow input, ``classifier``
+    is replaced when the class count differs)."""
 
     name: str
     factory: Factory
     default_shortcut: str | None
     stages: tuple[str, ...]
     default_sta_stage: str
+    first_conv: str = "conv1"
+    classifier: str = "fc"
 
     @property
     def description(self) -> str:
@@ -35,18 +39,25 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str
+    name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str,
+    first_conv: str = "conv1", classifier: str = "fc",
 ) -> Callable[[Factory], Factory]:
     """Register ``factory(*, num_classes, in_channels, sample_size, sample_duration, shortcut, attention)``.
 
-    ``default_shortcut`` is None for networks without residual shortcuts; ``stages`` are the names an ``sta=``
-    spec may use, ``default_sta_stage`` the one ``sta="default"`` means.
+    Args:
+        name: the registry name (``resnext101``), recorded in checkpoints as ``arch``.
+        default_shortcut: "A" or "B" for residual networks, None for networks without residual shortcuts.
+        stages: the names an ``sta=`` spec may use.
+        default_sta_stage: the stage ``sta="default"`` means.
+        first_conv: the module that reads the input clip (its weight is adapted between 2 and 3 channels).
+        classifier: the module that gives the logits (replaced when a file's class count differs).
     """
 
     def decorate(factory: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage)
+        _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage, first_conv,
+                                     classifier)
         return factory
 
     return decorate

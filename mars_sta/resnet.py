@@ -22,8 +22,6 @@ class ResNet3D(nn.Module):
     their fixed ``AvgPool3d((ceil(T/16), ceil(S/32), ceil(S/32)))``, which covers the whole ``layer4`` map there.
     """
 
-    classifier_name = "fc"
-
     def __init__(
         self,
         block: type[ResidualBlock],
