@@ -88,8 +88,16 @@ def build_model(
 ) -> nn.Module:
     """Build a registered network, with attention where ``sta`` says (see ``mars_sta.spec``).
 
-    ``shortcut=None`` takes the architecture's default ("A" or "B"; None for C3D). ``sample_size`` fixes the
-    spatial size attention modules are built for; ``sample_duration`` matters only to C3D's flattened head.
+    The model comes back with ``model.arch`` and ``model.build_kwargs`` set, which rebuild it from a checkpoint.
+
+    Args:
+        name: a registry name (``list_models()``).
+        num_classes: classes of the classifier.
+        in_channels: 3 for RGB clips, 2 for flow.
+        sample_size: the clip's height and width; fixes the spatial size attention modules are built for.
+        sample_duration: frames per clip; matters only to C3D's flattened head.
+        shortcut: "A" or "B"; None takes the architecture's default (None for C3D, which has no shortcuts).
+        sta: an STA spec (``"layer4"``, ``"layer3:ta"``, ...) or None for the plain network.
     """
     entry = model_entry(name)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels),

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from flow.errors import InputError
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_at_least, check_choices, config_to_dict
-from pipelines.data.dataset import open_stage_data
+from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import check_amp, resolve_device
 from pipelines.core.distributed import DistContext, gather_objects, init_distributed, rank_device
 from pipelines.core.manifest import config_hash, library_versions
@@ -82,20 +82,7 @@ def evaluate(
         log: receives the one-line summary.
     """
     loaded = ckpt.load_checkpoint(checkpoint)
-    train_config = loaded.train_config
-    data = open_stage_data(store, splits, config.split, train_config.get("val_fraction", 0.1),
-                           train_config.get("seed", 1))
-    if loaded.classes != data.classes:
-        raise InputError(checkpoint, f"was trained on {len(loaded.classes)} classes, the split has "
-                                     f"{len(data.classes)} (or other names): scores would be meaningless")
-    loaded.check_store(store, data.preprocessing_hash)
-    if Path(out).parent.is_file():  # an unusable --out fails now, not after scoring
-        raise InputError(out, f"cannot be written: {Path(out).parent} is a file, not a folder")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    items = {"test": data.test, "val": data.val, "train": data.train}[config.subset]
-    if not items:
-        raise InputError(None, f"subset {config.subset!r} of split {config.split} is empty")
-
+    data, items = _checked_inputs(config, loaded, store, out, splits)
     device = resolve_device(config.device)
     context = init_distributed(device)
     device = rank_device(device, context)
@@ -119,6 +106,25 @@ def evaluate(
         log(f"{summary['stream']} split {config.split} {config.subset}: top-1 {summary['top1']:.1f}%  "
             f"top-5 {summary['top5']:.1f}%  mean class {summary['mean_class']:.1f}%  ({len(items)} videos)")
     return summary
+
+
+def _checked_inputs(config: EvaluateConfig, loaded: ckpt.Checkpoint, store: Path, out: Path,
+                    splits: Path | None) -> tuple[StageData, list[tuple[str, int]]]:
+    """The split and the videos to score, once the checkpoint, the store and ``out`` are known to fit."""
+    train_config = loaded.train_config
+    data = open_stage_data(store, splits, config.split, train_config.get("val_fraction", 0.1),
+                           train_config.get("seed", 1))
+    if loaded.classes != data.classes:
+        raise InputError(loaded.path, f"was trained on {len(loaded.classes)} classes, the split has "
+                                      f"{len(data.classes)} (or other names): scores would be meaningless")
+    loaded.check_store(store, data.preprocessing_hash)
+    if Path(out).parent.is_file():  # an unusable --out fails now, not after scoring
+        raise InputError(out, f"cannot be written: {Path(out).parent} is a file, not a folder")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    items = {"test": data.test, "val": data.val, "train": data.train}[config.subset]
+    if not items:
+        raise InputError(None, f"subset {config.subset!r} of split {config.split} is empty")
+    return data, items
 
 
 def _score_videos(engine: Engine, videos: VideoClips, context: DistContext, progress: bool

@@ -34,8 +34,7 @@ from pipelines.core import checkpoint as ckpt
 from pipelines.core.checkpoint import Checkpoint
 from pipelines.core.device import resolve_device
 from pipelines.inference.engine import Engine
-from pipelines.stages.fuse import fused_scores
-from pipelines.scoring.fusion_weights import softmax
+from pipelines.scoring.fusion_weights import fused_scores, softmax
 from pipelines.core.manifest import config_hash
 from pipelines.core.streams import fusion_name
 
@@ -223,7 +222,16 @@ def _jpeg_round_trip(bgr: np.ndarray, params: list[int], path: str | os.PathLike
 def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoints: Sequence[str | os.PathLike],
             progress: bool = True, on_prediction: Callable[[Prediction], None] | None = None,
             on_failure: Callable[[str, str], None] | None = None) -> PredictSummary:
-    """Predict every video of ``inputs`` (files, or folders searched recursively); a bad video fails alone."""
+    """Predict every video of ``inputs`` (files, or folders searched recursively); a bad video fails alone.
+
+    Args:
+        config: top-k, device and batch size.
+        inputs: video files, or folders searched recursively for videos.
+        checkpoints: one per stream; several are fused by the equal average of raw logits.
+        progress: show a progress bar.
+        on_prediction: receives each video's Prediction as it is made.
+        on_failure: receives (video, reason) for each video that could not be predicted.
+    """
     started = time.perf_counter()
     predictor = Predictor(checkpoints, config)
     videos = list_videos(inputs)

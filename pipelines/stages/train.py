@@ -296,6 +296,12 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
     Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
     processes); with ``resume=False`` an existing checkpoint is an error rather than something to overwrite. Under
     torchrun every rank trains its share and only rank 0 writes.
+
+    Args:
+        config: the validated options; ``None`` values get MARS's defaults for the stream and start.
+        paths: the store, the output folder, and the split files, pretrained weights and teacher when given.
+        progress: receives one line per epoch (and notes) on the main process.
+        resume: continue from an existing ``last.pth`` of the same run.
     """
     _check_teacher_path(config, paths)
     fine_tuning = paths.pretrained is not None
