@@ -16,7 +16,7 @@ from conftest import REPO, run_cli
 from flow import FlowStore
 from flow.errors import InputError
 from mars_sta import CheckpointError, build_model, load_pretrained
-from pipelines.core.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
 
 PRODUCT = [path for folder in ("mars_sta", "flow", "pipelines", "cli", "benchmarks")
            for path in sorted((REPO / folder).rglob("*.py"))]
@@ -119,3 +119,19 @@ def test_a_video_list_naming_videos_outside_its_folder_writes_only_inside_the_st
     assert ".." not in video_id.split("/") and FlowStore(store).video_ids() == [video_id]
     assert [p for p in store.rglob("*.h5")] == [store / "videos" / f"{video_id}.h5"]
     assert sorted(synth_store.videos.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_checkpoint_is_one_line_for_every_reader(tmp_path, damage):
+    model = build_model("tiny_resnet", num_classes=4)
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"arch": model.arch, "model_kwargs": model.build_kwargs, "stream": "rgb",
+                           "classes": ["a", "b", "c", "d"], "state_dict": model.state_dict()})
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as stage_error:
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError) as model_error:
+        load_pretrained(model, path)
+    for error in (stage_error.value, model_error.value):
+        assert str(error).startswith(f"{path}: not a readable checkpoint (truncated or corrupt")
+        assert "\n" not in str(error)
