@@ -36,7 +36,7 @@ class EvaluateConfig:
     batch_size: int = 32  # clips per forward pass (keep small on small GPUs; independent of training)
     features: bool = False  # also store the pooled features that feed fc
     device: str = "auto"
-    amp: str = "off"
+    amp: Literal["off", "fp16", "bf16"] = "off"
 
     def __post_init__(self) -> None:
         check_choices(self)
