@@ -126,9 +126,6 @@ class P3D(nn.Module):
         dropout: before ``fc`` (0.5, as the port).
     """
 
-    classifier_name = "fc"
-    input_conv_name = "conv1_custom"  # what load_pretrained's RGB ↔ flow input adaptation converts
-
     def __init__(
         self,
         layers: tuple[int, int, int, int],
@@ -208,7 +205,8 @@ def _downsample_2d(in_planes: int, out_planes: int) -> nn.Sequential:
                          nn.BatchNorm2d(out_planes))
 
 
-@register_model("p3d199", default_shortcut="B", stages=P3D_STAGES, default_sta_stage="layer3")
+@register_model("p3d199", default_shortcut="B", stages=P3D_STAGES, default_sta_stage="layer3",
+                first_conv="conv1_custom")
 def p3d199(*, num_classes: int, in_channels: int, sample_size: int, sample_duration: int, shortcut: str,
            attention: AttentionSpec | None) -> P3D:
     """Pseudo-3D ResNet-199 (P3D-A/B/C ×[3, 8, 36], 2D ×3), Qiu et al., ICCV 2017; 16×160² clips."""

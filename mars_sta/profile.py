@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mars_sta.registry import build_model
+from mars_sta.registry import build_model, model_entry
 from mars_sta.sta import STA, Attention, ChannelAttention, attention_modules
 
 
@@ -138,7 +138,7 @@ def _measure(arch: str, sta: str | None, kwargs: dict) -> tuple[ModelCost, list[
                            kwargs["sample_size"])
     with FlopCounterMode(display=False) as counter:
         inputs = _attention_inputs(model, clip)
-    classifier = getattr(model, model.classifier_name)
+    classifier = getattr(model, model_entry(model.arch).classifier)
     params = sum(p.numel() for p in model.parameters())
     canonical = model.build_kwargs["sta"]
     label = arch if canonical is None else f"{arch} + sta {canonical}"

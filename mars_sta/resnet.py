@@ -20,9 +20,36 @@ class ResNet3D(nn.Module):
 
     The pool is adaptive (any T, H, W); at the clip sizes of the reference networks (16 or 64 frames, 112²) it equals
     their fixed ``AvgPool3d((ceil(T/16), ceil(S/32), ceil(S/32)))``, which covers the whole ``layer4`` map there.
-    """
 
-    classifier_name = "fc"
+    Shapes for a 16×112² clip with the default strides (``forward_features`` ends at the pool)::
+
+        x (N, in_channels, 16, 112, 112)
+          │  conv1 + bn1 + ReLU (stride 1, 2, 2), max-pool (2, 2, 2)
+          ▼  (N, 64, 8, 28, 28)
+          │  layer1 … layer4 (strides 1, 2, 2, 2; attention where ``attention`` says)
+          ▼  (N, 512·expansion, 1, 4, 4)
+          │  adaptive average pool, flatten, dropout
+          ▼  features (N, 512·expansion)
+          │  fc
+          ▼  logits (N, num_classes)
+
+    Args:
+        block: the residual block (``BasicBlock``, ``Bottleneck`` or a ResNeXt block).
+        layers: blocks per stage.
+        num_classes: size of the ``fc`` output.
+        in_channels: 3 for RGB, 2 for flow.
+        sample_size: the clip's height and width (attention modules are built for the feature map it gives).
+        shortcut: "A" (zero-padded identity) or "B" (1×1×1 conv) where a block changes shape.
+        attention: where and which attention modules to insert (``mars_sta.spec``), or None.
+        widths: channels of each stage before the block's expansion.
+        stage_strides: stride of each stage's first block (an int, or (t, h, w)).
+        stem_width: channels of ``conv1``.
+        stem_kernel: kernel of ``conv1``.
+        stem_stride: stride of ``conv1``.
+        max_pool: whether the stem ends with a 3×3×3 max-pool of stride 2.
+        dropout: dropout before ``fc``.
+        block_kwargs: further keyword arguments of every block (ResNeXt's cardinality).
+    """
 
     def __init__(
         self,

@@ -105,6 +105,15 @@ class STA(Attention):
 
     The Conv1 kernel equals the feature map's (h, w), so the module is tied to one input resolution; another size
     raises ``ValueError`` naming the expected one.
+
+    Args:
+        channels: c, the channels of the feature map it weighs.
+        spatial_size: (h, w) of that feature map (an int for a square one).
+        kernel_size: k, of the Deconv and Conv2.
+        stride: s, of the Deconv and Conv2.
+        deconv: False for the "w/o Deconv" ablation.
+        attention: "st" (a weight per channel and frame) or "t" (the temporal-only ablation).
+        init: "identity" (W starts at ``IDENTITY_GATE``) or "default" (PyTorch's initialisation).
     """
 
     def __init__(

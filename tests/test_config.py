@@ -5,6 +5,7 @@ import pytest
 
 from flow.errors import InputError
 from pipelines.core.config import load_config
+from pipelines.stages.evaluate import EvaluateConfig
 from pipelines.stages.train import TrainConfig
 
 
@@ -50,3 +51,26 @@ def test_train_config_takes_the_streams_own_table(tmp_path):
     assert (mars.alpha, mars.epochs) == (10.0, 3)
     assert (sta.alpha, sta.epochs, sta.sta, pretrained) == (10.0, 4, "layer4", (tmp_path / "k.pth").resolve())
     assert (flow.alpha, flow.epochs) == (50.0, 9)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: EvaluateConfig(subset="dev"), r"subset 'dev': expected one of test, val, train"),
+    (lambda: EvaluateConfig(amp="fp8"), r"amp 'fp8': expected one of off, fp16, bf16"),
+    (lambda: EvaluateConfig(batch_size=0), r"batch_size must be at least 1, got 0"),
+    (lambda: EvaluateConfig(protocol="views:0x1"), r"--protocol 'views:0x1'"),
+    (lambda: TrainConfig(stream="depth"), r"stream 'depth': expected one of flow, rgb, mars"),
+    (lambda: TrainConfig(scheduler="step"), r"scheduler 'step': expected one of plateau"),
+    (lambda: TrainConfig(epochs=0), r"epochs must be at least 1, got 0"),
+    (lambda: TrainConfig(val_fraction=1.0), r"val_fraction must lie in \[0, 1\), got 1.0"),
+])
+def test_configs_refuse_bad_values_when_made(make, message):
+    """Checked once, where the config is built (Python or TOML), so the stages trust it."""
+    with pytest.raises(InputError, match=message):
+        make()
+
+
+def test_a_toml_value_outside_its_choices_is_refused_when_loaded(tmp_path):
+    path = tmp_path / "evaluate.toml"
+    path.write_text('[evaluate]\nsubset = "everything"\n')
+    with pytest.raises(InputError, match="subset 'everything': expected one of test, val, train"):
+        load_config(EvaluateConfig, path, table="evaluate")

@@ -358,9 +358,9 @@ ROWS = [
     Row("pickle that runs code: train --pretrained", _train("store", None, "--pretrained", "{evil}"),
         lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     Row("pickle that runs code: train --teacher", _train("store", None, "--stream", "mars", "--teacher", "{evil}"),
-        lambda c: [_line(c, "evil"), "refused to load: not a plain-weights checkpoint"], _no_code_ran),
+        lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     Row("pickle that runs code: evaluate --checkpoint", _evaluate("evil"),
-        lambda c: [_line(c, "evil"), "refused to load: not a plain-weights checkpoint"], _no_code_ran),
+        lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     # config files
     Row("config with an unknown key", lambda c: ["extract-flow", c.videos, "--out", "{out}/store", "--config",
                                                  c.t_unknown_key],

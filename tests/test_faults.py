@@ -262,7 +262,7 @@ def _listing(folder: Path) -> list[tuple[str, int, int]]:
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(folder / "last.pth")["state_dict"]
+    return load_checkpoint(folder / "last.pth").state_dict
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -313,7 +313,7 @@ def training(synth_store, tmp_path_factory) -> SimpleNamespace:
     for moment in moments:
         folder = t.outs[moment]
         t.after_kill[moment] = {"files": sorted(p.name for p in folder.iterdir()),
-                                "epoch": load_checkpoint(folder / "last.pth")["epoch"]}
+                                "epoch": load_checkpoint(folder / "last.pth").epoch}
     running = {name: _popen(args(name)) for name in (*moments, "disk-full")}
     t.second = {name: (process, *process.communicate(timeout=300)) for name, process in running.items()}
     watcher.stop()
@@ -336,7 +336,7 @@ def _resumed_to_reference(training, moment: str) -> None:
 def test_reference_run_finished(training):
     process, stdout, stderr = training.first["reference"]
     assert process.returncode == 0, stderr
-    assert load_checkpoint(training.outs["reference"] / "last.pth")["epoch"] == 2
+    assert load_checkpoint(training.outs["reference"] / "last.pth").epoch == 2
 
 
 def test_training_killed_mid_epoch_resumes_to_the_same_weights(training):

@@ -1,7 +1,8 @@
 """One config object per stage: a dataclass with documented defaults, loaded from TOML and overridden by CLI options.
 
 Validation happens here, at the boundary: an unknown key or a value of the wrong type in a TOML file is reported as
-one line naming the file and the key, so the stages themselves never re-check.
+one line naming the file and the key; choices (``Literal`` fields) and ranges are checked by each config's
+``__post_init__``, so the stages themselves never re-check.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
     """The runtime types a field annotation admits (``int | None`` -> (int, NoneType))."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return tuple({type(choice) for choice in typing.get_args(annotation)})
     if origin in (typing.Union, types.UnionType):
         return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
     if origin is not None:
@@ -58,6 +61,38 @@ def _check_value(cls: type, field: dataclasses.Field, value: Any, source: str | 
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` annotation admits (``Literal["a", "b"] | None`` -> ("a", "b", None)); () if any."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        nested = [_choices(arg) if arg is not type(None) else (None,) for arg in typing.get_args(annotation)]
+        return () if any(not choices for choices in nested) else tuple(c for choices in nested for c in choices)
+    return ()
+
+
+def check_choices(config: Any) -> None:
+    """Refuse a value outside its ``Literal`` field's choices; config dataclasses call it from ``__post_init__``,
+    so a config made in Python is checked as one read from TOML is."""
+    hints = typing.get_type_hints(type(config))
+    check_one_of(**{field.name: (getattr(config, field.name), _choices(hints[field.name]))
+                    for field in dataclasses.fields(config) if _choices(hints[field.name])})
+
+
+def check_one_of(**values: tuple[Any, tuple[Any, ...]]) -> None:
+    """Refuse ``name=(value, choices)`` pairs whose value is not among the choices."""
+    for name, (value, choices) in values.items():
+        if value not in choices:
+            raise InputError(None, f"{name} {value!r}: expected one of {', '.join(str(c) for c in choices)}")
+
+
+def check_at_least(**values: tuple[float, float]) -> None:
+    """Refuse ``name=(value, minimum)`` pairs whose value lies below the minimum."""
+    for name, (value, minimum) in values.items():
+        if value < minimum:
+            raise InputError(None, f"{name} must be at least {minimum}, got {value}")
 
 
 def build_config(

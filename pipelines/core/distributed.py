@@ -89,15 +89,6 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
     return gathered
 
 
-def broadcast_object(value: Any, context: DistContext) -> Any:
-    """Rank 0's ``value`` on every rank (e.g. an error found while rank 0 held the lock)."""
-    if not context.active:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(context: DistContext) -> None:
     if context.active:
         dist.barrier()

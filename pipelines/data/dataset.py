@@ -6,7 +6,7 @@ was extracted from (the layout ``mars-sta synth`` writes). Every video of the sp
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +34,6 @@ class StageData:
     val_method: str = "none"  # how the validation part was held out (splits.ValidationSplit.method)
     hflip_map: dict[int, int] | None = None
     vflip_map: dict[int, int] | None = None
-    normalization_name: str = field(default="mars")
 
     def normalization(self, name: str) -> Normalization:
         try:

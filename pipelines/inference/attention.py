@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from flow.errors import InputError
+from flow.store import FlowStore
+from pipelines.core.device import resolve_device
+from pipelines.core.manifest import config_hash
+from pipelines.inference.engine import Engine
 
 
 @dataclass
@@ -94,60 +99,52 @@ def upsample_weights(weights: np.ndarray, frames: int) -> np.ndarray:
 
 
 class AttentionProbe:
-    """A checkpoint with STA, loaded once, run over the test clips of any video of a store."""
+    """A checkpoint with STA, loaded once, run over the test clips of any video of a store.
+
+    Args:
+        checkpoint: a checkpoint trained with ``--sta``.
+        store: the flow store whose videos are probed (the checkpoint's preprocessing).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: clips per forward pass.
+    """
 
     def __init__(self, checkpoint: str | Path, store: str | Path, device: str = "auto", batch_size: int = 8) -> None:
-        from flow.store import FlowStore
         from mars_sta import STA, attention_modules
-        from pipelines.core import checkpoint as ckpt
-        from pipelines.data.clips import Normalization
-        from pipelines.core.device import resolve_device
-        from pipelines.core.manifest import config_hash
 
-        model, self.payload = ckpt.model_from_checkpoint(checkpoint)
-        kwargs = self.payload["model_kwargs"]
-        self.stas = [(name, module) for name, module in attention_modules(model) if isinstance(module, STA)]
+        self.engine = Engine(checkpoint, resolve_device(device), batch_size)
+        loaded = self.engine.checkpoint
+        self.stas = [(name, module) for name, module in attention_modules(self.engine.model)
+                     if isinstance(module, STA)]
         if not self.stas:
-            raise InputError(checkpoint, f"has no STA module (stream {self.payload.get('stream', '?')}, sta "
-                                         f"{kwargs.get('sta') or 'none'}): attention needs a checkpoint trained "
-                                         "with --sta")
+            raise InputError(checkpoint, f"has no STA module (stream {loaded.stream}, sta "
+                                         f"{loaded.model_kwargs.get('sta') or 'none'}): attention needs a checkpoint "
+                                         "trained with --sta")
         self.store = FlowStore(store)
-        if self.payload.get("preprocessing_hash") not in (None, config_hash(self.store.preprocessing)):
-            raise InputError(store, "was extracted with other preprocessing than the checkpoint was trained on")
-        normalization = self.payload.get("train_config", {}).get("normalization", "mars")
-        self.normalization = Normalization.named(normalization, self.store.bound)
-        self.checkpoint, self.batch_size = str(checkpoint), batch_size
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        loaded.check_store(store, config_hash(self.store.preprocessing))
+        self.checkpoint = str(checkpoint)
 
     def video(self, video_id: str, label: int | None = None) -> VideoAttention:
         """Every test clip of ``video_id`` through the network, keeping each STA module's gate."""
-        import torch
-
-        from pipelines.data.clips import VideoClips
-
         if video_id not in self.store:
             raise InputError(self.store.root, f"has no video {video_id!r}")
-        kwargs = self.payload["model_kwargs"]
-        mode = "flow" if kwargs.get("in_channels") == 2 else "rgb"
-        videos = VideoClips(self.store, [(video_id, -1)], mode, kwargs["sample_duration"], kwargs["sample_size"],
-                            self.normalization)
+        videos = self.engine.video_clips(self.store, [(video_id, -1)])
         clips, _ = videos[0]
         windows = videos.windows(video_id)
-        logits, gates = [], {name: [] for name, _ in self.stas}
-        with torch.no_grad():
-            for chunk in torch.split(clips, self.batch_size):
-                logits.append(self.model(chunk.to(self.device)).float().cpu())
-                for name, module in self.stas:
-                    gates[name].append(module.last_weights.float().cpu().flatten(2))  # (n, c, L)
+        gates: dict[str, list[torch.Tensor]] = {name: [] for name, _ in self.stas}
+
+        def keep_gates() -> None:
+            for name, module in self.stas:
+                gates[name].append(module.last_weights.float().cpu().flatten(2))  # (n, c, L)
+
+        logits, _ = self.engine.forward(clips, after_chunk=keep_gates)
         everything = self.store.frames(video_id)
+        loaded = self.engine.checkpoint
         return VideoAttention(
-            video_id=video_id, checkpoint=self.checkpoint, stream=str(self.payload.get("stream", "")),
-            arch=str(self.payload["arch"]), sta=str(kwargs.get("sta")),
-            classes=list(self.payload.get("classes", [])), windows=windows,
+            video_id=video_id, checkpoint=self.checkpoint, stream=loaded.stream, arch=loaded.arch,
+            sta=str(loaded.model_kwargs.get("sta")), classes=loaded.classes, windows=windows,
             frames=np.stack([everything[window] for window in windows]),
             modules=[ModuleWeights(name, torch.cat(gates[name]).numpy()) for name, _ in self.stas],
-            probabilities=torch.softmax(torch.cat(logits).mean(0), 0).numpy(), label=label,
+            probabilities=torch.softmax(logits.mean(0), 0).numpy(), label=label,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipelines.core.stream_specs import stream_spec
 from pipelines.report import html_page
 from pipelines.report.run_folder import RunFolder, TrainingRun, read_json
 
@@ -20,7 +21,7 @@ def _profile_of(training: TrainingRun, num_classes: int):
     config = training.manifest.get("config", {})
     return profile_model(config["arch"], sta=config.get("sta") or None, frames=config["frames"],
                          size=config["size"], num_classes=num_classes,
-                         in_channels=2 if config.get("stream") == "flow" else 3)
+                         in_channels=stream_spec(config.get("stream", "rgb")).in_channels)
 
 
 def profile_section(run: RunFolder) -> str:

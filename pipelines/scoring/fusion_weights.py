@@ -24,6 +24,15 @@ EM_ITERATIONS = 2000
 EM_TOLERANCE = 1e-10
 
 
+def fused_scores(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The weighted average ``sum_i w_i a_i / sum_i w_i`` of per-stream scores (logits or probabilities)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    total = np.zeros(arrays[0].shape, dtype=np.float64)
+    for array, weight in zip(arrays, weights):
+        total += weight * np.asarray(array, dtype=np.float64)
+    return total / weights.sum()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed after subtracting each row's maximum so large logits do not overflow."""
     shifted = logits - logits.max(axis=1, keepdims=True)

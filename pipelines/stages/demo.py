@@ -20,7 +20,7 @@ def demo_config_path() -> Path:
     """``configs/demo.toml`` of a source checkout, or the copy installed with the package's data files."""
     import sys
 
-    for candidate in (Path(__file__).resolve().parents[1] / "configs" / DEMO_CONFIG,
+    for candidate in (Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG,
                       Path(sys.prefix) / "share" / "mars-sta" / "configs" / DEMO_CONFIG):
         if candidate.exists():
             return candidate
@@ -46,7 +46,14 @@ def gates(rows: list[dict[str, Any]], split: Any = 1) -> list[tuple[str, bool, s
 
 def run_demo(out: Path, seed: int = 0, config_path: Path | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Generate, extract, train four streams, evaluate and fuse into ``out``; returns the run result with gates."""
+    """Generate, extract, train four streams, evaluate and fuse into ``out``; returns the run result with gates.
+
+    Args:
+        out: the folder everything goes into (data, store, trainings, scores, report).
+        seed: seed of the synthetic data and of training.
+        config_path: another demo config; ``configs/demo.toml`` by default.
+        log: receives the progress lines and the table.
+    """
     started = time.perf_counter()
     out = Path(out)
     config_path = Path(config_path) if config_path else demo_config_path()

@@ -17,7 +17,7 @@ import numpy as np
 
 from flow.errors import InputError
 from pipelines.scoring import metrics
-from pipelines.scoring.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
+from pipelines.scoring.fusion_weights import fused_scores, learn_logit_weights, learn_softmax_weights, softmax
 from pipelines.core.manifest import stage_manifest
 from pipelines.report.tables import write_report
 from pipelines.scoring.scores import STREAMS, Scores, load_scores
@@ -127,15 +127,6 @@ def combinations(streams: Sequence[str]) -> list[tuple[str, ...]]:
     return [combo for size in range(1, len(ordered) + 1) for combo in itertools.combinations(ordered, size)]
 
 
-def fused_scores(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The weighted average ``sum_i w_i a_i / sum_i w_i`` of per-stream scores (logits or probabilities)."""
-    weights = np.asarray(weights, dtype=np.float64)
-    total = np.zeros(arrays[0].shape, dtype=np.float64)
-    for array, weight in zip(arrays, weights):
-        total += weight * np.asarray(array, dtype=np.float64)
-    return total / weights.sum()
-
-
 def _stream_scores(scores: Scores, use_softmax: bool) -> np.ndarray:
     logits = scores.logits.astype(np.float64)
     return softmax(logits) if use_softmax else logits
@@ -215,8 +206,9 @@ def _fuse_split(split: int, subsets: dict[str, dict[str, Scores]], config: FuseC
         rows.append({"model": fusion_name(combo), "split": split, **metrics.summarize(fused[-1], labels)})
         weights[fusion_name(combo)] = {stream: float(w) for stream, w in zip(combo, combo_weights)}
     winner = _best(rows)
-    confusion = metrics.confusion_matrix(labels, metrics.predictions(fused[rows.index(winner)]), len(classes))
-    per_class = metrics.per_class_accuracy(confusion)
+    predicted = metrics.predictions(fused[rows.index(winner)])
+    confusion = metrics.confusion_matrix(labels, predicted, len(classes))
+    per_class = metrics.per_class_accuracy(labels, predicted, len(classes))
     best = {
         "model": winner["model"],
         "top1": winner["top1"],
@@ -230,7 +222,13 @@ def _fuse_split(split: int, subsets: dict[str, dict[str, Scores]], config: FuseC
 
 def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseConfig | None = None) -> dict[str, Any]:
     """Fuse every combination of streams per split, write ``report.json``, ``report.md`` and the best model's
-    confusion matrix and per-class accuracy per split into ``out_dir``, and return the report."""
+    confusion matrix and per-class accuracy per split into ``out_dir``, and return the report.
+
+    Args:
+        score_paths: score files (``.npz``) or folders of them, from ``evaluate``; grouped by split and subset.
+        out_dir: where the report files go.
+        config: equal, fixed or learned weights, logits or softmax; MARS's equal average of raw logits by default.
+    """
     config = config or FuseConfig()
     files = expand_paths(score_paths)
     if not files:

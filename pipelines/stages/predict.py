@@ -31,15 +31,12 @@ from flow.store import FlowStore
 from flow.tvl1 import TVL1, preset_params
 from flow.video import VideoReader, find_videos
 from pipelines.core import checkpoint as ckpt
-from pipelines.data.clips import Normalization, VideoClips
+from pipelines.core.checkpoint import Checkpoint
 from pipelines.core.device import resolve_device
-from pipelines.stages.fuse import fused_scores
-from pipelines.scoring.fusion_weights import softmax
+from pipelines.inference.engine import Engine
+from pipelines.scoring.fusion_weights import fused_scores, softmax
 from pipelines.core.manifest import config_hash
 from pipelines.core.streams import fusion_name
-
-FLOW_CHANNELS = 2
-
 
 @dataclass
 class PredictConfig:
@@ -80,23 +77,6 @@ class PredictSummary:
     seconds: float = 0.0
 
 
-@dataclass
-class Stream:
-    """One loaded checkpoint and what its input needs."""
-
-    path: Path
-    name: str
-    model: torch.nn.Module
-    preprocessing: dict[str, Any]
-    sample_duration: int
-    sample_size: int
-    normalization: Normalization
-
-    @property
-    def needs_flow(self) -> bool:
-        return self.model.build_kwargs["in_channels"] == FLOW_CHANNELS
-
-
 class DecodedVideo(FlowStore):
     """One decoded video behind FlowStore's reading methods, so that ``VideoClips`` (the evaluation code) cuts,
     resizes and normalises its clips. Nothing is on disk: ``FlowStore.__init__``, which reads a manifest, is not
@@ -126,41 +106,37 @@ class DecodedVideo(FlowStore):
         return self._codes[start:stop]
 
 
-def checkpoint_preprocessing(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_preprocessing(checkpoint: Checkpoint) -> dict[str, Any]:
     """The store preprocessing a checkpoint was trained on, checked against its recorded hash."""
-    preprocessing = payload.get("preprocessing")
+    preprocessing = checkpoint.preprocessing
     if not isinstance(preprocessing, dict):
-        raise InputError(path, "records no store preprocessing ('preprocessing'), so new videos cannot be prepared "
-                               "as its training data were; retrain it with this version")
-    if payload.get("preprocessing_hash") not in (None, config_hash(preprocessing)):
-        raise InputError(path, "its 'preprocessing' does not match its 'preprocessing_hash' (edited checkpoint?)")
+        raise InputError(checkpoint.path, "records no store preprocessing ('preprocessing'), so new videos cannot be "
+                                          "prepared as its training data were; retrain it with this version")
+    if checkpoint.preprocessing_hash not in (None, config_hash(preprocessing)):
+        raise InputError(checkpoint.path, "its 'preprocessing' does not match its 'preprocessing_hash' (edited "
+                                          "checkpoint?)")
     return preprocessing
 
 
-def load_streams(checkpoints: Sequence[str | os.PathLike]) -> tuple[list[Stream], list[str]]:
-    """Every checkpoint as a Stream, and their common class names (checkpoints of other classes are refused)."""
+def load_streams(checkpoints: Sequence[str | os.PathLike], device: torch.device = torch.device("cpu"),
+                 batch_size: int = 32) -> tuple[list[Engine], list[str]]:
+    """Every checkpoint as an Engine, and their common class names (checkpoints of other classes are refused)."""
     if not checkpoints:
         raise InputError(None, "give at least one --checkpoint")
-    streams, classes = [], None
+    engines: list[Engine] = []
     for path in map(Path, checkpoints):
-        model, payload = ckpt.model_from_checkpoint(path)
-        names = [str(name) for name in payload.get("classes", [])]
-        if not names:
+        loaded = ckpt.load_checkpoint(path)
+        if not loaded.classes:
             raise InputError(path, "records no class names")
-        if classes is None:
-            classes = names
-        elif names != classes:
-            raise InputError(path, f"has other classes than {streams[0].path} ({len(names)} vs {len(classes)}); "
-                                   "only checkpoints of the same classes can be fused")
-        preprocessing = checkpoint_preprocessing(path, payload)
-        kwargs = payload["model_kwargs"]
-        if kwargs["in_channels"] == FLOW_CHANNELS and not has_flow(preprocessing):
+        if engines and loaded.classes != engines[0].checkpoint.classes:
+            raise InputError(path, f"has other classes than {engines[0].checkpoint.path} ({len(loaded.classes)} vs "
+                                   f"{len(engines[0].checkpoint.classes)}); only checkpoints of the same classes can "
+                                   "be fused")
+        preprocessing = checkpoint_preprocessing(loaded)
+        if loaded.spec.needs_flow and not has_flow(preprocessing):
             raise InputError(path, "is a flow network trained on a store without flow")
-        normalization = payload.get("train_config", {}).get("normalization", "mars")
-        streams.append(Stream(path, str(payload.get("stream", "unknown")), model, preprocessing,
-                              int(kwargs["sample_duration"]), int(kwargs["sample_size"]),
-                              Normalization.named(normalization, float(preprocessing["bound"]))))
-    return streams, classes
+        engines.append(Engine(loaded, device, batch_size))
+    return engines, engines[0].checkpoint.classes
 
 
 def list_videos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -177,45 +153,39 @@ def list_videos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 class Predictor:
-    """Checkpoints loaded once; calling it on a video path returns its Prediction."""
+    """Checkpoints loaded once; calling it on a video path returns its Prediction.
+
+    Args:
+        checkpoints: one checkpoint per stream; several are fused by the equal average of raw logits.
+        config: top-k, device and batch size.
+    """
 
     def __init__(self, checkpoints: Sequence[str | os.PathLike], config: PredictConfig = PredictConfig()) -> None:
         self.config = config
-        self.streams, self.classes = load_streams(checkpoints)
         self.device = resolve_device(config.device)
-        for stream in self.streams:
-            stream.model.to(self.device)
-        self.model = fusion_name(stream.name for stream in self.streams)
-        groups: dict[str, list[Stream]] = {}
-        for stream in self.streams:  # checkpoints of one store share one decoding of each video
-            groups.setdefault(json.dumps(stream.preprocessing, sort_keys=True), []).append(stream)
+        self.engines, self.classes = load_streams(checkpoints, self.device, config.batch_size)
+        self.model = fusion_name(engine.checkpoint.stream for engine in self.engines)
+        groups: dict[str, list[Engine]] = {}
+        for engine in self.engines:  # checkpoints of one store share one decoding of each video
+            groups.setdefault(json.dumps(engine.checkpoint.preprocessing, sort_keys=True), []).append(engine)
         self._groups = list(groups.values())
 
     def __call__(self, video: str | os.PathLike) -> Prediction:
         logits, clips = [], 0
-        for streams in self._groups:
-            decoded = decode_video(video, streams[0].preprocessing, rgb=any(not s.needs_flow for s in streams),
-                                   flow=any(s.needs_flow for s in streams))
-            for stream in streams:
-                stream_logits, stream_clips = self._logits(stream, decoded)
-                logits.append(stream_logits)
-                clips = max(clips, stream_clips)
+        for engines in self._groups:
+            needs_flow = [engine.checkpoint.spec.needs_flow for engine in engines]
+            decoded = decode_video(video, engines[0].checkpoint.preprocessing, rgb=not all(needs_flow),
+                                   flow=any(needs_flow))
+            for engine in engines:
+                videos = engine.video_clips(decoded, [(DecodedVideo.VIDEO_ID, 0)])
+                video_clips, _ = videos[0]
+                logits.append(engine.video_scores(video_clips)[0].numpy())
+                clips = max(clips, len(video_clips))
         fused = fused_scores(logits, [1.0] * len(logits)) if len(logits) > 1 else logits[0].astype(np.float64)
         probabilities = softmax(fused[None])[0]
         top = np.argsort(-fused, kind="stable")[: min(self.config.top_k, len(self.classes))]
         return Prediction(str(video), [self.classes[i] for i in top], [float(probabilities[i]) for i in top],
                           [float(fused[i]) for i in top], clips)
-
-    def _logits(self, stream: Stream, decoded: DecodedVideo) -> tuple[np.ndarray, int]:
-        """Mean raw logits over every test clip of the MARS protocol, and the clip count."""
-        mode = "flow" if stream.needs_flow else "rgb"
-        videos = VideoClips(decoded, [(DecodedVideo.VIDEO_ID, 0)], mode, stream.sample_duration, stream.sample_size,
-                            stream.normalization)
-        clips, _ = videos[0]
-        with torch.no_grad():
-            logits = [stream.model.forward_head(stream.model.forward_features(chunk.to(self.device))).float().cpu()
-                      for chunk in torch.split(clips, self.config.batch_size)]
-        return torch.cat(logits).mean(0).numpy(), len(clips)
 
 
 def decode_video(path: str | os.PathLike, preprocessing: dict[str, Any], rgb: bool, flow: bool) -> DecodedVideo:
@@ -252,7 +222,16 @@ def _jpeg_round_trip(bgr: np.ndarray, params: list[int], path: str | os.PathLike
 def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoints: Sequence[str | os.PathLike],
             progress: bool = True, on_prediction: Callable[[Prediction], None] | None = None,
             on_failure: Callable[[str, str], None] | None = None) -> PredictSummary:
-    """Predict every video of ``inputs`` (files, or folders searched recursively); a bad video fails alone."""
+    """Predict every video of ``inputs`` (files, or folders searched recursively); a bad video fails alone.
+
+    Args:
+        config: top-k, device and batch size.
+        inputs: video files, or folders searched recursively for videos.
+        checkpoints: one per stream; several are fused by the equal average of raw logits.
+        progress: show a progress bar.
+        on_prediction: receives each video's Prediction as it is made.
+        on_failure: receives (video, reason) for each video that could not be predicted.
+    """
     started = time.perf_counter()
     predictor = Predictor(checkpoints, config)
     videos = list_videos(inputs)

@@ -136,7 +136,15 @@ class Runner:
 
 def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (),
         log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """The whole pipeline; returns the fused report (or the evaluation summaries when there is nothing to fuse)."""
+    """The whole pipeline; returns the fused report (or the evaluation summaries when there is nothing to fuse).
+
+    Args:
+        plan: the run config with its paths resolved (``load_plan``).
+        from_stage: rerun this stage and every later one even when cached.
+        force: stages to rerun even when cached.
+        log: receives one line per stage.
+        progress: show progress bars.
+    """
     runner = Runner(plan, from_stage, force, log)
     plan.out.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved

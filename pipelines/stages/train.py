@@ -31,20 +31,38 @@ from torch.utils.data import DataLoader, Subset
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
 from pipelines.core import checkpoint as ckpt
-from pipelines.core.config import config_to_dict
+from pipelines.core.config import check_at_least, check_one_of, config_to_dict
 from pipelines.data.dataset import StageData, open_stage_data
-from pipelines.core.device import autocast, check_amp, resolve_device
+from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import stage_manifest
+from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
 from pipelines.core.streams import stream_name
 
-STREAMS = ("flow", "rgb", "mars")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
+NORMALIZATIONS = ("mars", "unit")
 
 
 @dataclass
 class TrainConfig:
-    """Options of ``mars-sta train``; ``None`` means "MARS's value for this stream and start"."""
+    """Options of ``mars-sta train``; ``None`` means "MARS's value for this stream and start". Checked when made
+    (``__post_init__``), so the stage trusts them."""
+
+    def __post_init__(self) -> None:
+        check_one_of(stream=(self.stream, tuple(STREAM_SPECS)), optimizer=(self.optimizer, OPTIMIZERS),
+                     scheduler=(self.scheduler, SCHEDULERS), normalization=(self.normalization, NORMALIZATIONS),
+                     amp=(self.amp, tuple(AMP_DTYPES)))
+        check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
+                       size=(self.size, 1), batch_size=(self.batch_size or 1, 1), workers=(self.workers, 0),
+                       lr_patience=(self.lr_patience, 0))
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(None, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.scheduler == "step" and not self.lr_milestones:
+            raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
+        if self.attention_lr_mult <= 0:
+            raise InputError(None, f"attention_lr_mult must be positive, got {self.attention_lr_mult}")
 
     stream: str = "rgb"  # flow | rgb | mars; "sta-" is added to the name when ``sta`` is set
     arch: str = "resnext101"  # a registry name (mars-sta models)
@@ -123,29 +141,19 @@ def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
     """Fill the MARS defaults that depend on the stream and on fine-tuning."""
     return dataclasses.replace(
         config,
-        batch_size=config.batch_size or (16 if config.stream == "mars" else 32),
+        batch_size=config.batch_size or stream_spec(config.stream).batch_size,
         lr=config.lr if config.lr is not None else (0.001 if fine_tuning else 0.1),
         weight_decay=config.weight_decay if config.weight_decay is not None else (1e-5 if fine_tuning else 1e-3),
     )
 
 
-def _validate(config: TrainConfig, paths: TrainPaths) -> None:
-    if config.stream not in STREAMS:
-        raise InputError(None, f"--stream {config.stream!r}: expected one of {', '.join(STREAMS)}")
-    if config.stream == "mars" and paths.teacher is None:
-        raise InputError(None, "--stream mars needs --teacher (a trained flow-stream checkpoint)")
-    if config.stream != "mars" and paths.teacher is not None:
-        raise InputError(paths.teacher, "--teacher is only used by --stream mars")
-    if config.optimizer not in ("sgd", "adamw"):
-        raise InputError(None, f"optimizer {config.optimizer!r}: expected sgd or adamw")
-    if config.scheduler not in ("plateau", "step", "onecycle", "cosine", "none"):
-        raise InputError(None, f"scheduler {config.scheduler!r}: expected plateau, step, onecycle, cosine or none")
-    if config.scheduler == "step" and not config.lr_milestones:
-        raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
-    if config.epochs < 1:
-        raise InputError(None, "epochs must be at least 1")
-    if config.accumulate < 1:
-        raise InputError(None, "accumulate must be at least 1")
+def _check_teacher_path(config: TrainConfig, paths: TrainPaths) -> None:
+    """A stream with a teacher needs its checkpoint; the others must not be given one."""
+    teacher = STREAM_SPECS[config.stream].teacher
+    if teacher is not None and paths.teacher is None:
+        raise InputError(None, f"--stream {config.stream} needs --teacher (a trained {teacher}-stream checkpoint)")
+    if teacher is None and paths.teacher is not None:
+        raise InputError(paths.teacher, "--teacher is only used by a stream with a teacher (--stream mars)")
 
 
 def _frozen_prefix(model: torch.nn.Module, finetune_from: str) -> set[str]:
@@ -217,14 +225,15 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
     return None
 
 
-def _load_teacher(path: Path, data: StageData, device: torch.device) -> torch.nn.Module:
-    """The frozen Flow network: eval mode (BN running stats), no gradients, not in the optimizer."""
-    teacher, payload = ckpt.model_from_checkpoint(path)
-    if payload.get("model_kwargs", {}).get("in_channels") != 2:
-        raise InputError(path, f"teacher must be a flow-stream checkpoint (2 input channels), got stream "
-                               f"{payload.get('stream')!r}")
-    if list(payload.get("classes", [])) != data.classes:
+def _load_teacher(path: Path, kind: str, data: StageData, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher (a ``kind`` stream, MARS's Flow network): eval mode (BN running stats), no gradients,
+    not in the optimizer."""
+    loaded = ckpt.load_checkpoint(path)
+    if loaded.spec.name != kind:
+        raise InputError(path, f"teacher must be a {kind}-stream checkpoint, got stream {loaded.stream!r}")
+    if loaded.classes != data.classes:
         raise InputError(path, "teacher was trained on other classes than this dataset's")
+    teacher = loaded.build_model()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.to(device).eval()
@@ -244,8 +253,9 @@ class _Student(torch.nn.Module):
 
 def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """MARS feeds RGB channels to the student and flow channels to the teacher from one clip."""
-    if stream == "mars":
-        return batch[:, :3], batch[:, 3:]
+    spec = stream_spec(stream)
+    if spec.teacher is not None:
+        return batch[:, :spec.in_channels], batch[:, spec.in_channels:]
     return batch, None
 
 
@@ -326,8 +336,14 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
     Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
     processes); with ``resume=False`` an existing checkpoint is an error rather than something to overwrite. Under
     torchrun every rank trains its share and only rank 0 writes.
+
+    Args:
+        config: the validated options; ``None`` values get MARS's defaults for the stream and start.
+        paths: the store, the output folder, and the split files, pretrained weights and teacher when given.
+        progress: receives one line per epoch (and notes) on the main process.
+        resume: continue from an existing ``last.pth`` of the same run.
     """
-    _validate(config, paths)
+    _check_teacher_path(config, paths)
     fine_tuning = paths.pretrained is not None
     config = _defaults(config, fine_tuning)
     device = resolve_device(config.device)
@@ -366,9 +382,69 @@ def _configure_determinism(config: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
 
 
+@dataclass
+class _Run:
+    """What one training run builds once and every epoch uses."""
+
+    config: TrainConfig
+    name: str  # the stream name, with "sta-" when STA is inserted
+    device: torch.device
+    amp: torch.dtype | None
+    context: DistContext
+    data: StageData
+    train_set: Any
+    val_set: Any
+    model: torch.nn.Module
+    student: torch.nn.Module  # the model as trained: logits and features together, under DDP when distributed
+    teacher: torch.nn.Module | None
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    manifest: dict[str, Any]
+
+
 def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
                   context: DistContext, say: Callable[[str], None], out: Path, resume: bool) -> dict[str, Any]:
-    from mars_sta import MARSLoss, build_model, load_pretrained
+    run = _prepare(config, paths, fine_tuning, device, context, say)
+    last_path, best_path, metrics_path = out / ckpt.LAST, out / ckpt.BEST, out / "metrics.jsonl"
+    if last_path.exists() and not resume:
+        raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
+    start_epoch, best_acc = 0, -math.inf
+    if last_path.exists():
+        start_epoch, best_acc = ckpt.load_train_checkpoint(last_path, run.manifest["key"], run.model, run.optimizer,
+                                                           run.scheduler)
+        say(f"resuming {run.name} from epoch {start_epoch}")
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
+        if metrics_path.exists() else []
+    if context.is_main:
+        write_json_atomic(out / "manifest.json", run.manifest)
+        write_text_atomic(out / "val_videos.txt", "".join(f"{video}\n" for video, _ in run.data.val))
+    payload = {"arch": config.arch, "model_kwargs": run.model.build_kwargs, "stream": run.name,
+               "classes": run.data.classes, "preprocessing_hash": run.data.preprocessing_hash,
+               "preprocessing": run.data.store.preprocessing, "train_config": config_to_dict(config),
+               "split": config.split, "run_key": run.manifest["key"]}
+    for epoch in range(start_epoch, config.epochs):
+        row = _run_epoch(run, epoch)
+        history.append(row)
+        is_best = row["val_acc"] > best_acc
+        best_acc = max(best_acc, row["val_acc"])
+        if context.is_main:
+            ckpt.save_train_checkpoint(out, {**payload, "state_dict": run.model.state_dict(), "epoch": epoch + 1,
+                                             "best_val_acc": best_acc, "metrics": row},
+                                       is_best, run.optimizer, run.scheduler)
+            _write_metrics(metrics_path, history)
+        barrier(context)
+        say(f"{run.name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
+            f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
+    return {"stream": run.name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
+            "last": str(last_path), "metrics": str(metrics_path)}
+
+
+def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
+             context: DistContext, say: Callable[[str], None]) -> _Run:
+    """Data, network, teacher, optimizer and schedule of one run, seeded, before its first epoch."""
+    from mars_sta import MARSLoss
 
     amp = check_amp(config.amp, device)
     torch.manual_seed(config.seed)
@@ -376,11 +452,39 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
     data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
     if config.val_fraction == 0:
         say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
-    mode = {"flow": "flow", "rgb": "rgb", "mars": "rgb+flow"}[config.stream]
-    train_set = data.clip_dataset(data.train, mode, train=True, config=config)
-    val_set = data.clip_dataset(data.val or data.test, mode, train=False, config=config)
+    spec = stream_spec(config.stream)
+    train_set = data.clip_dataset(data.train, spec.train_clips, train=True, config=config)
+    val_set = data.clip_dataset(data.val or data.test, spec.train_clips, train=False, config=config)
+    model = _build_model(config, paths, len(data.classes), fine_tuning, device)
+    if config.sta:
+        _warn_collapsed_time(config, spec.in_channels, say)
+    teacher = _load_teacher(paths.teacher, spec.teacher, data, device) if spec.teacher else None
+    model.to(device)
+    groups = parameter_groups(model, config, fine_tuning)
+    optimizer = make_optimizer(config, groups)
+    steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
+    student: torch.nn.Module = _Student(model)
+    if context.active:
+        student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    name = stream_name(config.stream, config.sta)
+    manifest = stage_manifest("train", config_to_dict(config), {
+        "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
+        "pretrained": paths.pretrained, "teacher": paths.teacher})
+    manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
+                    processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
+    return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,
+                val_set=val_set, model=model, student=student, teacher=teacher,
+                loss_fn=MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None,
+                optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
+                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), manifest=manifest)
 
-    model = build_model(config.arch, num_classes=len(data.classes), in_channels=2 if config.stream == "flow" else 3,
+
+def _build_model(config: TrainConfig, paths: TrainPaths, num_classes: int, fine_tuning: bool,
+                 device: torch.device) -> torch.nn.Module:
+    """The network the stream trains, with pretrained weights when fine-tuning and SyncBatchNorm when asked."""
+    from mars_sta import build_model, load_pretrained
+
+    model = build_model(config.arch, num_classes=num_classes, in_channels=stream_spec(config.stream).in_channels,
                         sample_size=config.size, sample_duration=config.frames, sta=config.sta)
     if fine_tuning:
         load_pretrained(model, paths.pretrained, adapt_input="average")
@@ -388,86 +492,25 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         if device.type != "cuda":
             raise InputError(None, "sync_bn needs CUDA (SyncBatchNorm does not run on CPU)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if config.sta:
-        _warn_collapsed_time(config, model.build_kwargs["in_channels"], say)
-    teacher = _load_teacher(paths.teacher, data, device) if config.stream == "mars" else None
-    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()} if teacher is not None else None
-    model.to(device)
-    groups = parameter_groups(model, config, fine_tuning)
-    optimizer = make_optimizer(config, groups)
-    steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
-    scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    loss_fn = MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None
-    student = _Student(model)
-    if context.active:
-        student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    return model
 
-    name = stream_name(config.stream, config.sta)
-    manifest = stage_manifest("train", config_to_dict(config), {
-        "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
-        "pretrained": paths.pretrained, "teacher": paths.teacher})
-    manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
-                    processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
-    start_epoch, best_acc = 0, -math.inf
-    last_path, best_path, metrics_path = out / "last.pth", out / "best.pth", out / "metrics.jsonl"
-    if last_path.exists() and not resume:
-        raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
-    if last_path.exists():
-        state = ckpt.load_checkpoint(last_path)
-        if state.get("run_key") != manifest["key"]:
-            raise InputError(last_path, "was written by another config or other inputs; use a new --out "
-                                        "folder or delete it to start over")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_state(state["rng"])
-        start_epoch, best_acc = state["epoch"], state["best_val_acc"]
-        say(f"resuming {name} from epoch {start_epoch}")
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
-        if metrics_path.exists() else []
-    if context.is_main:
-        write_json_atomic(out / "manifest.json", manifest)
-        write_text_atomic(out / "val_videos.txt", "".join(f"{video}\n" for video, _ in data.val))
 
-    base_payload = {"arch": config.arch, "model_kwargs": model.build_kwargs, "stream": name,
-                    "classes": data.classes, "preprocessing_hash": data.preprocessing_hash,
-                    "preprocessing": data.store.preprocessing,
-                    "train_config": config_to_dict(config), "split": config.split, "run_key": manifest["key"]}
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(_train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, train_set, config, epoch,
-                                context, device, amp))
-        if teacher is None:
-            row.pop("mse")
-        row.update(validate(model, val_set, config, device, amp, context))
-        if scheduler is not None and config.scheduler == "plateau":
-            scheduler.step(row["val_loss"])
-        elif scheduler is not None and config.scheduler == "step":
-            scheduler.step()
-        row["seconds"] = round(time.perf_counter() - started, 3)
-        history.append(row)
-        is_best = row["val_acc"] > best_acc
-        best_acc = max(best_acc, row["val_acc"])
-        if context.is_main:
-            payload = {**base_payload, "state_dict": model.state_dict(), "epoch": epoch + 1,
-                       "best_val_acc": best_acc, "metrics": row}
-            if is_best:
-                ckpt.save_checkpoint(best_path, payload)
-            ckpt.save_checkpoint(last_path, {**payload, "optimizer": optimizer.state_dict(),
-                                             "scheduler": scheduler.state_dict() if scheduler else None,
-                                             "sampler": {"epoch": epoch + 1, "position": 0},
-                                             "rng": ckpt.rng_state()})
-            _write_metrics(metrics_path, history)
-        barrier(context)
-        say(f"{name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
-            f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
-    unchanged = None if teacher is None else all(
-        torch.equal(value, teacher.state_dict()[key]) for key, value in teacher_before.items())
-    return {"stream": name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
-            "last": str(last_path), "metrics": str(metrics_path), "teacher_unchanged": unchanged}
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train and validate one epoch; a plateau schedule steps on the validation loss, a step schedule per epoch."""
+    config = run.config
+    started = time.perf_counter()
+    row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    row.update(_train_epoch(run.student, run.teacher, run.loss_fn, run.optimizer, run.scheduler, run.scaler,
+                            run.train_set, config, epoch, run.context, run.device, run.amp))
+    if run.teacher is None:
+        row.pop("mse")
+    row.update(validate(run.model, run.val_set, config, run.device, run.amp, run.context))
+    if run.scheduler is not None and config.scheduler == "plateau":
+        run.scheduler.step(row["val_loss"])
+    elif run.scheduler is not None and config.scheduler == "step":
+        run.scheduler.step()
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
 
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
