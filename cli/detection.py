@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -38,4 +39,20 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
     click.echo(json.dumps(result.to_json()) if as_json else format_table(result))
 
 
+def synth_untrimmed(out_dir: Path, options: dict) -> None:
+    """``synth --untrimmed``: the untrimmed generator with the options the user gave."""
+    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+
+    try:
+        config = UntrimmedConfig(**options)
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc).split("__init__() ")[-1]) from None
+    started = time.perf_counter()
+    info = generate_untrimmed(out_dir, config)
+    click.echo(f"wrote {info['videos']} untrimmed videos with {info['instances']} annotated instances of "
+               f"{len(info['classes'])} classes to {out_dir / 'videos'}, annotations to {out_dir / 'annotations'} "
+               f"and {out_dir / 'annotations.json'} in {time.perf_counter() - started:.1f} s")
+
+
 commands: list[click.Command] = [eval_detection]
+
