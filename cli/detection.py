@@ -39,6 +39,62 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
     click.echo(json.dumps(result.to_json()) if as_json else format_table(result))
 
 
+@click.command("train-detector")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Flow store of the untrimmed videos.")
+@click.option("--annotations", "annotations_path", required=True, type=click.Path(path_type=Path),
+              help="THUMOS'14 annotation folder or ActivityNet-style JSON.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for proposal.pth, localization.pth and manifest.json (rerun to resume).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file whose [detection.train] table sets any of these options (options given here win).")
+@click.option("--subset", help="Annotation subset to train on.  [default: val]")
+@click.option("--arch", help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
+@click.option("--stream", type=click.Choice(["rgb", "flow"]), help="Input stream.  [default: flow]")
+@click.option("--sta", help="STA in the localization network (STA-S-CNN), e.g. 'layer3'.")
+@click.option("--pretrained", help="Recognition checkpoint both networks start from.")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--frames", type=int, help="Clip length every window is sampled to.  [default: 16]")
+@click.option("--size", type=int, help="Clip side in pixels.  [default: 32]")
+@click.option("--seed", type=int)
+@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train_detector_command(store: Path, annotations_path: Path, out: Path, config_path: Path | None,
+                           no_progress: bool, **options) -> None:
+    """Train S-CNN's proposal and localization networks (STA-S-CNN with --sta) on annotated untrimmed videos."""
+    from pipelines.detection.stages import train_detector_stage
+
+    paths = train_detector_stage(store, annotations_path, out, config_path, options, log=click.echo,
+                                 progress=not no_progress)
+    click.echo(f"detector: {paths['proposal']}, {paths['localization']}")
+
+
+@click.command("detect")
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder written by train-detector.")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Flow store holding the videos.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results JSON to write (ActivityNet's results format).")
+@click.option("--annotations", "annotations_path", type=click.Path(path_type=Path),
+              help="Detect in the videos of this annotation subset (default: every video of the store).")
+@click.option("--subset", default="test", show_default=True, help="Subset of --annotations.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file whose [detection.detect] table sets any of these options.")
+@click.option("--proposal-threshold", type=float, help="Keep windows the proposal network scores at least this.")
+@click.option("--nms-threshold", type=float, help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).")
+@click.option("--batch-size", type=int)
+@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def detect_command(model_dir: Path, store: Path, out: Path, annotations_path: Path | None, subset: str,
+                   config_path: Path | None, no_progress: bool, **options) -> None:
+    """Detect actions with a trained detector: windows, proposal filter, localization scores, per-class NMS."""
+    from pipelines.detection.stages import detect_stage
+
+    detect_stage(model_dir, store, out, annotations_path, subset, config_path, options, log=click.echo,
+                 progress=not no_progress)
+
+
 def synth_untrimmed(out_dir: Path, options: dict) -> None:
     """``synth --untrimmed``: the untrimmed generator with the options the user gave."""
     from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
@@ -54,5 +110,5 @@ def synth_untrimmed(out_dir: Path, options: dict) -> None:
                f"and {out_dir / 'annotations.json'} in {time.perf_counter() - started:.1f} s")
 
 
-commands: list[click.Command] = [eval_detection]
+commands: list[click.Command] = [eval_detection, train_detector_command, detect_command]
 
