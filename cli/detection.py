@@ -95,6 +95,13 @@ def detect_command(model_dir: Path, store: Path, out: Path, annotations_path: Pa
                  progress=not no_progress)
 
 
+def detection_demo(out: Path, seed: int, config_path: Path | None) -> None:
+    """``demo --task detection``."""
+    from pipelines.detection.demo import run_detection_demo
+
+    run_detection_demo(out, seed=seed, config_path=config_path, log=click.echo)
+
+
 def synth_untrimmed(out_dir: Path, options: dict) -> None:
     """``synth --untrimmed``: the untrimmed generator with the options the user gave."""
     from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed

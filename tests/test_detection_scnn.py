@@ -108,3 +108,25 @@ def test_changed_config_refuses_to_resume(data):
                      "--lr", "0.01", *TINY, check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "proposal.pth: was trained with another config" in result.stderr
+
+
+def test_detection_demo_layout(tmp_path):
+    config = tmp_path / "tiny-demo.toml"
+    config.write_text(
+        '[synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
+        'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
+        'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
+        'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
+        'proposal_threshold = 0.0\ndevice = "cpu"\n')
+    out = tmp_path / "demo"
+    run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
+    report = json.loads((out / "detection" / "report.json").read_text())
+    assert report["tiou"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [row["model"] for row in report["rows"]] == ["s-cnn", "sta-s-cnn"]
+    assert all(len(row["mAP"]) == 5 for row in report["rows"])
+    for model in ("s-cnn", "sta-s-cnn"):
+        assert json.loads((out / "detection" / model / "detections.json").read_text())["results"]
+    assert (out / "data" / "annotations" / "left_test.txt").exists() and (out / "data" / "annotations.json").exists()
+    plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth") for m in ("s-cnn", "sta-s-cnn"))
+    assert all(torch.equal(plain["state_dict"][k], sta["state_dict"][k]) for k in plain["state_dict"])
+    assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth")["stream"] == "sta-flow"

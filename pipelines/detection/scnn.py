@@ -137,8 +137,6 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
     out.mkdir(parents=True, exist_ok=True)
     manifest = stage_manifest("train-detector", config_to_dict(config), {"store": store_path, "annotations":
                                                                          truth.source})
-    # Resume key: everything but the epoch count, so that a finished run can be extended (the LR is constant).
-    key = config_hash({**manifest["config"], "epochs": None, "inputs": manifest["input_fingerprints"]})
     clips = WindowClips(store, config.stream, config.frames, config.size, config.normalization, config.cache_videos)
     device = resolve_device(config.device)
     paths = {}
@@ -150,10 +148,19 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
             raise InputError(truth.source, f"no window reaches tIoU {positive} with the {truth.subset} ground truth "
                                            f"(window lengths {list(config.window_lengths)})")
         paths[network] = _train_network(network, config, windows, clips, truth.classes, device, out,
-                                        key, log, progress)
+                                        _resume_key(network, manifest), log, progress)
     write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {
         k: str(v) for k, v in paths.items()}})
     return {k: str(v) for k, v in paths.items()}
+
+
+def _resume_key(network: str, manifest: dict[str, Any]) -> str:
+    """What a checkpoint must have been trained with to be resumed: the config but its epoch count (the LR is
+    constant, so a finished run can be extended) and the inputs; the proposal network does not depend on STA, so a
+    plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
+    ignored = {"epochs": None, **({"sta": None} if network == "proposal" else {})}
+    inputs = manifest["input_fingerprints"]
+    return config_hash({**manifest["config"], **ignored, "network": network, "inputs": inputs})
 
 
 def build_network(network: str, config: DetectorConfig, num_classes: int) -> torch.nn.Module:
