@@ -1,4 +1,4 @@
-"""Detection commands: ``eval-detection`` scores an ActivityNet results file against THUMOS'14 or ActivityNet ground truth."""
+"""Detection commands: eval-detection, train-detector, detect (and the untrimmed synth and the detection demo)."""
 from __future__ import annotations
 
 import json

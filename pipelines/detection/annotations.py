@@ -114,6 +114,20 @@ def subset_matches(wanted: str, given: str) -> bool:
     return given in (wanted, SUBSET_ALIASES.get(wanted, wanted))
 
 
+def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
+    """The whole JSON document and its ``key`` object, keyed by video; one-line errors for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        table = data[key]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a JSON file ({exc})") from None
+    except (KeyError, TypeError):
+        raise InputError(path, f"has no '{key}' object (expected ActivityNet's {what} format)") from None
+    if not isinstance(table, dict):
+        raise InputError(path, f"'{key}' must map video ids to their {what}s")
+    return data, table
+
+
 # ---------------------------------------------------------------- THUMOS'14 folder
 
 
@@ -179,15 +193,7 @@ def _read_thumos_file(path: Path, label: str) -> list[tuple[str, Segment]]:
 
 
 def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | None) -> Annotations:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-        database = data["database"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a JSON file ({exc})") from None
-    except (KeyError, TypeError):
-        raise InputError(path, "has no 'database' object (expected ActivityNet's annotation format)") from None
-    if not isinstance(database, dict):
-        raise InputError(path, "'database' must map video ids to their annotations")
+    data, database = read_json_table(path, "database", "annotation")
     known = list(classes) if classes is not None else _json_classes(path, data, database)
     videos = {}
     for video, entry in database.items():

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from flow.errors import InputError
-from pipelines.detection.annotations import Annotations, read_annotations
+from pipelines.detection.annotations import Annotations, read_annotations, read_json_table
 
 PROTOCOLS = ("activitynet", "thumos14")
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -71,14 +71,7 @@ def segment_tiou(segment: Sequence[float], candidates: np.ndarray) -> np.ndarray
 def read_detections(path: str | os.PathLike) -> dict[str, Predictions]:
     """An ActivityNet results file, ``{"results": {video: [{"label", "score", "segment"}]}}``, grouped by class."""
     path = Path(path)
-    try:
-        results = json.loads(path.read_text(encoding="utf-8-sig"))["results"]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a JSON file ({exc})") from None
-    except (KeyError, TypeError):
-        raise InputError(path, "has no 'results' object (expected ActivityNet's results format)") from None
-    if not isinstance(results, dict):
-        raise InputError(path, "'results' must map video ids to lists of detections")
+    results = read_json_table(path, "results", "result")[1]
     by_class: dict[str, Predictions] = {}
     for video, items in results.items():
         for number, item in enumerate(items if isinstance(items, list) else [None]):

@@ -204,7 +204,6 @@ def _check_target(out: Path) -> None:
     """Refuse to write into a folder that holds anything but an earlier untrimmed synthetic dataset."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a folder")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
-        if foreign:
-            raise InputError(out, f"folder is not empty and not an untrimmed synthetic dataset (found {foreign[0]!r})")
+    foreign = sorted({p.name for p in out.iterdir()} - _OWN_ENTRIES) if out.is_dir() else []
+    if foreign:
+        raise InputError(out, f"folder is not empty and not an untrimmed synthetic dataset (found {foreign[0]!r})")
