@@ -130,3 +130,6 @@ def test_detection_demo_layout(tmp_path):
     plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth") for m in ("s-cnn", "sta-s-cnn"))
     assert all(torch.equal(plain["state_dict"][k], sta["state_dict"][k]) for k in plain["state_dict"])
     assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth")["stream"] == "sta-flow"
+    assert "| sta-s-cnn |" in (out / "detection" / "report.md").read_text()
+    assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
+    assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2

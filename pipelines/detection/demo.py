@@ -1,9 +1,10 @@
 """``mars-sta demo --task detection``: untrimmed synthetic data -> extract -> S-CNN and STA-S-CNN -> detect -> mAP.
 
 Layout under ``--out``: ``data/`` (videos, the THUMOS'14 folder ``data/annotations/`` and ``data/annotations.json``),
-``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``) and ``detection/report.json``:
-``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``. STA-S-CNN reuses S-CNN's proposal
-network (the paper inserts STA into the localization network only), so the two differ only where STA is.
+``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``), ``detection/report.json``:
+``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``, and ``detection/report.md`` / ``.html``.
+STA-S-CNN reuses S-CNN's proposal network (the paper inserts STA into the localization network only), so the two
+differ only where STA is.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipelines.config import build_config, read_toml
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, format_table, read_detections
+from pipelines.detection.report import write_detection_report
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.manifest import write_json_atomic
@@ -77,7 +79,9 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     report = {"tiou": list(DEFAULT_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
               "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "detection" / "report.json", report)
+    pages = write_detection_report(out)
     log(format_rows(report))
+    log(f"report: {', '.join(map(str, pages))}" + ("" if len(pages) > 1 else " (no matplotlib: no HTML figures)"))
     return report
 
 
