@@ -212,3 +212,19 @@ def test_annotated_video_missing_from_the_store(synth_store, tmp_path):
     with FlowStore(synth_store.store) as store, pytest.raises(InputError) as caught:
         truth.check_videos(store)
     assert str(caught.value).startswith(str(tmp_path / "gt" / "left_test.txt") + ": line 2: video 'nope/nope_0001'")
+
+
+def test_detection_commands_have_help():
+    top = run_cli("--help").stdout
+    for command in ("eval-detection", "train-detector", "detect"):
+        assert command in top and "Usage:" in run_cli(command, "--help").stdout
+    assert "--untrimmed" in run_cli("synth", "--help").stdout and "--task" in run_cli("demo", "--help").stdout
+
+
+def test_unknown_detection_config_key_is_one_line(files, tmp_path):
+    config = tmp_path / "x.toml"
+    config.write_text("[detection.train]\nwindow_length = [16]\n")
+    result = run_cli("train-detector", "--store", str(tmp_path), "--annotations", str(files["anet"]), "--out",
+                     str(tmp_path / "out"), "--config", str(config), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "x.toml: unknown key 'window_length'" in result.stderr
