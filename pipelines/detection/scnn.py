@@ -139,16 +139,15 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
                                                                          truth.source})
     clips = WindowClips(store, config.stream, config.frames, config.size, config.normalization, config.cache_videos)
     device = resolve_device(config.device)
-    paths = {}
-    for network in NETWORKS:
-        positive, negative = ((config.proposal_positive, config.proposal_negative) if network == "proposal" else
-                              (config.localization_positive, config.localization_negative))
-        windows = training_windows(store, truth, config, positive, negative)
-        if not (windows.labels > 0).any():
-            raise InputError(truth.source, f"no window reaches tIoU {positive} with the {truth.subset} ground truth "
-                                           f"(window lengths {list(config.window_lengths)})")
-        paths[network] = _train_network(network, config, windows, clips, truth.classes, device, out,
-                                        _resume_key(network, manifest), log, progress)
+    thresholds = {"proposal": (config.proposal_positive, config.proposal_negative),
+                  "localization": (config.localization_positive, config.localization_negative)}
+    windows = {network: training_windows(store, truth, config, *thresholds[network]) for network in NETWORKS}
+    for network, found in windows.items():  # checked for both before either trains
+        if not (found.labels > 0).any():
+            raise InputError(truth.source, f"no window reaches tIoU {thresholds[network][0]} with the {truth.subset} "
+                                           f"ground truth (window lengths {list(config.window_lengths)})")
+    paths = {network: _train_network(network, config, windows[network], clips, truth.classes, device, out,
+                                     _resume_key(network, manifest), log, progress) for network in NETWORKS}
     write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {
         k: str(v) for k, v in paths.items()}})
     return {k: str(v) for k, v in paths.items()}
