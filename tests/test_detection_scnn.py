@@ -133,3 +133,5 @@ def test_detection_demo_layout(tmp_path):
     assert "| sta-s-cnn |" in (out / "detection" / "report.md").read_text()
     assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
     assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2
+    again = run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
+    assert "epoch" not in again.stdout  # a rerun resumes: extraction rewrites the store's manifest, nothing retrains

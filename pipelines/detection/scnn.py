@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from flow.errors import InputError
-from flow.store import FlowStore
+from flow.store import VIDEOS, FlowStore
 from pipelines.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipelines.config import config_to_dict
 from pipelines.detection.annotations import Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.device import resolve_device
-from pipelines.manifest import config_hash, stage_manifest, write_json_atomic
+from pipelines.manifest import config_hash, fingerprint, stage_manifest, write_json_atomic
 
 NETWORKS = ("proposal", "localization")
 STREAMS = ("rgb", "flow")
@@ -147,18 +147,20 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
             raise InputError(truth.source, f"no window reaches tIoU {thresholds[network][0]} with the {truth.subset} "
                                            f"ground truth (window lengths {list(config.window_lengths)})")
     paths = {network: _train_network(network, config, windows[network], clips, truth.classes, device, out,
-                                     _resume_key(network, manifest), log, progress) for network in NETWORKS}
+                                     _resume_key(network, manifest, store), log, progress) for network in NETWORKS}
     write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {
         k: str(v) for k, v in paths.items()}})
     return {k: str(v) for k, v in paths.items()}
 
 
-def _resume_key(network: str, manifest: dict[str, Any]) -> str:
+def _resume_key(network: str, manifest: dict[str, Any], store: FlowStore) -> str:
     """What a checkpoint must have been trained with to be resumed: the config but its epoch count (the LR is
-    constant, so a finished run can be extended) and the inputs; the proposal network does not depend on STA, so a
-    plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
+    constant, so a finished run can be extended), the annotations, and the store's video files and preprocessing
+    (not its manifest, which every rerun of extract-flow rewrites). The proposal network does not depend on STA,
+    so a plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
     ignored = {"epochs": None, **({"sta": None} if network == "proposal" else {})}
-    inputs = manifest["input_fingerprints"]
+    inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
+              "videos": fingerprint(store.root / VIDEOS)}
     return config_hash({**manifest["config"], **ignored, "network": network, "inputs": inputs})
 
 
