@@ -46,9 +46,21 @@ _DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --h
               help="Frame steps during which the class motion runs, at a random time (0: the whole clip).")
 @click.option("--distractor", type=click.FloatRange(min=0), default=_DEFAULTS["distractor"], show_default=True,
               help="Random-walk motion of the object outside the motion window, px per frame (not a class).")
-def synth(out_dir: Path, **options) -> None:
+@click.option("--untrimmed", is_flag=True,
+              help="Untrimmed videos for detection instead: videos/*.avi, annotations/ (THUMOS'14) and "
+                   "annotations.json (ActivityNet); takes --classes, --size, --seed, --pan, --bg-saturation, "
+                   "--cue-probability.")
+@click.pass_context
+def synth(ctx: click.Context, out_dir: Path, untrimmed: bool, **options) -> None:
     """Write a synthetic motion dataset to OUT_DIR: videos/<class>/*.avi, splits/ (UCF-101 style) and synth.json."""
     from pipelines.data.synth import SynthConfig, generate
+
+    if untrimmed:
+        given = {k: v for k, v in options.items()
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+        from cli.detection import synth_untrimmed
+        synth_untrimmed(out_dir, given)
+        return
 
     try:
         config = SynthConfig(**options)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli import byod, data, flowcmds, fusion, models, report, stages
+from cli import byod, data, detection, flowcmds, fusion, models, report, stages
 from flow.errors import InputError
 
 # Exit status for bad input (a file or option the user gave); 1 is left for runs that finished with failures.
@@ -100,7 +100,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-for _module in (data, flowcmds, models, fusion, stages, report, byod):
+for _module in (data, flowcmds, models, fusion, stages, report, byod, detection):
     for _command in _module.commands:
         main.add_command(_command)
 

@@ -125,9 +125,15 @@ def run(config_path, out, from_stage, force, splits_to_run) -> None:
 @click.option("--out", type=WRITABLE_FOLDER, default=Path("demo-out"), show_default=True, help="Where everything goes.")
 @click.option("--seed", type=COUNT, default=0, show_default=True, help="Seed of the synthetic data and training.")
 @click.option("--config", "config_path", type=EXISTING_FILE, help="Another demo config (default configs/demo.toml).")
-def demo(out, seed, config_path) -> None:
+@click.option("--task", type=click.Choice(["recognition", "detection"]), default="recognition", show_default=True,
+              help="detection: untrimmed videos, S-CNN and STA-S-CNN, mAP (configs/detection-demo.toml).")
+def demo(out, seed, config_path, task) -> None:
     """The whole pipeline on the embedded synthetic dataset, ending with the fused top-1 table."""
     from pipelines.stages.demo import run_demo
+
+    if task == "detection":
+        from cli.detection import detection_demo
+        return detection_demo(out, seed, config_path)
 
     run_demo(out, seed=seed, config_path=config_path, log=click.echo)
 
