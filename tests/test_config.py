@@ -59,7 +59,8 @@ def test_train_config_takes_the_streams_own_table(tmp_path):
     (lambda: EvaluateConfig(batch_size=0), r"batch_size must be at least 1, got 0"),
     (lambda: EvaluateConfig(protocol="views:0x1"), r"--protocol 'views:0x1'"),
     (lambda: TrainConfig(stream="depth"), r"stream 'depth': expected one of flow, rgb, mars"),
-    (lambda: TrainConfig(scheduler="step"), r"scheduler 'step': expected one of plateau"),
+    (lambda: TrainConfig(scheduler="warm"), r"scheduler 'warm': expected one of plateau"),
+    (lambda: TrainConfig(scheduler="step"), r"scheduler 'step' needs lr_milestones"),
     (lambda: TrainConfig(epochs=0), r"epochs must be at least 1, got 0"),
     (lambda: TrainConfig(val_fraction=1.0), r"val_fraction must lie in \[0, 1\), got 1.0"),
 ])

@@ -80,10 +80,10 @@ def test_train_detect_evaluate_and_exact_resume(data):
     second = _train(data, resumed, 2, "--sta", "layer3")
     assert "epoch 1/2" not in second.stdout and "localization epoch 2/2" in second.stdout
     for network in ("proposal", "localization"):
-        a, b = (load_checkpoint(folder / f"{network}.pth") for folder in (straight, resumed))
+        a, b = (load_checkpoint(folder / f"{network}.pth").payload for folder in (straight, resumed))
         assert a["epoch"] == b["epoch"] == 1
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    loc = load_checkpoint(straight / "localization.pth")
+    loc = load_checkpoint(straight / "localization.pth").payload
     assert loc["stream"] == "sta-flow" and loc["model_kwargs"]["num_classes"] == 3 and loc["classes"] == [
         "left", "right"]
     assert json.loads((straight / "manifest.json").read_text())["stage"] == "train-detector"
@@ -127,9 +127,9 @@ def test_detection_demo_layout(tmp_path):
     for model in ("s-cnn", "sta-s-cnn"):
         assert json.loads((out / "detection" / model / "detections.json").read_text())["results"]
     assert (out / "data" / "annotations" / "left_test.txt").exists() and (out / "data" / "annotations.json").exists()
-    plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth") for m in ("s-cnn", "sta-s-cnn"))
+    plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth").payload for m in ("s-cnn", "sta-s-cnn"))
     assert all(torch.equal(plain["state_dict"][k], sta["state_dict"][k]) for k in plain["state_dict"])
-    assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth")["stream"] == "sta-flow"
+    assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth").payload["stream"] == "sta-flow"
     assert "| sta-s-cnn |" in (out / "detection" / "report.md").read_text()
     assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
     assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2

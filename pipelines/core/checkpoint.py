@@ -55,7 +55,10 @@ class _Sink:
         self.handle.flush()
 
 
-REQUIRED = ("arch", "model_kwargs", "state_dict", "stream", "classes")
+# what each field must hold, so a damaged or hand-made file is refused here rather than deep in a stage
+REQUIRED = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
+OPTIONAL = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)), "train_config": dict,
+            "epoch": int}
 
 
 @dataclass(frozen=True)
@@ -137,15 +140,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(path, f"checkpoint format {version!r} is newer than this mars-sta reads"
                          if isinstance(version, int) else f"checkpoint format {version!r} is not a version number")
-    for key in REQUIRED:
-        if key not in payload:
-            raise InputError(path, f"checkpoint lacks '{key}'")
+    _check_fields(path, payload)
     stream_spec(payload["stream"])
     return Checkpoint(
         path=path, arch=payload["arch"], model_kwargs=payload["model_kwargs"], state_dict=payload["state_dict"],
         stream=str(payload["stream"]), classes=[str(name) for name in payload["classes"]],
         preprocessing=payload.get("preprocessing"), preprocessing_hash=payload.get("preprocessing_hash"),
         train_config=payload.get("train_config", {}), epoch=int(payload.get("epoch", 0)), payload=payload)
+
+
+def _check_fields(path: Path, payload: dict[str, Any]) -> None:
+    for key, kind in REQUIRED.items():
+        if key not in payload:
+            raise InputError(path, f"checkpoint lacks '{key}'")
+    for key, kind in {**REQUIRED, **OPTIONAL}.items():
+        if key in payload and (not isinstance(payload[key], kind) or isinstance(payload[key], bool)):
+            raise InputError(path, f"checkpoint field '{key}' holds a {type(payload[key]).__name__}")
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -24,7 +24,7 @@ from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, fo
 from pipelines.detection.report import write_detection_report
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
-from pipelines.core.manifest import write_json_atomic
+from flow.atomic import write_json_atomic
 
 DEMO_CONFIG = "detection-demo.toml"
 MODELS = ("s-cnn", "sta-s-cnn")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow.atomic import atomic_output
+from flow.atomic import atomic_output, write_json_atomic
 from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.checkpoint import model_from_checkpoint
@@ -20,7 +20,7 @@ from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.scnn import detector_config_of
 from pipelines.detection.windows import clip_indices, sliding_windows, temporal_nms
 from pipelines.core.device import resolve_device
-from pipelines.core.manifest import stage_manifest, write_json_atomic
+from pipelines.core.manifest import stage_manifest
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
@@ -32,7 +33,7 @@ from pipelines.detection.annotations import Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
-from pipelines.core.manifest import config_hash, fingerprint, stage_manifest, write_json_atomic
+from pipelines.core.manifest import config_hash, fingerprint, stage_manifest
 
 NETWORKS = ("proposal", "localization")
 STREAMS = ("rgb", "flow")
@@ -241,7 +242,7 @@ def _resume(path: Path, key: str, model: torch.nn.Module, optimizer: torch.optim
     """The first epoch still to train: after the checkpoint's, when it was written by the same config and inputs."""
     if not path.is_file():
         return 0
-    payload = load_checkpoint(path)
+    payload = load_checkpoint(path).payload
     if payload.get("run_key") != key:
         raise InputError(path, "was trained with another config or other inputs; use another --out or delete it")
     model.load_state_dict(payload["state_dict"])
