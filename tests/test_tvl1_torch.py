@@ -1,6 +1,10 @@
 """The PyTorch TV-L1 against OpenCV's DualTVL1OpticalFlow: known motions, frames of a real video file, batches."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+
 import cv2
 import numpy as np
 import pytest
@@ -8,7 +12,9 @@ import torch
 from sklearn.datasets import load_sample_images
 
 from conftest import write_video
+from test_flow_extraction import CHEAP, _start_extraction, _wait_for, assert_same_content, cli, noisy_clip, temporaries
 
+from flow import FlowStore
 from flow.errors import InputError
 from flow.tvl1 import OPENCV_DEFAULTS
 from flow.tvl1_torch import TorchTVL1
@@ -148,3 +154,62 @@ def test_bad_frames_are_input_errors():
         solver(np.zeros((2, 20, 20), np.uint8), np.zeros((2, 20, 21), np.uint8))
     with pytest.raises(InputError, match=r"\(B, H, W\) or \(H, W\)"):
         solver(np.zeros((1, 2, 20, 20), np.uint8), np.zeros((1, 2, 20, 20), np.uint8))
+
+
+# -- extract-flow --backend torch ---------------------------------------------------------------------------------
+TORCH_CHEAP = ["--backend", "torch", "--device", "cpu", "--batch-pairs", "3", *CHEAP]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips") / "videos"
+    for k, frames in enumerate([9, 7, 7, 7]):
+        write_video(root / ("Walk" if k % 2 else "Run") / f"v_{k:02d}.avi", noisy_clip(frames, seed=k))
+    return root
+
+
+@pytest.fixture(scope="module")
+def torch_store(clips, tmp_path_factory):
+    store = tmp_path_factory.mktemp("torch") / "store"
+    cli("extract-flow", clips, "--out", store, *TORCH_CHEAP, check=0)
+    return store
+
+
+def test_a_torch_store_records_its_backend_passes_verify_and_agrees_with_opencv(clips, torch_store, tmp_path):
+    manifest = json.loads((torch_store / "manifest.json").read_text())
+    preprocessing = manifest["preprocessing"]
+    assert (preprocessing["tvl1_backend"], preprocessing["tvl1_device"]) == ("torch", "cpu")
+    assert preprocessing["tvl1"] == {**OPENCV_DEFAULTS, "nscales": 2, "warps": 1, "innnerIterations": 20,
+                                     "outerIterations": 3}
+    assert manifest["versions"]["torch"] == torch.__version__
+    result = cli("verify-store", torch_store, check=0)
+    assert "TV-L1: torch on cpu (flow.tvl1_torch.TorchTVL1, preset cheap): tau=0.25 lambda_=0.15" in result.stdout
+
+    opencv_store = tmp_path / "opencv"
+    cli("extract-flow", clips, "--out", opencv_store, "--workers", "2", *CHEAP, check=0)
+    ours, theirs = FlowStore(torch_store), FlowStore(opencv_store)
+    assert ours.video_ids() == theirs.video_ids()
+    for video_id in ours.video_ids():
+        np.testing.assert_array_equal(ours.frames(video_id), theirs.frames(video_id))
+        codes, reference = ours.flow_codes(video_id), theirs.flow_codes(video_id)
+        assert codes.shape == reference.shape
+        assert np.median(np.abs(codes.astype(int) - reference)) == 0 and np.mean(codes == reference) > 0.8
+
+
+def test_a_killed_torch_extraction_resumes_to_the_same_store(clips, torch_store, tmp_path):
+    store = tmp_path / "store"
+    process = _start_extraction(clips, store, *TORCH_CHEAP)
+    try:
+        _wait_for(lambda: any(store.glob("videos/*/*.h5")), process)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole job, worker included
+        process.wait()
+    finished = list(store.glob("videos/*/*.h5"))
+    assert 1 <= len(finished) < 4
+
+    result = cli("extract-flow", clips, "--out", store, *TORCH_CHEAP, check=0)
+    assert f"{len(finished)} already done" in result.stdout
+    assert temporaries(store) == []
+    assert_same_content(store, torch_store)
+    result = cli("extract-flow", clips, "--out", store, *CHEAP, check=2)
+    assert "tvl1_backend 'torch' (store) vs 'opencv' (now)" in result.stderr
