@@ -215,14 +215,15 @@ def _centred_gradient(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _warp_data(first: torch.Tensor, samples: torch.Tensor, flow: torch.Tensor, gamma: float,
                components: int) -> torch.Tensor:
-    """Per warp constants [I1wx, I1wy, (gamma), grad, rho_c] (B, C + 2, H, W) linearised at the current flow."""
+    """Per warp constants [I1wx, I1wy, (gamma), -grad, rho_c] (B, C + 2, H, W) linearised at the current flow."""
     warped, warped_x, warped_y = _bicubic_sample(samples, flow).unbind(1)
     u1, u2 = flow[:, 0], flow[:, 1]
     grad = warped_x * warped_x + warped_y * warped_y
     rho_c = warped - warped_x * u1 - warped_y * u2 - first
-    # -rho / grad is clamped to ±lambda·theta in each iteration: a tiny floor keeps flat regions (grad = 0) finite
+    # rho / -grad is clamped to ±lambda·theta in each iteration: a tiny floor keeps flat regions (grad = 0) finite,
+    # and the stored sign saves a negation per iteration (x / -g equals -(x / g) exactly)
     directions = [warped_x, warped_y] + ([torch.full_like(grad, gamma)] if components == 3 else [])
-    return torch.stack([*directions, grad.clamp_min(FLT_TINY), rho_c], dim=1)
+    return torch.stack([*directions, grad.clamp_min_(FLT_TINY).neg_(), rho_c], dim=1)
 
 
 def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
@@ -297,7 +298,7 @@ def _iterate(state: torch.Tensor, data: torch.Tensor, params: TVL1Params) -> tor
     components = data.shape[1] - 2
     flow = state[:, :components]
     dual_x, dual_y = state[:, components:2 * components], state[:, 2 * components:]
-    directions, grad, rho_c = data[:, :components], data[:, components], data[:, components + 1]
+    directions, negative_grad, rho_c = data[:, :components], data[:, components], data[:, components + 1]
     l_t = float(np.float32(params.lambda_ * params.theta))
     taut = float(np.float32(params.tau / params.theta))
 
@@ -305,10 +306,11 @@ def _iterate(state: torch.Tensor, data: torch.Tensor, params: TVL1Params) -> tor
     rho.addcmul_(directions[:, 1], flow[:, 1]).add_(rho_c)
     if components == 3:
         rho.add_(flow[:, 2], alpha=params.gamma)
-    step = rho.neg_().div_(grad).clamp_(-l_t, l_t)  # the three cases of the thresholding in one expression
+    step = rho.div_(negative_grad).clamp_(-l_t, l_t)  # the three cases of the thresholding in one expression
     updated = torch.addcmul(flow, step[:, None], directions)
     updated.add_(_divergence(dual_x, dual_y), alpha=float(np.float32(params.theta)))
-    change = (updated - flow).square_().sum(dim=(1, 2, 3))
+    difference = (updated - flow).flatten(1)
+    change = torch.linalg.vecdot(difference, difference)
     flow.copy_(updated)
 
     grad_x, grad_y = _forward_gradient(updated)
@@ -320,17 +322,21 @@ def _iterate(state: torch.Tensor, data: torch.Tensor, params: TVL1Params) -> tor
 
 def _divergence(dual_x: torch.Tensor, dual_y: torch.Tensor) -> torch.Tensor:
     """Backward differences with the dual variable 0 outside the image (the adjoint of ``_forward_gradient``)."""
-    along_x = dual_x.clone()
-    along_x[..., 1:] -= dual_x[..., :-1]
-    along_y = dual_y.clone()
-    along_y[..., 1:, :] -= dual_y[..., :-1, :]
+    along_x = torch.empty_like(dual_x)
+    along_x[..., 0] = dual_x[..., 0]
+    torch.sub(dual_x[..., 1:], dual_x[..., :-1], out=along_x[..., 1:])
+    along_y = torch.empty_like(dual_y)
+    along_y[..., 0, :] = dual_y[..., 0, :]
+    torch.sub(dual_y[..., 1:, :], dual_y[..., :-1, :], out=along_y[..., 1:, :])
     return along_x.add_(along_y)
 
 
 def _forward_gradient(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward differences, 0 on the last column (x) and the last row (y)."""
-    grad_x = torch.zeros_like(flow)
-    grad_y = torch.zeros_like(flow)
+    grad_x = torch.empty_like(flow)
+    grad_y = torch.empty_like(flow)
     torch.sub(flow[..., 1:], flow[..., :-1], out=grad_x[..., :-1])
     torch.sub(flow[..., 1:, :], flow[..., :-1, :], out=grad_y[..., :-1, :])
+    grad_x[..., -1] = 0
+    grad_y[..., -1, :] = 0
     return grad_x, grad_y
