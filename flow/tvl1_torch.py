@@ -22,8 +22,9 @@ This is the only module of ``flow`` that imports torch; extraction imports it on
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,12 @@ class TVL1Params:
             raise InputError(None, "TV-L1: " + "; ".join(problems))
         return cls(**merged)
 
+    @property
+    def steps(self) -> tuple[float, float, float, float]:
+        """lambda·theta, theta, tau/theta and gamma rounded to float32, as OpenCV passes them to its loops."""
+        return tuple(float(np.float32(value)) for value in (self.lambda_ * self.theta, self.theta,
+                                                             self.tau / self.theta, self.gamma))
+
 
 def _problems(p: dict[str, Any]) -> list[str]:
     checks = [
@@ -101,11 +108,15 @@ class TorchTVL1:
     Args:
         params: parameters under OpenCV's keyword names; missing ones take OpenCV's defaults.
         device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        compile: fuse the inner iteration with ``torch.compile`` (faster after a one-off compilation of tens of
+            seconds; results differ from eager ones by float rounding only).
     """
 
-    def __init__(self, params: Mapping[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(self, params: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+                 compile: bool = False) -> None:
         self.params = TVL1Params.from_mapping(params)
         self.device = torch.device(device)
+        self.compile = compile
 
     def __call__(self, previous: Any, following: Any) -> np.ndarray:
         """Flow (B, H, W, 2) float32, channel 0 = x, with previous(x, y) ≈ following(x + u, y + v).
@@ -120,7 +131,7 @@ class TorchTVL1:
         if min(first.shape[-2:]) < 3:
             raise InputError(None, f"TV-L1: frames must be at least 3x3, got {tuple(first.shape[-2:])}")
         with torch.no_grad():
-            flow = solve(first, second, self.params)
+            flow = solve(first, second, self.params, self.compile)
         result = flow.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         return result[0] if single else result
 
@@ -135,14 +146,15 @@ class TorchTVL1:
 
 
 # -- the pyramid --------------------------------------------------------------------------------------------------
-def solve(first: torch.Tensor, second: torch.Tensor, params: TVL1Params) -> torch.Tensor:
+def solve(first: torch.Tensor, second: torch.Tensor, params: TVL1Params, compile: bool = False) -> torch.Tensor:
     """Flow (B, 2, H, W) between two batches of float frames (B, H, W) on the 0..255 scale."""
+    iterate = _compiled_iterate() if compile else _iterate
     pyramid = _pyramid(first, second, params.nscales, params.scaleStep)
     components = 3 if params.gamma != 0 else 2  # the illumination term adds a third "flow" component u3
     batch, (height, width) = first.shape[0], pyramid[-1][0].shape[-2:]
     flow = first.new_zeros(batch, components, height, width)
     for level in range(len(pyramid) - 1, -1, -1):
-        flow = _solve_level(*pyramid[level], flow, params)
+        flow = _solve_level(*pyramid[level], flow, params, iterate)
         if level:
             flow = _resize_linear(flow, pyramid[level - 1][0].shape[-2:])
             flow[:, :2] *= np.float32(1 / params.scaleStep)  # u3 is not a displacement and keeps its scale
@@ -191,7 +203,8 @@ def _interpolation_matrix(source: int, target: int, inverse_scale: float | None,
 
 
 # -- one pyramid level ----------------------------------------------------------------------------------------------
-def _solve_level(first: torch.Tensor, second: torch.Tensor, flow: torch.Tensor, params: TVL1Params) -> torch.Tensor:
+def _solve_level(first: torch.Tensor, second: torch.Tensor, flow: torch.Tensor, params: TVL1Params,
+                 iterate: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Run the warps of one level; ``flow`` is (B, C, H, W) with C = 2, or 3 with the illumination term."""
     batch, components, height, width = flow.shape
     # state = [u_1..u_C, p_x1..p_xC, p_y1..p_yC]: one tensor, so that leaving the batch is one index operation
@@ -201,7 +214,7 @@ def _solve_level(first: torch.Tensor, second: torch.Tensor, flow: torch.Tensor, 
     threshold = np.float32(params.epsilon * params.epsilon * height * width)
     for _ in range(params.warps):
         warped = _warp_data(first, samples, state[:, :2], params.gamma, components)
-        _run_warp(state, warped, params, threshold)
+        _run_warp(state, warped, params, threshold, iterate)
     return state[:, :components].contiguous()
 
 
@@ -269,7 +282,8 @@ def _median(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # -- the iterations of one warp ---------------------------------------------------------------------------------------
-def _run_warp(state: torch.Tensor, warped: torch.Tensor, params: TVL1Params, threshold: np.float32) -> None:
+def _run_warp(state: torch.Tensor, warped: torch.Tensor, params: TVL1Params, threshold: np.float32,
+              iterate: Callable[..., torch.Tensor]) -> None:
     """Iterate every pair until its flow change is at most ``threshold``; converged pairs leave the working set.
 
     ``state`` is updated in place. The working set is ``state`` itself while every pair is still running, and a
@@ -281,7 +295,7 @@ def _run_warp(state: torch.Tensor, warped: torch.Tensor, params: TVL1Params, thr
         if params.medianFiltering > 1:
             work[:, :2] = _median(work[:, :2], params.medianFiltering)
         for _ in range(params.innnerIterations):
-            running = _iterate(work, data, params) > threshold
+            running = iterate(work, data, params.steps) > threshold
             if bool(running.all()):
                 continue
             if work is not state:
@@ -293,22 +307,21 @@ def _run_warp(state: torch.Tensor, warped: torch.Tensor, params: TVL1Params, thr
         state.index_copy_(0, active, work)
 
 
-def _iterate(state: torch.Tensor, data: torch.Tensor, params: TVL1Params) -> torch.Tensor:
+def _iterate(state: torch.Tensor, data: torch.Tensor, steps: tuple[float, float, float, float]) -> torch.Tensor:
     """One thresholding, primal and dual step, in place; returns each pair's summed squared flow change."""
+    l_t, theta, taut, gamma = steps
     components = data.shape[1] - 2
     flow = state[:, :components]
     dual_x, dual_y = state[:, components:2 * components], state[:, 2 * components:]
     directions, negative_grad, rho_c = data[:, :components], data[:, components], data[:, components + 1]
-    l_t = float(np.float32(params.lambda_ * params.theta))
-    taut = float(np.float32(params.tau / params.theta))
 
     rho = directions[:, 0] * flow[:, 0]
     rho.addcmul_(directions[:, 1], flow[:, 1]).add_(rho_c)
     if components == 3:
-        rho.add_(flow[:, 2], alpha=params.gamma)
+        rho.add_(flow[:, 2], alpha=gamma)
     step = rho.div_(negative_grad).clamp_(-l_t, l_t)  # the three cases of the thresholding in one expression
     updated = torch.addcmul(flow, step[:, None], directions)
-    updated.add_(_divergence(dual_x, dual_y), alpha=float(np.float32(params.theta)))
+    updated.add_(_divergence(dual_x, dual_y), alpha=theta)
     difference = (updated - flow).flatten(1)
     change = torch.linalg.vecdot(difference, difference)
     flow.copy_(updated)
@@ -320,23 +333,21 @@ def _iterate(state: torch.Tensor, data: torch.Tensor, params: TVL1Params) -> tor
     return change
 
 
+@cache
+def _compiled_iterate() -> Callable[..., torch.Tensor]:
+    """``_iterate`` fused by torch.compile; shapes marked dynamic, so levels and shrinking batches reuse one kernel."""
+    return torch.compile(_iterate, dynamic=True)
+
+
 def _divergence(dual_x: torch.Tensor, dual_y: torch.Tensor) -> torch.Tensor:
     """Backward differences with the dual variable 0 outside the image (the adjoint of ``_forward_gradient``)."""
-    along_x = torch.empty_like(dual_x)
-    along_x[..., 0] = dual_x[..., 0]
-    torch.sub(dual_x[..., 1:], dual_x[..., :-1], out=along_x[..., 1:])
-    along_y = torch.empty_like(dual_y)
-    along_y[..., 0, :] = dual_y[..., 0, :]
-    torch.sub(dual_y[..., 1:, :], dual_y[..., :-1, :], out=along_y[..., 1:, :])
+    along_x = dual_x - F.pad(dual_x[..., :-1], (1, 0))
+    along_y = dual_y - F.pad(dual_y[..., :-1, :], (0, 0, 1, 0))
     return along_x.add_(along_y)
 
 
 def _forward_gradient(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward differences, 0 on the last column (x) and the last row (y)."""
-    grad_x = torch.empty_like(flow)
-    grad_y = torch.empty_like(flow)
-    torch.sub(flow[..., 1:], flow[..., :-1], out=grad_x[..., :-1])
-    torch.sub(flow[..., 1:, :], flow[..., :-1, :], out=grad_y[..., :-1, :])
-    grad_x[..., -1] = 0
-    grad_y[..., -1, :] = 0
+    grad_x = F.pad(flow[..., 1:] - flow[..., :-1], (0, 1))
+    grad_y = F.pad(flow[..., 1:, :] - flow[..., :-1, :], (0, 0, 0, 1))
     return grad_x, grad_y
