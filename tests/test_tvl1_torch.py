@@ -24,14 +24,6 @@ WIDTH, HEIGHT = 96, 72
 QUICK = {**OPENCV_DEFAULTS, "nscales": 3, "warps": 3, "outerIterations": 4, "innnerIterations": 15}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def scene():
     """A photograph (scikit-learn's china.jpg) in gray at 2x the test size, for warping and video."""
