@@ -341,13 +341,20 @@ def _compiled_iterate() -> Callable[..., torch.Tensor]:
 
 def _divergence(dual_x: torch.Tensor, dual_y: torch.Tensor) -> torch.Tensor:
     """Backward differences with the dual variable 0 outside the image (the adjoint of ``_forward_gradient``)."""
-    along_x = dual_x - F.pad(dual_x[..., :-1], (1, 0))
-    along_y = dual_y - F.pad(dual_y[..., :-1, :], (0, 0, 1, 0))
+    along_x = dual_x.clone()
+    along_x[..., 1:].sub_(dual_x[..., :-1])
+    along_y = dual_y.clone()
+    along_y[..., 1:, :].sub_(dual_y[..., :-1, :])
     return along_x.add_(along_y)
 
 
 def _forward_gradient(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward differences, 0 on the last column (x) and the last row (y)."""
-    grad_x = F.pad(flow[..., 1:] - flow[..., :-1], (0, 1))
-    grad_y = F.pad(flow[..., 1:, :] - flow[..., :-1, :], (0, 0, 0, 1))
+    # a copy then an in-place difference: two passes, and torch.compile traces it (``out=`` views it does not)
+    grad_x = torch.empty_like(flow)
+    grad_x[..., :-1].copy_(flow[..., 1:]).sub_(flow[..., :-1])
+    grad_x[..., -1] = 0
+    grad_y = torch.empty_like(flow)
+    grad_y[..., :-1, :].copy_(flow[..., 1:, :]).sub_(flow[..., :-1, :])
+    grad_y[..., -1, :] = 0
     return grad_x, grad_y
