@@ -66,7 +66,12 @@ def verify_store(path: str | os.PathLike, read_data: bool = True) -> VerifyRepor
 
 
 def describe_tvl1(preprocessing: dict) -> str:
-    """One line: backend, device and every TV-L1 parameter under OpenCV's name, enough to recompute the flow."""
+    """One line: backend, device and every TV-L1 parameter under OpenCV's name, enough to recompute the flow.
+
+    Empty for a store whose flow was imported rather than computed here (its manifest names no TV-L1).
+    """
+    if "tvl1" not in preprocessing:
+        return ""
     params = " ".join(f"{name}={value}" for name, value in preprocessing.get("tvl1", {}).items())
     return (f"{preprocessing.get('tvl1_backend', 'opencv')} on {preprocessing.get('tvl1_device', 'cpu')} "
             f"({preprocessing.get('tvl1_class')}, preset {preprocessing.get('tvl1_preset')}): {params}")
