@@ -6,7 +6,7 @@ For each frame size, on consecutive frames of generated videos (a pan over sciki
 patch moving across, written as MJPG and decoded, as benchmarks/extract.py makes them), with OpenCV's defaults:
 
 - pairs/s of OpenCV with 1 and 2 threads (a fresh object per pair);
-- pairs/s of the torch version on CPU (2 threads) at batch 1 and 16, compiled at batch 16 with ``--compile`` (after
+- pairs/s of the torch version on CPU (2 threads) at batch 1 and 16 (``--cpu-batches``), compiled at batch 16 with ``--compile`` (after
   one untimed batch that pays for compilation), and on CUDA at batch 1, 16 and 64 when torch sees a GPU;
 - each rate over OpenCV's with 2 threads;
 - end-point error of the torch flow against OpenCV's: median and 95th percentile over all pixels of all pairs, and
@@ -82,7 +82,7 @@ def benchmark_size(size: tuple[int, int], args: argparse.Namespace, folder: Path
     rate_2, _ = opencv_rate(pairs, THREADS)
     rows = [("OpenCV, 1 thread", len(pairs), rate_1), (f"OpenCV, {THREADS} threads", len(pairs), rate_2)]
     torch.set_num_threads(THREADS)
-    runs = [("cpu", 1, False, single), ("cpu", 16, False, pairs)]
+    runs = [("cpu", batch, False, single if batch == 1 else pairs) for batch in args.cpu_batches]
     if args.compile:
         runs.append(("cpu", 16, True, pairs))
     if torch.cuda.is_available():
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16, help="pairs per size")
     parser.add_argument("--single-pairs", type=int, default=4, help="pairs timed at batch 1")
     parser.add_argument("--sizes", nargs="+", default=["320x240", "340x256"])
+    parser.add_argument("--cpu-batches", nargs="+", type=int, default=[1, 16], help="torch CPU batch sizes")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd iterations")
     args = parser.parse_args()
     print(f"opencv {cv2.__version__}, torch {torch.__version__}, "
