@@ -1,13 +1,15 @@
 """TV-L1 throughput and agreement: OpenCV's DualTVL1OpticalFlow against the PyTorch version, on the same pairs.
 
-    python benchmarks/tvl1.py [--pairs 16] [--single-pairs 4] [--sizes 320x240 340x256] [--compile]
+    python benchmarks/tvl1.py [--pairs 16] [--single-pairs 4] [--sizes 320x240 340x256] [--cpu-batches 1 16]
+                              [--compile]
 
 For each frame size, on consecutive frames of generated videos (a pan over scikit-learn's sample photographs with a
 patch moving across, written as MJPG and decoded, as benchmarks/extract.py makes them), with OpenCV's defaults:
 
 - pairs/s of OpenCV with 1 and 2 threads (a fresh object per pair);
-- pairs/s of the torch version on CPU (2 threads) at batch 1 and 16 (``--cpu-batches``), compiled at batch 16 with ``--compile`` (after
-  one untimed batch that pays for compilation), and on CUDA at batch 1, 16 and 64 when torch sees a GPU;
+- pairs/s of the torch version on CPU (2 threads) at batch 1 and 16 (``--cpu-batches``), compiled at batch 16
+  with ``--compile`` (after one untimed batch that pays for compilation), and on CUDA at batch 1, 16 and 64 when
+  torch sees a GPU;
 - each rate over OpenCV's with 2 threads;
 - end-point error of the torch flow against OpenCV's: median and 95th percentile over all pixels of all pairs, and
   the largest per-pair mean.
