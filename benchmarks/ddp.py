@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from flow.extract import ExtractConfig, extract_flow
-from pipelines.synth import SynthConfig, generate
+from pipelines.data.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = """[train]

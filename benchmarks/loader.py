@@ -26,7 +26,7 @@ import cv2
 
 from flow.extract import ExtractConfig, extract_flow
 from flow.store import FlowStore
-from pipelines.synth import SynthConfig, render_clip
+from pipelines.data.synth import SynthConfig, render_clip
 
 WIDTH, HEIGHT = 341, 256
 
@@ -51,7 +51,7 @@ def build_store(folder: Path, videos: int = 4, frames: int = 21) -> Path:
 
 def loader_rate(store_path: Path, clips: int) -> float:
     """Training clips per second from one process."""
-    from pipelines.clips import ClipDataset
+    from pipelines.data.clips import ClipDataset
 
     store = FlowStore(store_path, max_open_files=1)
     items = [(video, 0) for video in store.video_ids()]

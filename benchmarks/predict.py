@@ -3,7 +3,7 @@
     python benchmarks/predict.py [--arch resnext101] [--videos 2] [--frames 17] [--repeats 3]
                                  [--short-side 112] [--preset default] [--device auto]
 
-Both predictors run ``pipelines.predict.Predictor`` on the same generated videos (320x240 MJPG panning over a
+Both predictors run ``pipelines.stages.predict.Predictor`` on the same generated videos (320x240 MJPG panning over a
 photograph with a second one's patch moving across, from ``benchmarks/extract.py``) in the same process, taking
 turns, each ``--repeats`` times; the fastest repetition counts, as other load on the machine only ever adds time.
 Each prediction is the whole job: decode, resize to the store's short side, JPEG round trip of the RGB frames,
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract import make_videos  # noqa: E402
 from flow.extract import ExtractConfig  # noqa: E402
 from mars_sta import build_model  # noqa: E402
-from pipelines.checkpoint import save_checkpoint  # noqa: E402
-from pipelines.manifest import config_hash  # noqa: E402
-from pipelines.predict import PredictConfig, Predictor, decode_video  # noqa: E402
+from pipelines.core.checkpoint import save_checkpoint  # noqa: E402
+from pipelines.core.manifest import config_hash  # noqa: E402
+from pipelines.stages.predict import PredictConfig, Predictor, decode_video  # noqa: E402
 
 CLASSES = [f"class_{k:03d}" for k in range(101)]
 

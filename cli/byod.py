@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import COUNT, POSITIVE_FLOAT, POSITIVE_INT, WRITABLE_FILE, WRITABLE_FOLDER
+
 # Kept literal so that ``--help`` does not import OpenCV or torch; tests compare them with the modules' own lists.
 LAYOUT_NAMES = ("auto", "mars", "mmaction2", "3d-resnets")
 QUANTIZATION_NAMES = ("round", "truncate")
@@ -17,14 +19,14 @@ EXIT_SOME_FAILED = 1  # the run finished, but some videos could not be imported 
 
 @click.command("import-frames")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store folder (created or resumed).")
+@click.option("--out", required=True, type=WRITABLE_FOLDER, help="Store folder (created or resumed).")
 @click.option("--layout", type=click.Choice(LAYOUT_NAMES), default="auto", show_default=True,
               help="File naming of the frame folders; auto detects it and says which it found.")
-@click.option("--bound", type=float, default=20.0, show_default=True,
+@click.option("--bound", type=POSITIVE_FLOAT, default=20.0, show_default=True,
               help="The ±bound in pixels that the source's flow codes span.")
 @click.option("--quantization", type=click.Choice(QUANTIZATION_NAMES),
               help="How the source's flow was coded.  [default: truncate for mars, round for mmaction2]")
-@click.option("--workers", type=int, default=0, help="Worker processes.  [default: all CPUs]")
+@click.option("--workers", type=COUNT, default=0, help="Worker processes.  [default: all CPUs]")
 @click.option("--allow-failures", is_flag=True, help="Exit with 0 even if some videos could not be imported.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def import_frames_command(root: Path, out: Path, no_progress: bool, **options) -> None:
@@ -52,10 +54,10 @@ def import_frames_command(root: Path, out: Path, no_progress: bool, **options) -
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="VIDEO_OR_FOLDER...")
 @click.option("--checkpoint", "checkpoints", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Checkpoint written by train (repeat to fuse several by the mean of their raw logits).")
-@click.option("--top-k", type=int, default=5, show_default=True, help="Classes to print per video.")
+@click.option("--top-k", type=POSITIVE_INT, default=5, show_default=True, help="Classes to print per video.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per video instead of a table.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Clips per forward pass.")
+@click.option("--batch-size", type=POSITIVE_INT, default=32, show_default=True, help="Clips per forward pass.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def predict_command(videos: tuple[Path, ...], checkpoints: tuple[Path, ...], as_json: bool, no_progress: bool,
                     **options) -> None:
@@ -66,7 +68,7 @@ def predict_command(videos: tuple[Path, ...], checkpoints: tuple[Path, ...], as_
     """
     from tqdm import tqdm
 
-    from pipelines.predict import PredictConfig, predict
+    from pipelines.stages.predict import PredictConfig, predict
 
     def show(prediction) -> None:
         if as_json:
@@ -93,10 +95,10 @@ def predict_command(videos: tuple[Path, ...], checkpoints: tuple[Path, ...], as_
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint written by train.")
 @click.option("--format", "fmt", required=True, type=click.Choice(EXPORT_FORMATS),
               help="mars: MARS / 3D-ResNets training-script file; torch-export: a torch.export program (.pt2).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option("--out", required=True, type=WRITABLE_FILE, help="File to write.")
 def export_command(checkpoint: Path, fmt: str, out: Path) -> None:
     """Write a checkpoint for use outside mars-sta: MARS's checkpoint format, or a program only torch can run."""
-    from pipelines.export import export_checkpoint
+    from pipelines.stages.export import export_checkpoint
 
     facts = export_checkpoint(checkpoint, fmt, out)
     click.echo(json.dumps(facts))

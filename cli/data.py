@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-_DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
+from cli.options import WRITABLE_FOLDER
+
+_DEFAULTS = {  # mirrors pipelines.data.synth.SynthConfig, kept here so that --help needs no numpy/cv2 import
     "classes": 10,
     "videos_per_class": 80,
     "frames": 17,
@@ -17,11 +19,12 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
     "bg_saturation": 0.7,
     "pan": 0.6,
     "motion_window": 0,
+    "distractor": 0.0,
 }
 
 
 @click.command("synth")
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out_dir", type=WRITABLE_FOLDER)
 @click.option("--classes", type=click.IntRange(2, 10), default=_DEFAULTS["classes"], show_default=True,
               help="Number of classes (even): the first CLASSES/2 direction pairs.")
 @click.option("--videos-per-class", type=click.IntRange(min=2), default=_DEFAULTS["videos_per_class"],
@@ -41,9 +44,23 @@ _DEFAULTS = {  # mirrors pipelines.synth.SynthConfig, kept here so that --help n
               help="Largest camera pan, px per frame.")
 @click.option("--motion-window", type=click.IntRange(min=0), default=_DEFAULTS["motion_window"], show_default=True,
               help="Frame steps during which the class motion runs, at a random time (0: the whole clip).")
-def synth(out_dir: Path, **options) -> None:
+@click.option("--distractor", type=click.FloatRange(min=0), default=_DEFAULTS["distractor"], show_default=True,
+              help="Random-walk motion of the object outside the motion window, px per frame (not a class).")
+@click.option("--untrimmed", is_flag=True,
+              help="Untrimmed videos for detection instead: videos/*.avi, annotations/ (THUMOS'14) and "
+                   "annotations.json (ActivityNet); takes --classes, --size, --seed, --pan, --bg-saturation, "
+                   "--cue-probability.")
+@click.pass_context
+def synth(ctx: click.Context, out_dir: Path, untrimmed: bool, **options) -> None:
     """Write a synthetic motion dataset to OUT_DIR: videos/<class>/*.avi, splits/ (UCF-101 style) and synth.json."""
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
+
+    if untrimmed:
+        given = {k: v for k, v in options.items()
+                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+        from cli.detection import synth_untrimmed
+        synth_untrimmed(out_dir, given)
+        return
 
     try:
         config = SynthConfig(**options)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, SHARD, WRITABLE_FOLDER
+
 # Kept literal so that ``--help`` does not import OpenCV; a test checks them against flow.tvl1 and flow.quantize.
 PRESET_NAMES = ("default", "mid", "cheap")
 QUANTIZATION_NAMES = ("round", "truncate")
@@ -18,12 +20,12 @@ EXIT_SOME_FAILED = 1
 
 @click.command("extract-flow")
 @click.argument("videos", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store folder (created or resumed).")
-@click.option("--workers", type=int, help="Worker processes, one OpenCV thread each.  "
-                                          "[default: all CPUs; 1 with --backend torch]")
-@click.option("--short-side", type=int, help="Resize to this short side; never upscale; 0 = native.  [default: 256]")
-@click.option("--fps", type=float, help="Resample to this frame rate (MARS: 25).  [default: native]")
-@click.option("--bound", type=float, help="Clip flow to ±bound pixels before uint8 coding.  [default: 20]")
+@click.option("--out", required=True, type=WRITABLE_FOLDER, help="Store folder (created or resumed).")
+@click.option("--workers", type=COUNT, help="Worker processes, one OpenCV thread each.  "
+                                            "[default: all CPUs; 1 with --backend torch]")
+@click.option("--short-side", type=COUNT, help="Resize to this short side; never upscale; 0 = native.  [default: 256]")
+@click.option("--fps", type=POSITIVE_FLOAT, help="Resample to this frame rate (MARS: 25).  [default: native]")
+@click.option("--bound", type=POSITIVE_FLOAT, help="Clip flow to ±bound pixels before uint8 coding.  [default: 20]")
 @click.option("--quantization", type=click.Choice(QUANTIZATION_NAMES),
               help="round (TSN, denseflow) or truncate (MARS).  [default: round]")
 @click.option("--preset", type=click.Choice(PRESET_NAMES),
@@ -33,12 +35,16 @@ EXIT_SOME_FAILED = 1
                    "[default: opencv]")
 @click.option("--device", type=click.Choice(DEVICE_NAMES),
               help="Where --backend torch runs; auto = CUDA when torch sees a GPU.  [default: auto]")
-@click.option("--batch-pairs", type=int, help="Frame pairs per torch call (the flow does not change).  [default: 16]")
-@click.option("--jpeg-quality", type=int, help="JPEG quality of the stored RGB frames.  [default: 95]")
-@click.option("--shard", help="I/N: extract every N-th video from the I-th (0-based).  "
-                              "[default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_*, else all]")
+@click.option("--batch-pairs", type=POSITIVE_INT,
+              help="Frame pairs per torch call (the flow does not change).  [default: 16]")
+@click.option("--jpeg-quality", type=JPEG_QUALITY, help="JPEG quality of the stored RGB frames.  [default: 95]")
+@click.option("--shard", type=SHARD, help="I/N: extract every N-th video from the I-th (0-based).  "
+                                          "[default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_*, else all]")
 @click.option("--allow-failures", is_flag=True, default=None,
               help="Exit with 0 even if some videos could not be extracted.")
+@click.option("--verify-sources", is_flag=True, default=None,
+              help="Also compare finished videos with their sources by content (SHA-256), not by size and time "
+                   "only; changed ones are extracted again.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="TOML file whose [extract] table sets any of these options (options given here win).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -46,11 +52,12 @@ def extract_flow_command(videos: Path, out: Path, config_path: Path | None, no_p
     """Extract TV-L1 flow and RGB frames of VIDEOS into the flow store OUT.
 
     VIDEOS is a folder searched recursively for videos (<class>/<video>.avi, ...) or a text file listing video
-    paths. Rerunning the same command resumes: finished videos are skipped, interrupted ones redone. Videos that
+    paths. Rerunning the same command resumes: finished videos are skipped, interrupted ones redone, and videos
+    whose source changed size or modification time since (content too with --verify-sources) are redone. Videos that
     cannot be read are listed in OUT/failures.json; the exit status is then 1 unless --allow-failures.
     """
     from flow.extract import ExtractConfig, extract_flow, format_summary
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     config = load_config(ExtractConfig, config_path, options, table="extract")
     summary = extract_flow(config, videos, out, progress=not no_progress)
@@ -61,7 +68,7 @@ def extract_flow_command(videos: Path, out: Path, config_path: Path | None, no_p
 
 @click.command("merge-stores")
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged store (new or compatible).")
+@click.option("--out", required=True, type=WRITABLE_FOLDER, help="Merged store (new or compatible).")
 def merge_stores_command(stores: tuple[Path, ...], out: Path) -> None:
     """Join the shard stores STORES into OUT (hard links where possible, else copies).
 

@@ -5,30 +5,14 @@ from pathlib import Path
 
 import click
 
-
-def _parse_weights(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float] | None:
-    """``mars=1,rgb=1,flow=1.5`` -> {"mars": 1.0, "rgb": 1.0, "flow": 1.5}."""
-    if value is None:
-        return None
-    weights: dict[str, float] = {}
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        stream, sep, number = item.partition("=")
-        try:
-            weights[stream.strip()] = float(number)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not STREAM=WEIGHT (e.g. mars=1,flow=1.5)")
-    if not weights:
-        raise click.BadParameter("give at least one STREAM=WEIGHT")
-    return weights
+from cli.options import WRITABLE_FOLDER, StreamWeights
 
 
 @click.command("fuse")
 @click.argument("scores", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=WRITABLE_FOLDER,
               help="Folder for report.json, report.md and the per-split confusion / per-class CSVs.")
-@click.option("--weights", callback=_parse_weights, metavar="STREAM=W,...",
+@click.option("--weights", type=StreamWeights(), metavar="STREAM=W,...",
               help="Fixed weights per stream instead of the equal average, e.g. mars=1,rgb=1,flow=1.5.")
 @click.option("--learn-weights", is_flag=True,
               help="Fit weights per split and combination on val scores (train if no val); never on test.")
@@ -41,8 +25,8 @@ def fuse_command(scores: tuple[Path, ...], out_dir: Path, weights: dict[str, flo
     SCORES are .npz score files or folders of them. Test scores are reported; val/train scores are read only
     to learn weights. Default: the equal average of raw logits, as MARS's two-stream test.
     """
-    from pipelines.fuse import FuseConfig, fuse
-    from pipelines.report_tables import format_top1_table
+    from pipelines.stages.fuse import FuseConfig, fuse
+    from pipelines.report.tables import format_top1_table
 
     config = FuseConfig(weights=weights, learn_weights=learn_weights, softmax=softmax, dataset=dataset)
     report = fuse(scores, out_dir, config)

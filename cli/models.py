@@ -5,10 +5,13 @@ import json
 
 import click
 
+from cli.options import ARCH, STA_SPEC
+
 
 @click.command("profile")
-@click.option("--arch", default="resnext101", show_default=True, help="Registered architecture (see `models`).")
-@click.option("--sta", default="default", show_default=True,
+@click.option("--arch", default="resnext101", show_default=True, type=ARCH,
+              help="Registered architecture (see `models`).")
+@click.option("--sta", default="default", show_default=True, type=STA_SPEC,
               help="Where attention goes, e.g. layer4, 'layer3,layer4', layer4:ta, layer4:se; 'none': base only.")
 @click.option("--frames", default=16, show_default=True, type=click.IntRange(min=1), help="Clip length.")
 @click.option("--size", default=112, show_default=True, type=click.IntRange(min=1), help="Clip height and width.")

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import click
 
+from cli.options import WRITABLE_FILE, WRITABLE_FOLDER, require_writable
+
 ANY_PATH = click.Path(path_type=Path)
 
 
 @click.command("report")
 @click.argument("run_dir", metavar="RUN_DIR", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", type=WRITABLE_FILE,
               help="HTML file to write (default RUN_DIR/report.html); its PNGs go to <name>_files/ beside it.")
 @click.option("--videos", default=3, show_default=True, type=click.IntRange(min=0),
               help="Test videos whose STA weights are shown.")
@@ -20,10 +22,12 @@ def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
 
     Needs matplotlib (pip install 'mars-sta[report]').
     """
-    from pipelines.figures import require_matplotlib
+    from pipelines.report.figures import require_matplotlib
 
     require_matplotlib()
-    from pipelines.report import write_run_report
+    if out is None:
+        require_writable(run_dir, False, "RUN_DIR")
+    from pipelines.report.run_report import write_run_report
 
     path = write_run_report(run_dir, out, videos=videos, device=device, log=click.echo)
     click.echo(f"report: {path}")
@@ -34,7 +38,7 @@ def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
               help="A checkpoint trained with --sta (e.g. RUN/split1/train-sta-mars/best.pth).")
 @click.option("--store", required=True, type=ANY_PATH, help="Flow store holding the video.")
 @click.option("--video", "video_id", required=True, help="Video id, e.g. Biking/v_Biking_g01_c01.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=WRITABLE_FOLDER,
               help="Folder for the PNGs and attention.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: str) -> None:
@@ -42,10 +46,11 @@ def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: s
 
     Needs matplotlib (pip install 'mars-sta[report]').
     """
-    from pipelines.figures import require_matplotlib
+    from pipelines.report.figures import require_matplotlib
 
     require_matplotlib()
-    from pipelines.attention import collect_attention, write_attention
+    from pipelines.inference.attention import collect_attention
+    from pipelines.report.attention_figures import write_attention
 
     result = collect_attention(checkpoint, store, video_id, device=device)
     paths = write_attention(result, out)

@@ -9,9 +9,18 @@ class InputError(Exception):
     """A file or folder given by the user cannot be used; ``str()`` is ``"<path>: <problem>"``."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
-        self.path = None if path is None else os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+        self.path = None if path is None else one_line(os.fspath(path))
+        self.problem = one_line(problem)
+        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
+
+
+# Characters that end a line for str.splitlines() and for terminals: written escaped, never raw.
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (``\\n``): a name or value from a user's file may hold any of them."""
+    return text.translate(_LINE_BREAKS)
 
 
 class StoreLockedError(InputError):

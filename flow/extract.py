@@ -27,10 +27,10 @@ from typing import Any
 import cv2
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from flow import store as layout
 from flow.errors import InputError, VideoError
+from flow.progress import progress_bar
 from flow.quantize import QUANTIZATIONS, quantize
 from flow.shard import Shard, parse_shard, resolve_shard
 from flow.tvl1 import BACKEND_CLASSES, BACKENDS, DEVICES, PRESETS, PairFlows, preset_params, resolve_device
@@ -57,6 +57,7 @@ class ExtractConfig:
     workers: int = 0  # worker processes; 0 = every CPU this process may use
     shard: str | None = None  # "I/N": extract every N-th video from the I-th; None = from torchrun/Slurm, or all
     allow_failures: bool = False  # exit status 0 even when some videos could not be extracted
+    verify_sources: bool = False  # also compare each finished video's source by content (SHA-256), not size/mtime only
 
     def __post_init__(self) -> None:
         problems = []
@@ -123,6 +124,7 @@ class ExtractSummary:
     seconds: float
     workers: int
     failures: dict[str, dict[str, str]] = field(default_factory=dict)
+    stale: int = 0  # finished videos whose source changed since, extracted again (counted in ``extracted``)
 
 
 @dataclass(frozen=True)
@@ -166,18 +168,23 @@ def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os
         _write_or_check_manifest(out, config, listing.root, device)
         layout.remove_temporaries(out)
         done = set(layout.finished_ids(out))
-        workers = _worker_count(config, sum(entry.video_id not in done for entry in selected))
-        jobs = [_job(entry, listing.root, out, config, device, workers) for entry in selected
-                if entry.video_id not in done]
+        stale = {entry.video_id for entry in selected if entry.video_id in done and layout.source_change(
+            layout.video_path(out, entry.video_id), entry.path, config.verify_sources)}
+        todo = [entry for entry in selected if entry.video_id not in done or entry.video_id in stale]
+        workers = _worker_count(config, len(todo))
+        jobs = [_job(entry, listing.root, out, config, device, workers) for entry in todo]
         jobs.sort(key=lambda job: -os.stat(job.source).st_size if os.path.exists(job.source) else 0)
         results = _run_with_progress(jobs, workers, progress, shard)
         layout.remove_temporaries(out)  # of workers that died mid-video (their videos were redone)
+        for result in results:  # a changed source that no longer extracts: its old flow must not stay
+            if result.failure and result.video_id in stale:
+                layout.video_path(out, result.video_id).unlink(missing_ok=True)
         failures = _updated_failures(out, {e.video_id for e in selected}, results, jobs)
     return ExtractSummary(
         store=str(out), shard=str(shard) if shard else None, selected=len(selected),
         extracted=sum(r.failure is None for r in results), skipped=len(selected) - len(jobs),
         pairs=sum(r.pairs for r in results), seconds=round(time.perf_counter() - started, 3), workers=workers,
-        failures=failures,
+        failures=failures, stale=sum(r.failure is None and r.video_id in stale for r in results),
     )
 
 
@@ -196,7 +203,8 @@ def format_summary(summary: ExtractSummary) -> str:
     """A few lines for the terminal, failures with their reasons."""
     rate = summary.pairs / summary.seconds if summary.seconds else 0.0
     shard = f" (shard {summary.shard})" if summary.shard else ""
-    lines = [f"{summary.store}{shard}: {summary.extracted} extracted, {summary.skipped} already done, "
+    stale = f" ({summary.stale} re-extracted as stale: the source changed)" if summary.stale else ""
+    lines = [f"{summary.store}{shard}: {summary.extracted} extracted{stale}, {summary.skipped} already done, "
              f"{len(summary.failures)} failed of {summary.selected} videos; {summary.pairs} flow frames in "
              f"{summary.seconds:.1f} s ({rate:.1f} pairs/s, {summary.workers} workers)"]
     for _, failure in sorted(summary.failures.items()):
@@ -273,7 +281,8 @@ def _run_with_progress(jobs: list[VideoJob], workers: int, progress: bool, shard
     pairs = 0
     started = time.perf_counter()
     label = f"extract-flow {shard}" if shard else "extract-flow"
-    with tqdm(total=len(jobs), unit="video", desc=label, disable=not progress or not jobs, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(jobs), unit="video", desc=label, disable=not progress or not jobs,
+                      dynamic_ncols=True) as bar:
         def on_result(result: VideoResult) -> None:
             nonlocal pairs
             results.append(result)
@@ -374,7 +383,8 @@ def _extract(job: VideoJob) -> int:
         stat = os.stat(job.source)
         attrs = {"fps": reader.fps, "native_fps": reader.native_fps, "bound": job.bound,
                  "quantization": job.quantization, "frame_encoding": "jpeg", "jpeg_quality": job.jpeg_quality,
-                 "source": job.relative_source, "source_size": stat.st_size, "source_mtime": stat.st_mtime}
+                 "source": job.relative_source, "source_size": stat.st_size, "source_mtime": stat.st_mtime,
+                 "source_sha256": layout.file_sha256(job.source)}
         writer = layout.VideoFileWriter(Path(job.final), attrs, job.jpeg_quality)
         try:
             solver = _pair_flows(job)  # a fresh solver per video (see flow.tvl1.TVL1)

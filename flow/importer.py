@@ -24,12 +24,12 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from flow import extract
 from flow import store as layout
 from flow.errors import InputError, VideoError
 from flow.extract import VideoResult, available_cpus, library_versions
+from flow.progress import progress_bar
 
 ORIGIN = "import-frames"  # manifest["origin"] of an imported store (extracted stores have none)
 NO_QUANTIZATION = "none"  # the quantisation recorded for an RGB-only store, which has no flow codes
@@ -290,7 +290,7 @@ def _run_with_progress(jobs: list[ImportJob], workers: int, progress: bool) -> l
     results: list[VideoResult] = []
     frames = 0
     started = time.perf_counter()
-    with tqdm(total=len(jobs), unit="video", desc="import-frames", disable=not progress or not jobs,
+    with progress_bar(total=len(jobs), unit="video", desc="import-frames", disable=not progress or not jobs,
               dynamic_ncols=True) as bar:
         def on_result(result: VideoResult) -> None:
             nonlocal frames

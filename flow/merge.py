@@ -1,7 +1,8 @@
 """Join shard stores into one: same preprocessing required, every video in exactly one shard.
 
 Per-video files are hard-linked when the stores share a file system (instant, no extra space) and copied under a
-temporary name otherwise. Nothing is written before every conflict has been ruled out.
+temporary name otherwise. Nothing is written before every conflict has been ruled out and every input file has
+been read through, as verify-store reads it (a damaged file would otherwise be linked in without a word).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from flow import store as layout
 from flow.errors import InputError
+from flow.verify import verify_video
 
 
 @dataclass
@@ -49,8 +51,9 @@ def merge_stores(sources: list[str | os.PathLike], out: str | os.PathLike) -> Me
     with ExitStack() as locks:
         for path in stores:
             locks.enter_context(layout.StoreLock(path, shared=True))
-        locks.enter_context(layout.StoreLock(out))
         owners = _owners(stores)
+        _refuse_damaged(owners, dict(zip(stores, manifests)))
+        locks.enter_context(layout.StoreLock(out))  # creates OUT: only once the inputs are known to be sound
         _prepare_output(out, stores, reference)
         layout.remove_temporaries(out)
         present = set(layout.finished_ids(out))
@@ -80,6 +83,22 @@ def _owners(stores: list[Path]) -> dict[str, Path]:
                                        "shards of one extraction never overlap")
             owners[video_id] = path
     return owners
+
+
+def _refuse_damaged(owners: dict[str, Path], manifests: dict[Path, dict]) -> None:
+    """Read every input file as verify-store does; damaged ones stop the merge before anything is linked."""
+    problems = []
+    for video_id, store in sorted(owners.items()):
+        file = layout.video_path(store, video_id)
+        try:
+            verify_video(file, manifests[store])
+        except InputError as exc:
+            problems.append(str(exc))
+        except OSError as exc:
+            problems.append(f"{file}: cannot be read ({exc})")
+    if problems:
+        raise InputError(None, f"{len(problems)} damaged video file(s), nothing merged (re-extract them, "
+                               f"see verify-store): " + "; ".join(problems))
 
 
 def _prepare_output(out: Path, stores: list[Path], reference: dict) -> None:

@@ -15,12 +15,13 @@ Per-video file: ``frames`` (T,) variable-length uint8, each a JPEG of one RGB fr
 ``flow`` uint8 (T−1, H, W, 2) quantised (x, y) codes, one gzip chunk per frame with a Fletcher-32 checksum; flow k
 is between frames k and k+1. Attributes: ``fps``, ``native_fps``, ``height``, ``width``, ``bound``,
 ``quantization``, ``frame_encoding``, ``jpeg_quality``, ``source`` (path below the source root), ``source_size``,
-``source_mtime``.
+``source_mtime``, ``source_sha256`` (of the source's bytes; stores written before it was recorded lack it).
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 from collections import OrderedDict
@@ -49,6 +50,12 @@ FRAME_ID_CHUNK = 64  # frames are variable-length: a chunk holds 64 small heap r
 
 REQUIRED_ATTRS = ("fps", "height", "width", "bound", "quantization", "frame_encoding", "source", "source_size",
                   "source_mtime")
+NUMBER = (int, float)
+ATTR_TYPES: dict[str, type | tuple[type, ...]] = {
+    "fps": NUMBER, "native_fps": NUMBER, "height": int, "width": int, "bound": NUMBER, "quantization": str,
+    "frame_encoding": str, "jpeg_quality": int, "source": str, "source_size": int, "source_mtime": NUMBER,
+    "source_sha256": str,
+}
 
 
 def video_path(root: str | os.PathLike, video_id: str) -> Path:
@@ -75,6 +82,30 @@ def finished_ids(root: str | os.PathLike) -> list[str]:
     folder = Path(root, VIDEOS)
     return sorted(p.relative_to(folder).as_posix()[: -len(SUFFIX)]
                   for p in iter_store_files(root) if p.name.endswith(SUFFIX))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in blocks (videos can be large)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def source_change(video_file: Path, source: Path, compare_content: bool = False) -> str | None:
+    """Why a finished video no longer matches its source (size, mtime, or with ``compare_content`` its SHA-256
+    as recorded at extraction), or None when it still does. An unreadable video file counts as changed."""
+    try:
+        with h5py.File(video_file, "r") as handle:
+            recorded = {key: video_attr(handle.attrs, key) for key in ("source_size", "source_mtime", "source_sha256")}
+    except (OSError, InputError):
+        return "its store file cannot be read"
+    stat = os.stat(source)
+    if recorded["source_size"] != stat.st_size:
+        return f"size {recorded['source_size']} -> {stat.st_size} bytes"
+    if recorded["source_mtime"] != stat.st_mtime:
+        return "modified since extraction"
+    if compare_content and recorded["source_sha256"] != file_sha256(source):
+        return "content differs from the extracted one" if recorded["source_sha256"] else "no content hash recorded"
+    return None
 
 
 def remove_temporaries(root: str | os.PathLike) -> list[Path]:
@@ -116,8 +147,11 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise InputError(path, f"is not a flow store manifest (format is not {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(path, f"store format version {manifest.get('format_version')} is not supported "
+        raise InputError(path, f"store format version {manifest.get('format_version')!r} is not supported "
                                f"(this version reads {FORMAT_VERSION})")
+    if not isinstance(manifest.get("preprocessing"), dict) or not isinstance(manifest.get("source_root"), str):
+        raise InputError(path, "is not a complete flow store manifest ('preprocessing' must be a table and "
+                               "'source_root' a path)")
     return manifest
 
 
@@ -272,13 +306,16 @@ def check_video_file(handle: h5py.File, path: Path) -> tuple[int, int, int]:
     missing += [f"attribute {name}" for name in REQUIRED_ATTRS if name not in handle.attrs]
     if missing:
         raise InputError(path, f"not a complete flow-store video (missing {', '.join(missing)})")
+    for name in ATTR_TYPES:
+        if name in handle.attrs:
+            video_attr(handle.attrs, name, path)
     frames, flow = handle["frames"], handle["flow"]
-    height, width = int(handle.attrs["height"]), int(handle.attrs["width"])
+    height, width = video_attr(handle.attrs, "height"), video_attr(handle.attrs, "width")
     if frames.ndim != 1 or h5py.check_vlen_dtype(frames.dtype) != np.uint8:
         raise InputError(path, f"'frames' must be (T,) variable-length uint8 JPEG bytes, found {frames.dtype} "
                                f"{frames.shape}")
-    if handle.attrs["frame_encoding"] != "jpeg":
-        raise InputError(path, f"unknown frame encoding {handle.attrs['frame_encoding']!r}")
+    if video_attr(handle.attrs, "frame_encoding") != "jpeg":
+        raise InputError(path, f"unknown frame encoding {video_attr(handle.attrs, 'frame_encoding')!r}")
     count = frames.shape[0]
     if count < 2:
         raise InputError(path, f"holds {count} frame(s); a video needs at least 2")
@@ -424,6 +461,21 @@ class FlowStore:
 
     def __repr__(self) -> str:
         return f"FlowStore({str(self.root)!r})"
+
+
+def video_attr(attrs: h5py.AttributeManager, name: str, path: Path | None = None) -> Any:
+    """Attribute ``name`` as a plain value of the type the format gives it; None when absent or (without ``path``)
+    of another type; with ``path``, another type is an InputError naming the file."""
+    value = _plain(attrs[name]) if name in attrs else None
+    expected = ATTR_TYPES[name]
+    if value is None or (isinstance(value, expected) and not isinstance(value, bool)):
+        return value
+    if path is None:
+        return None
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+    raise InputError(path, f"attribute {name} must be {' or '.join(k.__name__ for k in kinds)}, found "
+                           f"{type(value).__name__} {shown}")
 
 
 def _plain(value: Any) -> Any:

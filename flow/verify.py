@@ -52,7 +52,7 @@ def verify_store(path: str | os.PathLike, read_data: bool = True) -> VerifyRepor
     for video_id in layout.finished_ids(root):
         file = layout.video_path(root, video_id)
         try:
-            report.frames += _check_video(file, manifest, read_data)
+            report.frames += verify_video(file, manifest, read_data)
             report.videos += 1
         except InputError as exc:
             report.problems.append(str(exc))
@@ -88,7 +88,8 @@ def _manifest_or_problem(root: Path, report: VerifyReport) -> dict | None:
         return None
 
 
-def _check_video(file: Path, manifest: dict | None, read_data: bool) -> int:
+def verify_video(file: Path, manifest: dict | None, read_data: bool = True) -> int:
+    """Frames of one video file after checking it against the store's manifest; InputError naming what is wrong."""
     try:
         handle = h5py.File(file, "r")
     except OSError as exc:
@@ -98,11 +99,11 @@ def _check_video(file: Path, manifest: dict | None, read_data: bool) -> int:
         if manifest is not None:
             preprocessing = manifest["preprocessing"]
             for key in ("bound", "quantization"):
-                if handle.attrs[key] != preprocessing[key]:
-                    raise InputError(file, f"{key} {handle.attrs[key]!r} differs from the manifest's "
-                                           f"{preprocessing[key]!r}")
-            short_side = preprocessing["short_side"]
-            if short_side and min(height, width) > short_side:
+                if layout.video_attr(handle.attrs, key) != preprocessing.get(key):
+                    raise InputError(file, f"{key} {layout.video_attr(handle.attrs, key)!r} differs from the "
+                                           f"manifest's {preprocessing.get(key)!r}")
+            short_side = preprocessing.get("short_side")
+            if isinstance(short_side, int) and short_side and min(height, width) > short_side:
                 raise InputError(file, f"frames are {width}x{height}, larger than short side {short_side}")
         if read_data:
             _read_everything(handle, file, count, height, width)

@@ -3,7 +3,7 @@
 ``build_model(name, ...)`` builds any registered network (``list_models()``), with attention where ``sta=`` says;
 ``load_pretrained`` reads MARS / 3D-ResNets checkpoints and this project's own.
 """
-from mars_sta import c3d, resnet, resnext, tiny  # noqa: F401 - importing registers the architectures
+from mars_sta import c3d, p3d, resnet, resnext, tiny  # noqa: F401 - importing registers the architectures
 from mars_sta.losses import MARSLoss, MARSLossParts
 from mars_sta.pretrained import CheckpointError, LoadReport, load_pretrained
 from mars_sta.registry import build_model, list_models, model_entry, register_model

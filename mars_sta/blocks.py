@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mars_sta.spec import StageAttention
+from mars_sta.sta import Attention
 
 Stride = tuple[int, int, int]
 
@@ -26,6 +27,19 @@ def strided_size(size: tuple[int, int], stride: int | Stride) -> tuple[int, int]
 
 def conv3x3x3(in_planes: int, out_planes: int, stride: int | Stride = 1, groups: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def init_backbone_weights(model: nn.Module) -> None:
+    """Kaiming (fan-out) convs and unit BN as the reference code; attention modules keep their own init."""
+    inside_attention = {id(sub) for m in model.modules() if isinstance(m, Attention) for sub in m.modules()}
+    for module in model.modules():
+        if id(module) in inside_attention:
+            continue
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class ZeroPadShortcut(nn.Module):

@@ -39,8 +39,6 @@ def _pooled(size: int, kernel: int, padding: int) -> int:
 class C3D(nn.Module):
     """C3D with optional per-stage attention; ``forward_features`` is the 4096-d ``fc7`` output."""
 
-    classifier_name = "fc8"
-
     def __init__(
         self,
         *,
@@ -109,7 +107,7 @@ class C3D(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model("c3d", default_shortcut=None, stages=tuple(_STAGES), default_sta_stage="conv5")
+@register_model("c3d", default_shortcut=None, stages=tuple(_STAGES), default_sta_stage="conv5", classifier="fc8")
 def c3d(*, num_classes: int, in_channels: int, sample_size: int, sample_duration: int, shortcut: str | None,
         attention: AttentionSpec | None) -> C3D:
     """C3D (Tran et al., ICCV 2015), eight 3×3×3 convs and two 4096-d FC layers."""

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mars_sta.registry import list_models
+from mars_sta.authors_layout import from_authors_layout, has_authors_keys
+from mars_sta.registry import list_models, model_entry
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     classifier_replaced: bool = False
     input_adapted: str | None = None
+    authors_layout: bool = False
 
     def __str__(self) -> str:
         parts = [f"{self.source}: loaded {self.loaded} tensors"]
@@ -53,6 +55,8 @@ class LoadReport:
             parts.append("classifier replaced (class count differs)")
         if self.input_adapted:
             parts.append(self.input_adapted)
+        if self.authors_layout:
+            parts.append("attention read from the STA-MARS authors' layout (fa.*)")
         if self.missing:
             parts.append(f"{len(self.missing)} model keys not in the file (e.g. {self.missing[0]})")
         if self.unexpected:
@@ -78,13 +82,22 @@ def load_pretrained(
 ) -> LoadReport:
     """Load weights into ``model`` and report what was done.
 
-    * The classifier (``fc``; ``fc8`` for C3D) keeps its fresh weights when the class counts differ (fine-tuning).
-    * ``adapt_input="average"`` converts ``conv1`` between RGB (3 channels) and flow (2 channels) by the
-      cross-modality average: the mean over the file's input channels, repeated for each of the model's.
-      ``None`` makes a channel mismatch an error.
+    Args:
+        model: a network from ``build_model`` (or any module with the same key names).
+        path_or_state: a checkpoint file (this project's, MARS's, 3D-ResNets', the STA-MARS authors') or a dict.
+        adapt_input: ``"average"`` converts ``conv1`` between RGB and flow; ``None`` makes that an error.
+        strict: require every backbone key to match (attention and BN counters excepted).
+
+    * The classifier (the registry entry's ``classifier``: ``fc``; ``fc8`` for C3D) keeps its fresh weights when
+      the class counts differ (fine-tuning).
+    * ``adapt_input="average"`` converts the entry's ``first_conv`` (``conv1``) between RGB (3 channels) and flow
+      (2 channels) by the cross-modality average: the mean over the file's input channels, repeated for each of
+      the model's. ``None`` makes a channel mismatch an error.
     * Attention keys (any ``sta`` component) may be missing or unused: a plain network's weights load into one with
       STA, whose modules keep their initialisation. BN ``num_batches_tracked`` counters (absent in files written
       before PyTorch 0.4.1) may be missing too.
+    * The STA-MARS authors' attention keys (``layer4.<i>.fa.conv3d_1_fa.*`` …) load into ``sta="layer4:bn"``
+      (``mars_sta.authors_layout``).
     * With ``strict=True`` every other key must match in name and shape, otherwise ``CheckpointError`` names the
       first mismatch; ``strict=False`` loads what matches and reports the rest.
     """
@@ -93,7 +106,7 @@ def load_pretrained(
     if isinstance(path_or_state, dict):
         source, raw = IN_MEMORY, path_or_state
     else:
-        source, raw = os.fspath(path_or_state), _read(Path(path_or_state))
+        source, raw = os.fspath(path_or_state), read_checkpoint(path_or_state)
     state, file_arch = _unwrap(raw, source)
     _check_arch(model, file_arch, source)
     remap = getattr(model, "remap_checkpoint_keys", None)
@@ -101,9 +114,12 @@ def load_pretrained(
         state = remap(state)
 
     target = model.state_dict()
-    classifier = getattr(model, "classifier_name", "fc")
-    input_key = "conv1.weight"
-    report = LoadReport(source, file_arch, loaded=0)
+    authors_layout = has_authors_keys(state)
+    if authors_layout:
+        state = from_authors_layout(state, target)
+    classifier, first_conv = _treated_apart(model)
+    input_key = f"{first_conv}.weight"
+    report = LoadReport(source, file_arch, loaded=0, authors_layout=authors_layout)
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in target:
@@ -130,25 +146,41 @@ def load_pretrained(
     return report
 
 
-def _read(path: Path) -> object:
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """What a checkpoint file holds, read with ``weights_only=True``: the project's one ``torch.load`` of a file.
+
+    Anything that cannot be read (missing, a folder, empty, truncated, a pickle that would run code) is a
+    ``CheckpointError`` of one line; what the content means is the caller's to check.
+    """
+    path = Path(path)
     if not path.exists():
-        raise CheckpointError(path, "no such file")
+        raise CheckpointError(path, "checkpoint not found")
     if path.is_dir():
         raise CheckpointError(path, "is a directory, not a checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "not a readable checkpoint (truncated or corrupt: the file is empty)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text:
-            raise CheckpointError(path, f"unreadable checkpoint ({_first_line(text)})") from None
+            raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt: {_first_line(text)})") \
+                from None
         culprit = re.search(r"GLOBAL ([\w.]+)", text)
         what = f"it would call {culprit.group(1)}" if culprit else "it holds more than tensors and plain containers"
         raise CheckpointError(path, f"refused to unpickle: {what} (only weights-only files are read)") from None
     except OSError as exc:
         raise CheckpointError(path, f"cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - torch reports corrupt files with many exception types
-        detail = _first_line(str(exc)) or "file ends early"
-        raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__}: {detail})") from None
+        detail = _first_line(str(exc)) or f"{type(exc).__name__}, the file ends early"
+        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt: {detail})") from None
+
+
+def _treated_apart(model: nn.Module) -> tuple[str, str]:
+    """The classifier and first conv named by the model's registry entry (``fc`` and ``conv1`` for other models)."""
+    arch = getattr(model, "arch", None)
+    entry = model_entry(arch) if arch in list_models() else None
+    return (entry.classifier, entry.first_conv) if entry else ("fc", "conv1")
 
 
 def _first_line(text: str, limit: int = 160) -> str:
@@ -168,6 +200,8 @@ def _unwrap(raw: object, source: str) -> tuple[dict[str, torch.Tensor], str | No
         state, arch = raw, None
     if not state or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise CheckpointError(source, "no state_dict of tensors in this file")
+    if not all(isinstance(key, str) for key in state):
+        raise CheckpointError(source, "state_dict keys must be parameter names (strings)")
     stripped: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         while key.startswith("module."):

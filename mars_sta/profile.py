@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mars_sta.registry import build_model
+from mars_sta.registry import build_model, model_entry
 from mars_sta.sta import STA, Attention, ChannelAttention, attention_modules
 
 
@@ -136,14 +136,9 @@ def _measure(arch: str, sta: str | None, kwargs: dict) -> tuple[ModelCost, list[
         model = build_model(arch, sta=sta, **kwargs).eval()
         clip = torch.empty(1, kwargs["in_channels"], kwargs["sample_duration"], kwargs["sample_size"],
                            kwargs["sample_size"])
-    inputs: dict[str, torch.Size] = {}
-    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: inputs.__setitem__(name, args[0].shape))
-             for name, module in attention_modules(model)]
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(clip)
-    for hook in hooks:
-        hook.remove()
-    classifier = getattr(model, model.classifier_name)
+    with FlopCounterMode(display=False) as counter:
+        inputs = _attention_inputs(model, clip)
+    classifier = getattr(model, model_entry(model.arch).classifier)
     params = sum(p.numel() for p in model.parameters())
     canonical = model.build_kwargs["sta"]
     label = arch if canonical is None else f"{arch} + sta {canonical}"
@@ -151,6 +146,38 @@ def _measure(arch: str, sta: str | None, kwargs: dict) -> tuple[ModelCost, list[
                      counter.get_total_flops() // 2)
     modules = [_attention_cost(name, module, inputs[name]) for name, module in attention_modules(model)]
     return cost, modules, canonical
+
+
+def _attention_inputs(model: torch.nn.Module, clip: torch.Tensor) -> dict[str, torch.Size]:
+    """Run ``model`` on ``clip`` and return the input shape each attention module saw, by qualified name."""
+    inputs: dict[str, torch.Size] = {}
+    hooks = [module.register_forward_pre_hook(lambda _m, args, name=name: inputs.__setitem__(name, args[0].shape))
+             for name, module in attention_modules(model)]
+    with torch.no_grad():
+        model(clip)
+    for hook in hooks:
+        hook.remove()
+    return inputs
+
+
+def attention_time_steps(arch: str, *, sta: str, frames: int, size: int, in_channels: int = 3) -> dict[str, int]:
+    """The temporal length L of the feature map each attention module of ``arch`` weighs, for clips of ``frames``.
+
+    Where L is 1 the temporal attention has nothing to weigh and STA degenerates to a channel gate (ResNeXt-101's
+    layer4 at 16 frames). Runs on meta tensors: no memory, no arithmetic.
+
+    Args:
+        arch: a registry name.
+        sta: the ``sta=`` spec.
+        frames: clip length (``sample_duration``).
+        size: clip height and width (``sample_size``).
+        in_channels: 3 for RGB, 2 for flow.
+    """
+    with torch.device("meta"):
+        model = build_model(arch, sta=sta, num_classes=2, in_channels=in_channels, sample_size=size,
+                            sample_duration=frames).eval()
+        clip = torch.empty(1, in_channels, frames, size, size)
+    return {name: shape[2] for name, shape in _attention_inputs(model, clip).items()}
 
 
 def _attention_cost(name: str, module: Attention, shape: torch.Size) -> AttentionCost:

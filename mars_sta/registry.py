@@ -17,13 +17,17 @@ Factory = Callable[..., nn.Module]
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered architecture: its factory and what ``build_model`` must know before calling it."""
+    """A registered architecture: its factory, what ``build_model`` must know before calling it, and the layers
+    that loading other weights treats apart (``first_conv`` is adapted between RGB and flow input, ``classifier``
+    is replaced when the class count differs)."""
 
     name: str
     factory: Factory
     default_shortcut: str | None
     stages: tuple[str, ...]
     default_sta_stage: str
+    first_conv: str = "conv1"
+    classifier: str = "fc"
 
     @property
     def description(self) -> str:
@@ -35,18 +39,25 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str
+    name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str,
+    first_conv: str = "conv1", classifier: str = "fc",
 ) -> Callable[[Factory], Factory]:
     """Register ``factory(*, num_classes, in_channels, sample_size, sample_duration, shortcut, attention)``.
 
-    ``default_shortcut`` is None for networks without residual shortcuts; ``stages`` are the names an ``sta=``
-    spec may use, ``default_sta_stage`` the one ``sta="default"`` means.
+    Args:
+        name: the registry name (``resnext101``), recorded in checkpoints as ``arch``.
+        default_shortcut: "A" or "B" for residual networks, None for networks without residual shortcuts.
+        stages: the names an ``sta=`` spec may use.
+        default_sta_stage: the stage ``sta="default"`` means.
+        first_conv: the module that reads the input clip (its weight is adapted between 2 and 3 channels).
+        classifier: the module that gives the logits (replaced when a file's class count differs).
     """
 
     def decorate(factory: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage)
+        _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage, first_conv,
+                                     classifier)
         return factory
 
     return decorate
@@ -77,8 +88,16 @@ def build_model(
 ) -> nn.Module:
     """Build a registered network, with attention where ``sta`` says (see ``mars_sta.spec``).
 
-    ``shortcut=None`` takes the architecture's default ("A" or "B"; None for C3D). ``sample_size`` fixes the
-    spatial size attention modules are built for; ``sample_duration`` matters only to C3D's flattened head.
+    The model comes back with ``model.arch`` and ``model.build_kwargs`` set, which rebuild it from a checkpoint.
+
+    Args:
+        name: a registry name (``list_models()``).
+        num_classes: classes of the classifier.
+        in_channels: 3 for RGB clips, 2 for flow.
+        sample_size: the clip's height and width; fixes the spatial size attention modules are built for.
+        sample_duration: frames per clip; matters only to C3D's flattened head.
+        shortcut: "A" or "B"; None takes the architecture's default (None for C3D, which has no shortcuts).
+        sta: an STA spec (``"layer4"``, ``"layer3:ta"``, ...) or None for the plain network.
     """
     entry = model_entry(name)
     for label, value in (("num_classes", num_classes), ("in_channels", in_channels),

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mars_sta.blocks import BasicBlock, Bottleneck, ResidualBlock, Stride, make_shortcut, strided_size
+from mars_sta.blocks import (BasicBlock, Bottleneck, ResidualBlock, Stride, init_backbone_weights, make_shortcut,
+                             strided_size)
 from mars_sta.registry import register_model
 from mars_sta.spec import AttentionSpec, StageAttention
-from mars_sta.sta import Attention
 
 
 class ResNet3D(nn.Module):
@@ -20,9 +20,36 @@ class ResNet3D(nn.Module):
 
     The pool is adaptive (any T, H, W); at the clip sizes of the reference networks (16 or 64 frames, 112²) it equals
     their fixed ``AvgPool3d((ceil(T/16), ceil(S/32), ceil(S/32)))``, which covers the whole ``layer4`` map there.
-    """
 
-    classifier_name = "fc"
+    Shapes for a 16×112² clip with the default strides (``forward_features`` ends at the pool)::
+
+        x (N, in_channels, 16, 112, 112)
+          │  conv1 + bn1 + ReLU (stride 1, 2, 2), max-pool (2, 2, 2)
+          ▼  (N, 64, 8, 28, 28)
+          │  layer1 … layer4 (strides 1, 2, 2, 2; attention where ``attention`` says)
+          ▼  (N, 512·expansion, 1, 4, 4)
+          │  adaptive average pool, flatten, dropout
+          ▼  features (N, 512·expansion)
+          │  fc
+          ▼  logits (N, num_classes)
+
+    Args:
+        block: the residual block (``BasicBlock``, ``Bottleneck`` or a ResNeXt block).
+        layers: blocks per stage.
+        num_classes: size of the ``fc`` output.
+        in_channels: 3 for RGB, 2 for flow.
+        sample_size: the clip's height and width (attention modules are built for the feature map it gives).
+        shortcut: "A" (zero-padded identity) or "B" (1×1×1 conv) where a block changes shape.
+        attention: where and which attention modules to insert (``mars_sta.spec``), or None.
+        widths: channels of each stage before the block's expansion.
+        stage_strides: stride of each stage's first block (an int, or (t, h, w)).
+        stem_width: channels of ``conv1``.
+        stem_kernel: kernel of ``conv1``.
+        stem_stride: stride of ``conv1``.
+        max_pool: whether the stem ends with a 3×3×3 max-pool of stride 2.
+        dropout: dropout before ``fc``.
+        block_kwargs: further keyword arguments of every block (ResNeXt's cardinality).
+    """
 
     def __init__(
         self,
@@ -62,19 +89,7 @@ class ResNet3D(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.fc = nn.Linear(in_planes, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming (fan-out) convs and unit BN as the reference code; attention modules keep their own init."""
-        inside_attention = {id(sub) for m in self.modules() if isinstance(m, Attention) for sub in m.modules()}
-        for module in self.modules():
-            if id(module) in inside_attention:
-                continue
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_backbone_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled (N, D) vector that feeds ``fc`` (what MARS distils)."""

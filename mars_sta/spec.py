@@ -1,7 +1,7 @@
 """The ``sta=`` string: where attention goes in a network and which variant, parsed, validated and printed back.
 
 Grammar: comma-separated entries ``STAGE[:OPTION[:OPTION...]]``, e.g. ``"layer4"``, ``"layer3,layer4"``,
-``"layer4:ta"``, ``"layer4:st:stride=2"``, ``"layer4:nodeconv"``, ``"layer4:se"``, ``"layer4:input:blocks=first"``.
+``"layer4:bn"`` (the authors' published module), ``"layer4:ta"``, ``"layer4:st:stride=2"``, ``"layer4:nodeconv"``, ``"layer4:se"``, ``"layer4:input:blocks=first"``.
 ``STAGE`` is a stage of the network (``layer1``…``layer4`` for the ResNets) or ``default`` (the paper's choice for
 that network, resolved when the model is built). Options, defaults first:
 
@@ -9,6 +9,7 @@ that network, resolved when the model is built). Options, defaults first:
 ``st|ta|sa|se``    variant: full STA, temporal-only, channel-only (learned squeeze), squeeze-excitation
 ``residual|input`` bottom of each block's residual branch, before the ⊕ (default) / the block's input
 ``blocks=``        ``all`` blocks of the stage (default), only the ``first`` or only the ``last``
+``bn``             the authors' published module: BatchNorm after the Deconv and after Conv2 (``st``/``ta`` only)
 ``nodeconv``       STA without its Deconv layer (``st``/``ta`` only)
 ``stride=N``       Deconv step size (``st``/``ta`` only; default 1)
 ``reduction=N``    bottleneck ratio of ``sa``/``se`` (default 16)
@@ -39,6 +40,7 @@ class StageAttention:
     kind: str = "st"
     position: str = "residual"
     blocks: str = "all"
+    batch_norm: bool = False
     deconv: bool = True
     stride: int = 1
     reduction: int = 16
@@ -46,6 +48,7 @@ class StageAttention:
 
     def __str__(self) -> str:
         options = [self.kind] if self.kind != "st" else []
+        options += ["bn"] if self.batch_norm else []
         options += [self.position] if self.position != "residual" else []
         options += [f"blocks={self.blocks}"] if self.blocks != "all" else []
         options += ["nodeconv"] if not self.deconv else []
@@ -67,6 +70,7 @@ class StageAttention:
                 stride=self.stride,
                 deconv=self.deconv,
                 attention="st" if self.kind == "st" else "t",
+                batch_norm=self.batch_norm,
                 init=self.init,
             )
         squeeze = "learned" if self.kind == "sa" else "mean"
@@ -138,6 +142,8 @@ def _parse_entry(entry: str, text: str) -> StageAttention:
         name, _, value = token.partition("=")
         if token in KINDS:
             put("kind", token, token)
+        elif token == "bn":
+            put("batch_norm", True, token)
         elif token in POSITIONS:
             put("position", token, token)
         elif token in ("deconv", "nodeconv"):
@@ -150,13 +156,13 @@ def _parse_entry(entry: str, text: str) -> StageAttention:
             put(name, int(value), token)
         else:
             raise bad(
-                f"unknown option {token!r} for {stage!r} (expected st|ta|sa|se, residual|input, "
+                f"unknown option {token!r} for {stage!r} (expected st|ta|sa|se, bn, residual|input, "
                 f"blocks=all|first|last, nodeconv, stride=N, reduction=N, init=identity|default)"
             )
     attention = StageAttention(stage, **fields)  # type: ignore[arg-type]
     channel_only = attention.kind in ("sa", "se")
-    if channel_only and ("deconv" in fields or "stride" in fields):
-        raise bad(f"{attention.kind!r} has no Deconv: 'nodeconv'/'stride' do not apply to {stage!r}")
+    if channel_only and ("deconv" in fields or "stride" in fields or "batch_norm" in fields):
+        raise bad(f"{attention.kind!r} has no Deconv: 'nodeconv'/'stride'/'bn' do not apply to {stage!r}")
     if not channel_only and "reduction" in fields:
         raise bad(f"'reduction' applies to sa/se only, not to {attention.kind!r} in {stage!r}")
     if not attention.deconv and attention.stride != 1:

@@ -30,10 +30,12 @@ def _check_init(init: str) -> None:
 
 
 def _open_gate(layer: nn.Module) -> None:
-    """Make ``layer`` (the one in front of the Sigmoid) output a constant logit of ``IDENTITY_GATE``.
+    """Make ``layer`` (the one in front of the Sigmoid: a conv, a linear or a BatchNorm layer) output a constant
+    logit of ``IDENTITY_GATE``.
 
     A zero weight with a positive bias starts the module near identity, as zero-initialised last BN layers start a
-    residual block near identity; the weight still receives gradient, so the gate learns from the first step.
+    residual block near identity; the weight still receives gradient, so the gate learns from the first step (the
+    layers in front of it from the second).
     """
     nn.init.zeros_(layer.weight)
     nn.init.constant_(layer.bias, math.log(IDENTITY_GATE / (1.0 - IDENTITY_GATE)))
@@ -75,9 +77,11 @@ class STA(Attention):
           ▼  (N, 1, L)
           │  Deconv  ConvTranspose1d(1 → 1, kernel k, stride s)  stretches time
           ▼  (N, 1, (L − 1)·s + k)
+          │  [BN1]   BatchNorm1d(1)                              ``batch_norm=True`` only
           │  ReLU
           │  Conv2   Conv1d(1 → c, kernel k, stride s)           back to length L, one row per channel
           ▼  (N, c, L)
+          │  [BN2]   BatchNorm1d(c)                              ``batch_norm=True`` only
           │  Sigmoid
           ▼  W (N, c, L, 1, 1)
         Y = W ⊙ X    (N, c, L, h, w)
@@ -91,6 +95,9 @@ class STA(Attention):
       channels (c·h·w + 9 parameters);
     * ``deconv=False`` (the "w/o Deconv" ablation) removes only the Deconv: Conv1 → ReLU → Conv2 (kernel k,
       padding k // 2, stride 1) keeps length L;
+    * ``batch_norm=True`` is the module of the authors' published code (``falayer``): BatchNorm after the Deconv
+      and after Conv2 (c·(h·w + 6) + 7 parameters: 45,063 at c = 2048, 4×4), with their 3D (3, 1, 1) kernels stored here as the equivalent
+      1D kernels of length 3 (``mars_sta.authors_layout`` converts the keys and shapes both ways);
     * ``init="identity"`` (the default; the paper states no initialisation) starts with W = ``IDENTITY_GATE``
       everywhere, so that inserting the module into a trained network barely moves its predictions, and with a
       Deconv whose ReLU cannot start dead; ``init="default"`` keeps PyTorch's initialisation (gate ≈ 0.5, and the
@@ -98,6 +105,15 @@ class STA(Attention):
 
     The Conv1 kernel equals the feature map's (h, w), so the module is tied to one input resolution; another size
     raises ``ValueError`` naming the expected one.
+
+    Args:
+        channels: c, the channels of the feature map it weighs.
+        spatial_size: (h, w) of that feature map (an int for a square one).
+        kernel_size: k, of the Deconv and Conv2.
+        stride: s, of the Deconv and Conv2.
+        deconv: False for the "w/o Deconv" ablation.
+        attention: "st" (a weight per channel and frame) or "t" (the temporal-only ablation).
+        init: "identity" (W starts at ``IDENTITY_GATE``) or "default" (PyTorch's initialisation).
     """
 
     def __init__(
@@ -109,6 +125,7 @@ class STA(Attention):
         stride: int = 1,
         deconv: bool = True,
         attention: str = "st",
+        batch_norm: bool = False,
         init: str = "identity",
     ) -> None:
         super().__init__()
@@ -128,10 +145,12 @@ class STA(Attention):
         else:
             self.deconv = None
             self.conv2 = nn.Conv1d(1, gate_channels, kernel_size, padding=kernel_size // 2)
+        self.bn1 = nn.BatchNorm1d(1) if batch_norm else None
+        self.bn2 = nn.BatchNorm1d(gate_channels) if batch_norm else None
         self.relu = nn.ReLU()
         _check_init(init)
         if init == "identity":
-            _open_gate(self.conv2)
+            _open_gate(self.conv2 if self.bn2 is None else self.bn2)
             if self.deconv is not None:
                 _live_deconv(self.deconv)
 
@@ -145,11 +164,17 @@ class STA(Attention):
         z = self.conv1(x).view(n, 1, length)
         if self.deconv is not None:
             z = self.deconv(z)
-        weights = torch.sigmoid(self.conv2(self.relu(z)))
+        if self.bn1 is not None:
+            z = self.bn1(z)
+        z = self.conv2(self.relu(z))
+        if self.bn2 is not None:
+            z = self.bn2(z)
+        weights = torch.sigmoid(z)
         return self._gate(x, weights.view(n, -1, length, 1, 1))
 
     def extra_repr(self) -> str:
-        return f"attention={self.attention!r}, spatial_size={self.spatial_size}"
+        batch_norm = self.bn1 is not None
+        return f"attention={self.attention!r}, spatial_size={self.spatial_size}, batch_norm={batch_norm}"
 
 
 class ChannelAttention(Attention):

@@ -56,7 +56,7 @@ def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> s
 def synth_store(tmp_path_factory) -> SimpleNamespace:
     """4 synthetic classes x 6 videos of 17 frames at 32 px, extracted with the cheap TV-L1 preset."""
     from flow.extract import ExtractConfig, extract_flow
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root / "data", SynthConfig(classes=4, videos_per_class=6, frames=17, size=32, seed=3))
@@ -70,7 +70,7 @@ def synth_store(tmp_path_factory) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def flow_teacher(synth_store, tmp_path_factory) -> Path:
     """A tiny Flow stream trained for two epochs: the teacher every MARS test distils from."""
-    from pipelines.train import TrainConfig, TrainPaths, train
+    from pipelines.stages.train import TrainConfig, TrainPaths, train
 
     out = tmp_path_factory.mktemp("teacher")
     config = TrainConfig(stream="flow", **TINY_TRAIN)
@@ -81,7 +81,7 @@ def flow_teacher(synth_store, tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_config():
     """A TrainConfig factory with the tiny settings."""
-    from pipelines.train import TrainConfig
+    from pipelines.stages.train import TrainConfig
 
     def make(**changes):
         return dataclasses.replace(TrainConfig(**TINY_TRAIN), **changes)

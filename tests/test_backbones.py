@@ -22,7 +22,7 @@ def count(model: torch.nn.Module) -> int:
 
 def test_registry_lists_every_architecture():
     assert set(list_models()) == {"resnext101", "resnet10", "resnet18", "resnet34", "resnet50", "resnet101",
-                                  "resnet152", "resnet200", "c3d", "tiny_resnet"}
+                                  "resnet152", "resnet200", "c3d", "p3d199", "tiny_resnet"}
 
 
 @pytest.mark.parametrize(

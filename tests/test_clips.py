@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from flow.errors import InputError
 from flow.extract import ExtractConfig, extract_flow
 from flow.store import FlowStore
-from pipelines.clips import (
+from pipelines.data.clips import (
     ACTIVITYNET_MEAN,
     ClipDataset,
     Normalization,
@@ -21,7 +21,7 @@ from pipelines.clips import (
     test_windows as mars_test_windows,
     train_window,
 )
-from pipelines.synth import SynthConfig, generate
+from pipelines.data.synth import SynthConfig, generate
 
 SYNTH = [("left/left_0001", 0), ("right/right_0002", 1)]
 WIDE = [("wide/long", 1), ("wide/short", 0)]  # 40 and 10 frames of 48x64

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from conftest import REPO, run_cli, tiny_train_toml
-from pipelines.checkpoint import load_checkpoint
-from pipelines.distributed import batch_plan
-from pipelines.scores import load_scores
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.core.distributed import batch_plan
+from pipelines.scoring.scores import load_scores
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -32,15 +32,15 @@ def test_ddp_weights_equal_one_process_accumulating_the_same_micro_batches(synth
     run_cli(*common, "--out", str(tmp_path / "one"), "--accumulate", "2")
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pth")
     one = load_checkpoint(tmp_path / "one" / "last.pth")
-    assert ddp["state_dict"].keys() == one["state_dict"].keys()
+    assert ddp.state_dict.keys() == one.state_dict.keys()
     compared = 0
-    for key, value in one["state_dict"].items():
+    for key, value in one.state_dict.items():
         if key.endswith(BN_BUFFERS):  # plain BatchNorm keeps per-rank statistics; parameters must agree
             continue
-        torch.testing.assert_close(ddp["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(ddp.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
         compared += 1
     assert compared > 20
-    assert not any(key.startswith("module.") for key in ddp["state_dict"])
+    assert not any(key.startswith("module.") for key in ddp.state_dict)
 
 
 def test_sharded_evaluation_equals_one_process(synth_store, flow_teacher, tmp_path):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,24 @@ def _drop_bound(path: Path) -> None:
         del handle.attrs["bound"]
 
 
+def _rot_a_flow_chunk(path: Path) -> None:
+    """Bit rot inside one flow chunk: the file opens and passes every structural check, the chunk's checksum fails."""
+    with h5py.File(path, "r") as handle:
+        chunk = handle["flow"].id.get_chunk_info(3)
+    data = bytearray(path.read_bytes())
+    for offset in range(chunk.byte_offset + 2, chunk.byte_offset + chunk.size - 2):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _immutable_folder(path: Path) -> Path | None:
+    """A folder nobody can write into, root included (``chattr +i``); None where the file system refuses."""
+    path.mkdir()
+    (path / "kept.txt").write_text("written before\n")
+    made = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    return path if made else None
+
+
 class _RunsCode:
     """Unpickling this calls ``open(marker, "w")``: a stand-in for any code a crafted checkpoint could run."""
 
@@ -97,7 +116,7 @@ def _write_video(path: Path, frames: np.ndarray) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ctx(synth_store, flow_teacher, tmp_path_factory) -> SimpleNamespace:
+def ctx(synth_store, flow_teacher, tmp_path_factory, request) -> SimpleNamespace:
     """Every bad input of the table, made once; the shared store and teacher are only ever copied or read."""
     import torch
 
@@ -143,7 +162,7 @@ def ctx(synth_store, flow_teacher, tmp_path_factory) -> SimpleNamespace:
 
     # stores
     for name, damage in {"d_truncated": _truncate, "d_dtype": _flow_as_float, "d_attribute": _drop_bound,
-                         "d_missing": Path.unlink}.items():
+                         "d_missing": Path.unlink, "d_rotten": _rot_a_flow_chunk}.items():
         setattr(c, name, root / name)
         setattr(c, f"{name}_file", _damaged_store(synth_store.store, root / name, damage))
     c.mini = root / "s_mini"  # one training and one test video per class, copied into a dataset of their own
@@ -182,6 +201,9 @@ def ctx(synth_store, flow_teacher, tmp_path_factory) -> SimpleNamespace:
     # outputs
     c.a_file = root / "a_file"
     c.a_file.write_text("a regular file: nothing can be created below it, not even by root\n")
+    c.read_only = _immutable_folder(root / "read_only")
+    if c.read_only is not None:
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(c.read_only)], check=True))
     return c
 
 
@@ -203,6 +225,7 @@ class Row:
     says: Callable[[SimpleNamespace], list[str]]  # regular expressions the error line must match, in order
     still_valid: Callable[[SimpleNamespace, Path], None] = field(default=lambda c, out: None)
     status: int = 2
+    read_only: bool = False  # needs a folder that root cannot write into
 
 
 def _train(store_attr: str = "store", splits: str | None = None, *extra: str):
@@ -241,6 +264,26 @@ def _only_the_damaged_file(attr: str):
         problems = verify_store(getattr(c, attr)).problems
         assert len(problems) == 1 and problems[0].startswith(str(getattr(c, f"{attr}_file"))), problems
     return check
+
+
+def _read_only_untouched(c, out):
+    _shared_inputs_intact(c, out)
+    assert [p.name for p in c.read_only.iterdir()] == ["kept.txt"]
+
+
+def _merge_refused(c, out):
+    """Nothing linked: the output store was not even created; the damaged input is as it was."""
+    assert not (out / "merged").exists()
+    _only_the_damaged_file("d_truncated")(c, out)
+
+
+def _option(command: list[str], option: str, value: str):
+    """A command refused for one option: every other argument is valid, so only that option can be at fault."""
+    return lambda c: [*command, option, value]
+
+
+def _refused(option: str, *problem: str):
+    return lambda c: [re.escape(option), *problem]
 
 
 def _no_code_ran(c, out):
@@ -315,9 +358,9 @@ ROWS = [
     Row("pickle that runs code: train --pretrained", _train("store", None, "--pretrained", "{evil}"),
         lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     Row("pickle that runs code: train --teacher", _train("store", None, "--stream", "mars", "--teacher", "{evil}"),
-        lambda c: [_line(c, "evil"), "refused to load: not a plain-weights checkpoint"], _no_code_ran),
+        lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     Row("pickle that runs code: evaluate --checkpoint", _evaluate("evil"),
-        lambda c: [_line(c, "evil"), "refused to load: not a plain-weights checkpoint"], _no_code_ran),
+        lambda c: [_line(c, "evil"), r"refused to unpickle: it would call (builtins|io)\.open"], _no_code_ran),
     # config files
     Row("config with an unknown key", lambda c: ["extract-flow", c.videos, "--out", "{out}/store", "--config",
                                                  c.t_unknown_key],
@@ -331,14 +374,72 @@ ROWS = [
         lambda c: [_line(c, "t_unknown_table"), r"unknown table \[trian\]"], _shared_inputs_intact),
     # outputs
     Row("train --out below a regular file", _train("store", None, "--out", "{a_file}/sub"),
-        lambda c: [re.escape(f"{c.a_file}/sub"), "Not a directory"], _shared_inputs_intact),
+        lambda c: [re.escape(f"{c.a_file}/sub"), "cannot be written: .* is a file, not a folder"],
+        _shared_inputs_intact),
     Row("extract-flow --out below a regular file",
         lambda c: ["extract-flow", c.videos, "--out", c.a_file / "store", "--no-progress"],
-        lambda c: [re.escape(f"{c.a_file}/store"), "Not a directory"], _shared_inputs_intact),
+        lambda c: [re.escape(f"{c.a_file}/store"), "cannot be written: .* is a file, not a folder"],
+        _shared_inputs_intact),
     Row("evaluate --out below a regular file",
         lambda c: ["evaluate", "--checkpoint", c.teacher, "--store", c.store, "--out", c.a_file / "s.npz"],
         lambda c: [re.escape(str(c.a_file / "s.npz")), "cannot be written: .* is a file, not a folder"],
         _shared_inputs_intact),
+    # options, refused while the command line is read (the option first, then why)
+    *[Row(f"train {option} {value}", _train("store", None, option, value), _refused(option, *problem),
+          _shared_inputs_intact)
+      for option, value, problem in [
+          ("--arch", "resnet11", [r"unknown architecture 'resnet11' \(known: .*resnet10, .*tiny_resnet\)"]),
+          ("--sta", "layer9", [r"unknown stage 'layer9' for tiny_resnet \(stages: layer1, layer2, layer3\)"]),
+          ("--sta", "layer4:bogus", [r"unknown option 'bogus'"]),
+          ("--lr", "-1", [r"-1.0 is not in the range x>0"]),
+          ("--lr", "nan", [r"'nan' is not a finite number"]),
+          ("--frames", "0", [r"0 is not in the range x>=1"]),
+          ("--val-fraction", "1.5", [r"1.5 is not in the range 0<=x<1"]),
+          ("--batch-size", "0", [r"0 is not in the range x>=1"]),
+          ("--batch-size", "-4", [r"-4 is not in the range x>=1"]),
+          ("--epochs", "0", [r"0 is not in the range x>=1"]),
+          ("--workers", "-1", [r"-1 is not in the range x>=0"])]],
+    *[Row(f"{command[0]} {option} {value}", _option(command, option, value), _refused(option, problem),
+          _shared_inputs_intact)
+      for command, option, value, problem in [
+          (["extract-flow", "{videos}", "--out", "{out}/store"], "--workers", "-2", r"-2 is not in the range x>=0"),
+          (["extract-flow", "{videos}", "--out", "{out}/store"], "--fps", "0", r"0.0 is not in the range x>0"),
+          (["extract-flow", "{videos}", "--out", "{out}/store"], "--jpeg-quality", "101",
+           r"101 is not in the range 1<=x<=100"),
+          (["extract-flow", "{videos}", "--out", "{out}/store"], "--shard", "4/4", r"shard index must be in 0..3"),
+          (["evaluate", "--checkpoint", "{teacher}", "--store", "{store}", "--out", "{out}/s.npz"], "--batch-size",
+           "0", r"0 is not in the range x>=1"),
+          (["evaluate", "--checkpoint", "{teacher}", "--store", "{store}", "--out", "{out}/s.npz"], "--protocol",
+           "views:0x2", r"expected 'mars' or 'views:KxM'"),
+          (["predict", "{videos}", "--checkpoint", "{teacher}"], "--top-k", "0", r"0 is not in the range x>=1"),
+          (["fuse", "{out}", "--out", "{out}/fused"], "--weights", "rgb=-1",
+           r"weight of 'rgb' must be a finite number > 0"),
+          (["profile", "--arch", "tiny_resnet"], "--frames", "0", r"0 is not in the range x>=1"),
+          (["import-frames", "{videos}", "--out", "{out}/imported"], "--bound", "inf", r"'inf' is not a finite"),
+          (["run", "{t_unknown_table}", "--out", "{out}/run"], "--split", "0", r"0 is not in the range x>=1")]],
+    # outputs that cannot be written: refused before any work
+    *[Row(f"{name} into a read-only folder", args, lambda c, o=option: [re.escape(o), _line(c, "read_only"),
+                                                                          "cannot be written: .*not permitted"],
+          _read_only_untouched, read_only=True)
+      for name, option, args in [
+          ("train --out", "--out", _train("store", None, "--out", "{read_only}/train")),
+          ("extract-flow --out", "--out", lambda c: ["extract-flow", c.videos, "--out", c.read_only / "store"]),
+          ("evaluate --out", "--out", lambda c: ["evaluate", "--checkpoint", c.teacher, "--store", c.store,
+                                                 "--out", c.read_only / "s.npz"]),
+          ("fuse --out", "--out", lambda c: ["fuse", c.root, "--out", c.read_only / "fused"]),
+          ("report --out", "--out", lambda c: ["report", c.root, "--out", c.read_only / "report.html"]),
+          ("export --out", "--out", lambda c: ["export", "--checkpoint", c.teacher, "--format", "mars",
+                                               "--out", c.read_only / "model.pth"]),
+          ("run --out", "--out", lambda c: ["run", c.t_unknown_table, "--out", c.read_only / "run"])]],
+    # stores damaged after they were written
+    Row("merge-stores with a truncated input file",
+        lambda c: ["merge-stores", c.d_truncated, "--out", "{out}/merged"],
+        lambda c: [r"1 damaged video file\(s\), nothing merged", _line(c, "d_truncated_file"),
+                   r"cannot be read as HDF5 \(truncated or damaged\?\)"], _merge_refused),
+    *[Row(f"flow chunk damaged after extraction, {workers} DataLoader workers",
+          _train("d_rotten", None, "--stream", "flow", "--workers", workers),
+          lambda c: [_line(c, "d_rotten_file"), r"damaged data in 'flow' \(.*\)$"], _shared_inputs_intact)
+      for workers in ("0", "2")],
 ]
 
 
@@ -348,8 +449,8 @@ def _assert_verifies(store: Path) -> None:
 
 
 def _crlf_scored_every_test_video(c, out: Path) -> None:
-    from pipelines.scores import load_scores
-    from pipelines.splits import load_split
+    from pipelines.scoring.scores import load_scores
+    from pipelines.data.splits import load_split
 
     scores = load_scores(out / "scores.npz")
     assert list(scores.video_ids) == [video for video, _ in load_split(c.splits).test]
@@ -367,6 +468,8 @@ def outcomes(ctx) -> dict[str, tuple]:
     ctx.no_checkpoint = ctx.root / "no-such.pth"
     jobs = {}
     for index, row in enumerate(ROWS):
+        if row.read_only and ctx.read_only is None:
+            continue
         out = ctx.root / "out" / f"row{index:02d}"
         out.mkdir(parents=True)
         jobs[row.name] = (_command(row, ctx, out), out)
@@ -377,6 +480,8 @@ def outcomes(ctx) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_bad_input_row(row: Row, ctx, outcomes):
+    if row.read_only and ctx.read_only is None:
+        pytest.skip("no folder can be made read-only for root here (chattr +i refused by the file system)")
     result, out = outcomes[row.name]
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == row.status, result.stdout + result.stderr

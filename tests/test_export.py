@@ -14,8 +14,8 @@ from conftest import run_cli
 from flow.errors import InputError
 from mars_sta import build_model, list_models, load_pretrained
 from mars_sta.pretrained import registry_arch
-from pipelines.checkpoint import model_from_checkpoint, save_checkpoint
-from pipelines.export import FORMATS, export_checkpoint, mars_arch
+from pipelines.core.checkpoint import model_from_checkpoint, save_checkpoint
+from pipelines.stages.export import FORMATS, export_checkpoint, mars_arch
 
 CLASSES = ["left", "right", "up", "down", "still"]
 

@@ -26,7 +26,7 @@ import torch
 from conftest import REPO, run_cli, tiny_train_toml
 from flow import FlowStore
 from flow.verify import verify_store
-from pipelines.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import load_checkpoint
 
 EXTRACT = ["--preset", "cheap", "--short-side", "0", "--workers", "2", "--no-progress"]
 # One OpenCV/torch thread per process: several children share two cores, and all runs see the same setting.
@@ -68,10 +68,10 @@ if _FAULT:
         import torch
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
-        import pipelines.train
+        import pipelines.stages.train
 
         _calls = {"validate": 0}
-        _validate = pipelines.train.validate
+        _validate = pipelines.stages.train.validate
 
         def _counting_validate(*args, **kwargs):
             _calls["validate"] += 1
@@ -79,7 +79,7 @@ if _FAULT:
                 _act(_action)
             return _validate(*args, **kwargs)
 
-        pipelines.train.validate = _counting_validate
+        pipelines.stages.train.validate = _counting_validate
 
         def _after_step(optimizer, args, kwargs):
             if _moment == "mid-epoch" and _calls["validate"] == 1:  # epoch 2's first step is done
@@ -170,7 +170,7 @@ def assert_same_store(store: Path, reference: Path) -> None:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> SimpleNamespace:
     """Eight small synthetic videos and their store, extracted in one uninterrupted run."""
-    from pipelines.synth import SynthConfig, generate
+    from pipelines.data.synth import SynthConfig, generate
 
     root = tmp_path_factory.mktemp("fault_clips")
     generate(root / "data", SynthConfig(classes=2, videos_per_class=4, frames=13, size=48, seed=4))
@@ -262,7 +262,7 @@ def _listing(folder: Path) -> list[tuple[str, int, int]]:
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(folder / "last.pth")["state_dict"]
+    return load_checkpoint(folder / "last.pth").state_dict
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -313,7 +313,7 @@ def training(synth_store, tmp_path_factory) -> SimpleNamespace:
     for moment in moments:
         folder = t.outs[moment]
         t.after_kill[moment] = {"files": sorted(p.name for p in folder.iterdir()),
-                                "epoch": load_checkpoint(folder / "last.pth")["epoch"]}
+                                "epoch": load_checkpoint(folder / "last.pth").epoch}
     running = {name: _popen(args(name)) for name in (*moments, "disk-full")}
     t.second = {name: (process, *process.communicate(timeout=300)) for name, process in running.items()}
     watcher.stop()
@@ -336,7 +336,7 @@ def _resumed_to_reference(training, moment: str) -> None:
 def test_reference_run_finished(training):
     process, stdout, stderr = training.first["reference"]
     assert process.returncode == 0, stderr
-    assert load_checkpoint(training.outs["reference"] / "last.pth")["epoch"] == 2
+    assert load_checkpoint(training.outs["reference"] / "last.pth").epoch == 2
 
 
 def test_training_killed_mid_epoch_resumes_to_the_same_weights(training):

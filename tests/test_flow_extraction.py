@@ -1,6 +1,7 @@
 """extract-flow, merge-stores and verify-store through the real CLI, on videos written by OpenCV; FlowStore reads."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -292,3 +293,78 @@ def test_verify_store_passes_a_good_store_and_names_each_damage(whole_store, tmp
     assert any("v_02.h5" in p and "damaged data" in p for p in problems)
     assert any("v_04.h5.tmp-123" in p for p in problems)
     assert cli("verify-store", tmp_path, check=2).stderr.startswith("error: ")
+
+
+# -- sources that changed after extraction -------------------------------------------------------------------------
+def _with_other_padding(path: Path) -> None:
+    """Other bytes of the same size and time: one byte of the AVI's JUNK padding changed, the frames untouched."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    padding = data.find(b"JUNK") + 12
+    data[padding] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.fixture(scope="module")
+def changing(tmp_path_factory):
+    """Three videos extracted once with the progress bar on and stderr into a file, as under Slurm or CI."""
+    root = tmp_path_factory.mktemp("changing")
+    videos, store, log = root / "videos", root / "store", root / "stderr.log"
+    for k in range(3):
+        write_video(videos / "Run" / f"v_{k}.avi", noisy_clip(9, seed=k, width=32, height=24))
+    with open(log, "w") as stderr:
+        subprocess.run([sys.executable, "-m", "cli", "extract-flow", str(videos), "--out", str(store), "--workers",
+                        "1", "--preset", "cheap", "--short-side", "0"], cwd=REPO, stderr=stderr,
+                       stdout=subprocess.DEVNULL, timeout=120, check=True)
+    return videos, store, log
+
+
+def _decoded(path: Path) -> np.ndarray:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := capture.read()[1]) is not None:
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def test_a_source_changed_since_extraction_is_extracted_again(changing):
+    videos, store, _ = changing
+    files = {k: store / "videos" / "Run" / f"v_{k}.h5" for k in range(3)}
+    before = {k: path.read_bytes() for k, path in files.items()}
+    again = ["extract-flow", videos, "--out", store, "--workers", "1", *CHEAP]
+
+    old = _decoded(videos / "Run" / "v_1.avi")
+    new = write_video(videos / "Run" / "v_1.avi", noisy_clip(12, seed=7, width=32, height=24))  # regenerated
+    result = cli(*again, check=0)
+    assert "1 extracted (1 re-extracted as stale: the source changed), 2 already done" in result.stdout
+    assert [files[k].read_bytes() == before[k] for k in range(3)] == [True, False, True]
+    attrs = FlowStore(store).attrs("Run/v_1")  # the entry is the new video's: its bytes, its frames
+    assert (attrs["source_size"], attrs["source_sha256"]) == (new.stat().st_size,
+                                                             hashlib.sha256(new.read_bytes()).hexdigest())
+    stored = FlowStore(store).frames("Run/v_1")
+    assert stored.shape == (12, 24, 32, 3)
+    to_new, to_old = (np.abs(stored[:9].astype(int) - frames[:9]).mean() for frames in (_decoded(new), old))
+    assert to_new < to_old / 4  # the new video's frames, up to JPEG loss on noise
+    assert temporaries(store) == []
+
+    _with_other_padding(videos / "Run" / "v_2.avi")  # same size and time: only the content hash tells
+    assert "0 extracted, 3 already done" in cli(*again, check=0).stdout
+    verified = cli(*again, "--verify-sources", check=0)
+    assert "1 extracted (1 re-extracted as stale: the source changed), 2 already done" in verified.stdout
+    assert FlowStore(store).attrs("Run/v_2")["source_sha256"] == hashlib.sha256(
+        (videos / "Run" / "v_2.avi").read_bytes()).hexdigest()
+
+    (videos / "Run" / "v_0.avi").write_text("not a video any more\n")  # changed, and no longer decodes
+    failed = cli(*again, check=1)
+    assert "failed: Run/v_0.avi: cannot be opened as a video" in failed.stdout
+    assert FlowStore(store).video_ids() == ["Run/v_1", "Run/v_2"]  # no flow of a video that is not there
+    cli("verify-store", store, check=0)
+
+
+# -- progress in a log -----------------------------------------------------------------------------------------------
+def test_progress_into_a_log_file_is_whole_lines(changing):
+    """stderr to a file (Slurm, CI, ``2> log``): no carriage-return redraws, the final state on its own line."""
+    text = changing[2].read_text()
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines()[-1].startswith("extract-flow: 100%|") and "3/3" in text.splitlines()[-1]

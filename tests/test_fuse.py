@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from flow.errors import InputError
-from pipelines import metrics
-from pipelines.fuse import FuseConfig, combinations, fuse
-from pipelines.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
-from pipelines.scores import save_scores
+from pipelines.scoring import metrics
+from pipelines.stages.fuse import FuseConfig, combinations, fuse
+from pipelines.scoring.fusion_weights import learn_logit_weights, learn_softmax_weights, softmax
+from pipelines.scoring.scores import save_scores
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["Archery", "Biking", "Climbing"]
@@ -105,11 +105,25 @@ def test_metrics_by_hand():
     tied = np.array([[1.0, 1.0, 1.0]])  # equal scores rank lower class indices first, as argmax does
     assert [metrics.top_k_accuracy(tied, np.array([2]), k) for k in (1, 2, 3)] == [0.0, 0.0, 100.0]
     assert metrics.top_k_accuracy(tied, np.array([0]), 1) == 100.0
-    confusion = metrics.confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), 4)
+    true, predicted = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1])
+    confusion = metrics.confusion_matrix(true, predicted, 4)
     assert confusion.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
-    per_class = metrics.per_class_accuracy(confusion)
+    per_class = metrics.per_class_accuracy(true, predicted, 4)
     assert per_class[:3].tolist() == [50.0, 100.0, 0.0] and np.isnan(per_class[3])  # class 3 has no videos
-    assert metrics.mean_class_accuracy(confusion) == 50.0
+    assert metrics.mean_class_accuracy(true, predicted, 4) == 50.0
+
+
+def test_ties_go_to_the_lower_class_index_when_only_some_classes_have_videos():
+    """Labels of two classes out of four (scikit-learn would read them as a binary problem without ``labels=``),
+    and equal scores that only the tie rule orders."""
+    scores = np.array([[2.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 3.0, 3.0, 3.0]])
+    labels = np.array([2, 2, 1])
+    # ranks of the labels: video 1 third (class 1 ties it at a lower index), video 2 third, video 3 first
+    assert [metrics.top_k_accuracy(scores, labels, k) for k in (1, 2, 3, 4)] == pytest.approx([100 / 3, 100 / 3, 100, 100])
+    assert metrics.predictions(scores).tolist() == [0, 0, 1]
+    assert metrics.confusion_matrix(labels, metrics.predictions(scores), 4)[2].tolist() == [2, 0, 0, 0]
+    two = np.array([[0.5, 0.5], [0.2, 0.9]])  # two classes: logits, not probabilities of class 1
+    assert metrics.top_k_accuracy(two, np.array([1, 1]), 1) == 50.0
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -12,23 +12,26 @@ import torch
 
 from conftest import REPO, TINY_TRAIN, run_cli, tiny_train_toml
 from flow.errors import InputError
-from pipelines.checkpoint import load_checkpoint
-from pipelines.evaluate import EvaluateConfig, evaluate
-from pipelines.scores import load_scores
-from pipelines.splits import load_split
-from pipelines.train import TrainPaths, train
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.stages.evaluate import EvaluateConfig, evaluate
+from pipelines.scoring.scores import load_scores
+from pipelines.data.splits import load_split
+from pipelines.data.dataset import open_stage_data
+from pipelines.stages.train import TrainPaths, _load_teacher, train
 
 
 def test_mars_distillation_leaves_teacher_unchanged(synth_store, flow_teacher, tiny_config, tmp_path):
-    before = load_checkpoint(flow_teacher)["state_dict"]
+    before = load_checkpoint(flow_teacher).state_dict
     teacher_bytes = flow_teacher.read_bytes()
     summary = train(tiny_config(stream="mars", alpha=10.0, mse_normalize=True),
                     TrainPaths(store=synth_store.store, out=tmp_path, teacher=flow_teacher))
-    assert summary["teacher_unchanged"] is True
+    data = open_stage_data(synth_store.store, None, 1, 0.1, 1)
+    teacher = _load_teacher(flow_teacher, "flow", data, torch.device("cpu"))  # as training holds it
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     assert flow_teacher.read_bytes() == teacher_bytes
     student = load_checkpoint(summary["last"])
-    assert student["stream"] == "mars" and student["model_kwargs"]["in_channels"] == 3
-    assert all(torch.equal(before[k], load_checkpoint(flow_teacher)["state_dict"][k]) for k in before)
+    assert student.stream == "mars" and student.model_kwargs["in_channels"] == 3
+    assert all(torch.equal(before[k], load_checkpoint(flow_teacher).state_dict[k]) for k in before)
     rows = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == TINY_TRAIN["epochs"] and '"mse"' in rows[0]
 
@@ -36,9 +39,9 @@ def test_mars_distillation_leaves_teacher_unchanged(synth_store, flow_teacher, t
 def test_sta_mars_checkpoint_names_stream_and_spec(synth_store, flow_teacher, tiny_config, tmp_path):
     summary = train(tiny_config(stream="mars", sta="layer3", epochs=1),
                     TrainPaths(store=synth_store.store, out=tmp_path, teacher=flow_teacher))
-    payload = load_checkpoint(summary["last"])
-    assert payload["stream"] == "sta-mars" and "layer3" in payload["model_kwargs"]["sta"]
-    assert any(".sta." in key for key in payload["state_dict"])
+    checkpoint = load_checkpoint(summary["last"])
+    assert checkpoint.stream == "sta-mars" and "layer3" in checkpoint.model_kwargs["sta"]
+    assert any(".sta." in key for key in checkpoint.state_dict)
 
 
 def test_mars_refuses_rgb_teacher(synth_store, tiny_config, tmp_path):
@@ -72,7 +75,7 @@ def test_evaluate_refuses_other_classes(synth_store, flow_teacher, tmp_path):
 
 
 def _final_weights(folder):
-    return load_checkpoint(folder / "last.pth")["state_dict"]
+    return load_checkpoint(folder / "last.pth").state_dict
 
 
 def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path):
@@ -92,7 +95,7 @@ def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted_at = load_checkpoint(killed / "last.pth")["epoch"]
+    interrupted_at = load_checkpoint(killed / "last.pth").epoch
     assert 2 <= interrupted_at < 8, "the kill must land mid-run"
 
     resumed = run_cli(*args, "--out", str(killed))
@@ -130,3 +133,23 @@ def test_views_protocol_is_recorded_and_scores_every_video(synth_store, flow_tea
     assert scores.protocol == "views:2x3:16f" and scores.subset == "val" and len(scores.video_ids) >= 4
     with pytest.raises(InputError, match="views:KxM"):
         evaluate(EvaluateConfig(protocol="views:2x2"), flow_teacher, synth_store.store, out, progress=False)
+
+
+def test_run_distils_sta_mars_from_the_sta_flow_stream(synth_store, tmp_path):
+    from pipelines.stages.run import load_plan, run
+
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[data]\nvideos = "{synth_store.videos}"\nstore = "{synth_store.store}"\n'
+        'streams = ["sta-mars", "sta-flow"]\nteacher = "sta-flow"\nsta = "layer3:bn"\n\n'
+        '[extract]\nshort_side = 0\npreset = "cheap"\nworkers = 2\n\n'
+        + tiny_train_toml().replace("epochs = 2", "epochs = 1"))
+    result = run(load_plan(config, tmp_path / "out"), log=lambda message: None, progress=False)
+    assert result["ran"][1:3] == ["train sta-flow (split 1)", "train sta-mars (split 1)"]
+    manifest = (tmp_path / "out" / "split1" / "train-sta-mars" / "manifest.json").read_text()
+    assert str(tmp_path / "out" / "split1" / "train-sta-flow" / "best.pth") in manifest
+
+    config.write_text(config.read_text().replace('teacher = "sta-flow"', 'teacher = "flow"'))
+    with pytest.raises(InputError, match="distil from the flow stream"):
+        run(load_plan(config, tmp_path / "other"), log=lambda message: None, progress=False)
+    assert not (tmp_path / "other" / "split1").exists()

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import REPO, TINY_TRAIN
 from flow.errors import InputError
-from pipelines.evaluate import EvaluateConfig, evaluate
-from pipelines.scores import load_scores
-from pipelines.splits import load_split
+from pipelines.stages.evaluate import EvaluateConfig, evaluate
+from pipelines.scoring.scores import load_scores
+from pipelines.data.splits import load_split
 
 NO_TVL1 = '''\
 """Started by Python before anything else: any TV-L1 solver created in this process fails loudly."""
@@ -34,7 +34,7 @@ cv2.optflow.DualTVL1OpticalFlow_create = _refuse
 @pytest.fixture(scope="module")
 def mars_checkpoint(synth_store, flow_teacher, tmp_path_factory) -> Path:
     """A tiny MARS student distilled from the shared Flow teacher for one epoch."""
-    from pipelines.train import TrainConfig, TrainPaths, train
+    from pipelines.stages.train import TrainConfig, TrainPaths, train
 
     config = TrainConfig(**{**TINY_TRAIN, "stream": "mars", "epochs": 1, "alpha": 10.0, "mse_normalize": True})
     summary = train(config, TrainPaths(store=synth_store.store, out=tmp_path_factory.mktemp("mars"),
@@ -148,7 +148,7 @@ def parse_tables(stdout: str) -> dict[str, list[tuple[str, float]]]:
 def test_checkpoints_of_other_classes_are_not_fused(mars_checkpoint, tmp_path):
     import torch
 
-    from pipelines.predict import load_streams
+    from pipelines.stages.predict import load_streams
 
     payload = torch.load(mars_checkpoint, weights_only=True)
     payload["classes"] = list(reversed(payload["classes"]))

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import REPO, run_cli, tiny_train_toml
 from flow.errors import InputError
-from pipelines.attention import upsample_weights
-from pipelines.flow_colors import color_wheel, flow_to_rgb
-from pipelines.run_folder import open_run_folder, read_metrics
+from pipelines.inference.attention import upsample_weights
+from pipelines.report.flow_colors import color_wheel, flow_to_rgb
+from pipelines.report.run_folder import open_run_folder, read_metrics
 
 INSTALL = "pip install 'mars-sta[report]'"
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flow.errors import InputError
-from pipelines.scores import load_scores, save_scores
+from pipelines.scoring.scores import load_scores, save_scores
 
 CLASSES = ["Biking", "Diving", "Fencing"]
 IDS = ["Biking/v_1", "Diving/v_2", "Fencing/v_3", "Biking/v_4"]

@@ -16,7 +16,7 @@ from conftest import REPO, run_cli
 from flow import FlowStore
 from flow.errors import InputError
 from mars_sta import CheckpointError, build_model, load_pretrained
-from pipelines.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
 
 PRODUCT = [path for folder in ("mars_sta", "flow", "pipelines", "cli", "benchmarks")
            for path in sorted((REPO / folder).rglob("*.py"))]
@@ -38,8 +38,7 @@ def _keyword(call: ast.Call, name: str):
 def test_the_scan_sees_the_product():
     assert len(PRODUCT) > 40
     loads = [f"{path.name}:{call.lineno}" for path in PRODUCT for call, name in _calls(path) if name == "torch.load"]
-    assert any(item.startswith("pretrained.py") for item in loads)
-    assert any(item.startswith("checkpoint.py") for item in loads)
+    assert [item.split(":")[0] for item in loads] == ["pretrained.py"]  # the one reader of checkpoint files
 
 
 def test_every_checkpoint_load_is_weights_only_and_nothing_else_unpickles():
@@ -92,7 +91,7 @@ def test_a_crafted_checkpoint_runs_code_when_unpickled_but_not_when_loaded_here(
     crafted = _crafted(tmp_path / "crafted.pth", marker)
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         load_pretrained(build_model("tiny_resnet", num_classes=4), crafted)
-    with pytest.raises(InputError, match="refused to load"):
+    with pytest.raises(InputError, match="refused to unpickle"):
         load_checkpoint(crafted)
     assert not marker.exists()
 
@@ -120,3 +119,19 @@ def test_a_video_list_naming_videos_outside_its_folder_writes_only_inside_the_st
     assert ".." not in video_id.split("/") and FlowStore(store).video_ids() == [video_id]
     assert [p for p in store.rglob("*.h5")] == [store / "videos" / f"{video_id}.h5"]
     assert sorted(synth_store.videos.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_checkpoint_is_one_line_for_every_reader(tmp_path, damage):
+    model = build_model("tiny_resnet", num_classes=4)
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"arch": model.arch, "model_kwargs": model.build_kwargs, "stream": "rgb",
+                           "classes": ["a", "b", "c", "d"], "state_dict": model.state_dict()})
+    path.write_bytes(b"" if damage == "empty" else path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError) as stage_error:
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError) as model_error:
+        load_pretrained(model, path)
+    for error in (stage_error.value, model_error.value):
+        assert str(error).startswith(f"{path}: not a readable checkpoint (truncated or corrupt")
+        assert "\n" not in str(error)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flow.errors import InputError
-from pipelines.splits import load_split, val_subset
+from pipelines.data.splits import load_split, val_subset
 
 UCF_CLASSES = ["ApplyEyeMakeup", "Biking", "YoYo"]
 
@@ -216,3 +216,35 @@ def test_val_subset_fraction_zero_and_bounds():
     assert Counter(label for _, label in rest) == {0: 1, 1: 1}
     with pytest.raises(ValueError):
         val_subset(train, 1.0)
+
+
+def _ucf_style_train_list(classes: int = 4, groups: int = 7, clips: int = 4) -> list[tuple[str, int]]:
+    return [(f"C{label}/v_C{label}_g{group:02d}_c{clip:02d}", label)
+            for label in range(classes) for group in range(1, groups + 1) for clip in range(1, clips + 1)]
+
+
+def test_ucf101_validation_holds_out_whole_groups_per_class():
+    from pipelines.data.splits import hold_out_validation, video_group
+
+    train = _ucf_style_train_list()
+    held = hold_out_validation(train, 0.2, seed=5)
+    assert held.method == "groups"
+    train_groups = {(label, video_group(video)) for video, label in held.train}
+    val_groups = {(label, video_group(video)) for video, label in held.val}
+    assert val_groups and not train_groups & val_groups
+    assert {label for _, label in held.val} == {label for _, label in held.train} == set(range(4))
+    assert 0.1 < len(held.val) / len(train) < 0.35
+    assert sorted(hold_out_validation(list(reversed(train)), 0.2, seed=5).val) == sorted(held.val)
+    assert hold_out_validation(train, 0.2, seed=6).val != held.val
+
+
+def test_validation_without_groups_falls_back_to_class_stratification():
+    from pipelines.data.splits import hold_out_validation
+
+    train = [(f"c{label}/clip_{i:03d}", label) for label in range(3) for i in range(10)]
+    held = hold_out_validation(train, 0.1, seed=1)
+    assert held.method == "class-stratified"
+    assert (held.train, held.val) == val_subset(train, 0.1, seed=1)
+    mixed = _ucf_style_train_list(classes=2) + [("C9/other_name", 1)]
+    assert hold_out_validation(mixed, 0.1).method == "class-stratified"
+    assert hold_out_validation(train, 0.0).method == "none"

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.splits import load_split
-from pipelines.synth import ALL_CLASSES, SynthConfig, generate, mirror_label, mirror_maps, render_clip
+from pipelines.data.splits import load_split
+from pipelines.data.synth import ALL_CLASSES, SynthConfig, generate, mirror_label, mirror_maps, render_clip
 
 SMALL = SynthConfig(classes=4, videos_per_class=8, frames=9, size=32, seed=5)
 

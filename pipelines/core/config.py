@@ -1,0 +1,146 @@
+"""One config object per stage: a dataclass with documented defaults, loaded from TOML and overridden by CLI options.
+
+Validation happens here, at the boundary: an unknown key or a value of the wrong type in a TOML file is reported as
+one line naming the file and the key; choices (``Literal`` fields) and ranges are checked by each config's
+``__post_init__``, so the stages themselves never re-check.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from flow.errors import InputError
+
+ConfigT = TypeVar("ConfigT")
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file, reporting a missing file or a syntax error as one line."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise InputError(path, "config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"not valid TOML ({exc})") from None
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    """The runtime types a field annotation admits (``int | None`` -> (int, NoneType))."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return tuple({type(choice) for choice in typing.get_args(annotation)})
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(annotation) for t in _allowed_types(arg))
+    if origin is not None:
+        return (origin,)
+    if annotation is float:
+        return (float, int)
+    if annotation is None or annotation is type(None):
+        return (type(None),)
+    return (annotation,)
+
+
+def _check_value(cls: type, field: dataclasses.Field, value: Any, source: str | Path | None) -> Any:
+    hints = typing.get_type_hints(cls)
+    allowed = _allowed_types(hints[field.name])
+    if isinstance(value, list) and tuple in allowed:  # TOML has arrays, configs keep fixed pairs as tuples
+        value = tuple(value)
+    if isinstance(value, bool) and bool not in allowed:
+        ok = False
+    else:
+        ok = isinstance(value, allowed)
+    if not ok:
+        names = " or ".join(sorted({t.__name__.replace("NoneType", "none") for t in allowed}))
+        raise InputError(source, f"'{field.name}' must be {names}, got {type(value).__name__} {value!r}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _choices(annotation: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` annotation admits (``Literal["a", "b"] | None`` -> ("a", "b", None)); () if any."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        nested = [_choices(arg) if arg is not type(None) else (None,) for arg in typing.get_args(annotation)]
+        return () if any(not choices for choices in nested) else tuple(c for choices in nested for c in choices)
+    return ()
+
+
+def check_choices(config: Any) -> None:
+    """Refuse a value outside its ``Literal`` field's choices; config dataclasses call it from ``__post_init__``,
+    so a config made in Python is checked as one read from TOML is."""
+    hints = typing.get_type_hints(type(config))
+    check_one_of(**{field.name: (getattr(config, field.name), _choices(hints[field.name]))
+                    for field in dataclasses.fields(config) if _choices(hints[field.name])})
+
+
+def check_one_of(**values: tuple[Any, tuple[Any, ...]]) -> None:
+    """Refuse ``name=(value, choices)`` pairs whose value is not among the choices."""
+    for name, (value, choices) in values.items():
+        if value not in choices:
+            raise InputError(None, f"{name} {value!r}: expected one of {', '.join(str(c) for c in choices)}")
+
+
+def check_at_least(**values: tuple[float, float]) -> None:
+    """Refuse ``name=(value, minimum)`` pairs whose value lies below the minimum."""
+    for name, (value, minimum) in values.items():
+        if value < minimum:
+            raise InputError(None, f"{name} must be at least {minimum}, got {value}")
+
+
+def build_config(
+    cls: type[ConfigT],
+    values: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    source: str | Path | None = None,
+) -> ConfigT:
+    """Make ``cls`` from TOML ``values`` then ``overrides`` (CLI options; ``None`` means "not given").
+
+    Keys may use dashes or underscores. Unknown keys and wrong types raise InputError naming ``source``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for origin, mapping in ((source, values or {}), ("option", overrides or {})):
+        for key, value in mapping.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                raise InputError(origin, f"unknown key '{key}' (known: {known})")
+            if value is None and origin == "option":
+                continue
+            merged[name] = _check_value(cls, fields[name], value, origin)
+    try:
+        return cls(**merged)
+    except InputError as exc:  # the dataclass's own checks: name the file they came from
+        raise InputError(exc.path or source, exc.problem) from None
+    except ValueError as exc:
+        raise InputError(source, str(exc)) from None
+
+
+def load_config(
+    cls: type[ConfigT],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    table: str | None = None,
+) -> ConfigT:
+    """Load ``cls`` from a TOML file (optionally one of its tables), then apply CLI overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_toml(path)
+        if table is not None:
+            values = values.get(table, {})
+            if not isinstance(values, dict):
+                raise InputError(path, f"[{table}] must be a table")
+    return build_config(cls, values, overrides, source=path)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass, for manifests and checkpoints."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,94 @@
+"""PyTorch's own distributed engine, as torchrun starts it: process group, batch plan, reductions, rank-0 IO.
+
+One process without torchrun is simply world size 1: the same code path, no process group. The batch plan is
+what makes a 2-process run comparable with one process: an epoch's permutation depends only on (seed, epoch), is
+cut into global steps, and each step into ``parts = world_size × accumulate`` micro-batches. Rank r trains on
+parts r·accumulate … (r+1)·accumulate − 1 of every step, so one process with ``accumulate = 2`` sees exactly the
+micro-batches that two processes see.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from flow.errors import InputError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes checkpoints, logs and reports."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def rank_device(device: torch.device, context: DistContext) -> torch.device:
+    """Each process of a node takes its own GPU (``LOCAL_RANK``); CPU processes share the CPU."""
+    if device.type == "cuda" and context.active:
+        if context.local_rank >= torch.cuda.device_count():
+            raise InputError(None, f"LOCAL_RANK {context.local_rank} but only {torch.cuda.device_count()} GPU(s)")
+        torch.cuda.set_device(context.local_rank)
+        return torch.device("cuda", context.local_rank)
+    return device
+
+
+def batch_plan(size: int, batch_size: int, parts: int, seed: int, epoch: int) -> list[list[list[int]]]:
+    """Steps × parts × indices for one epoch: a (seed, epoch) permutation cut into full steps (the rest dropped,
+    as MARS's ``drop_last``); a dataset smaller than one step gives one step shared round-robin."""
+    if size < parts:
+        raise InputError(None, f"{size} training videos cannot feed {parts} micro-batches per step "
+                               "(processes × accumulate)")
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(size, generator=generator).tolist()
+    per_step = batch_size * parts
+    if size < per_step:
+        return [[order[p::parts] for p in range(parts)]]
+    return [[order[s * per_step + p * batch_size:s * per_step + (p + 1) * batch_size] for p in range(parts)]
+            for s in range(size // per_step)]
+
+
+def all_reduce_sum(values: list[float], context: DistContext, device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (metrics), a no-op in one process."""
+    if not context.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def gather_objects(value: Any, context: DistContext) -> list[Any]:
+    """Every rank's ``value``, in rank order (used to gather sharded evaluation)."""
+    if not context.active:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier(context: DistContext) -> None:
+    if context.active:
+        dist.barrier()

@@ -1,0 +1,280 @@
+"""Temporal annotations as users download them: a THUMOS'14 folder or an ActivityNet-style JSON, in one structure.
+
+THUMOS'14 ships one ``<Class>_<subset>.txt`` per class (lines ``video start end``, seconds, one or more spaces)
+and ``Ambiguous_<subset>.txt`` for stretches that are neither action nor background; ActivityNet puts everything
+in ``{"database": {video: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``. Both are read
+into :class:`Annotations`, checked line by line, so that a bad entry stops the command before any work with one
+line naming the file and the line (or, in a JSON, the entry).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from flow.errors import InputError
+
+AMBIGUOUS = "Ambiguous"
+# Subset names of the two formats: THUMOS'14 file suffixes and ActivityNet's "subset" values.
+SUBSET_ALIASES = {"test": "testing", "val": "validation", "train": "training"}
+CLASS_LIST_FILE = "detclasslist.txt"  # the THUMOS'14 toolkit's "<id> <Class>" list, used when present
+# A segment may end this far past the video (seconds): annotation times are rounded to 0.1 s, frame counts are not.
+DURATION_SLACK_S = 0.1
+_FILE_PATTERN = re.compile(r"^(?P<label>.+)_(?P<subset>val|test|train|validation|testing|training)\.txt$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One annotated instance, in seconds; ``where`` names its file and line for error messages."""
+
+    start: float
+    end: float
+    label: str
+    where: str
+
+
+@dataclass
+class VideoAnnotation:
+    """Every instance of one video (ambiguous stretches apart), and its duration in seconds when the source has it."""
+
+    subset: str
+    duration: float | None = None
+    segments: list[Segment] = field(default_factory=list)
+    ambiguous: list[Segment] = field(default_factory=list)
+
+
+@dataclass
+class Annotations:
+    """The ground truth of one subset: class list, videos and their segments, ambiguous stretches."""
+
+    source: Path
+    subset: str
+    classes: list[str]
+    videos: dict[str, VideoAnnotation]
+
+    def ground_truth(self, label: str) -> dict[str, np.ndarray]:
+        """Segments of ``label`` per video as float64 (n, 2) [start, end] arrays; videos without any are left out."""
+        per_video = {}
+        for video, entry in self.videos.items():
+            rows = [(s.start, s.end) for s in entry.segments if s.label == label]
+            if rows:
+                per_video[video] = np.asarray(rows, np.float64)
+        return per_video
+
+    def ambiguous(self) -> dict[str, np.ndarray]:
+        """Ambiguous stretches per video as (n, 2) arrays."""
+        return {video: np.asarray([(s.start, s.end) for s in entry.ambiguous], np.float64)
+                for video, entry in self.videos.items() if entry.ambiguous}
+
+    def in_frames(self, video: str, fps: float) -> list[tuple[int, int, int]]:
+        """``(first, stop, class index)`` per segment of ``video``: frames ``first:stop`` at ``fps``."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [(int(math.floor(s.start * fps)), max(int(math.ceil(s.end * fps)), int(math.floor(s.start * fps)) + 1),
+                 index[s.label]) for s in self.videos[video].segments]
+
+    def check_videos(self, store) -> None:
+        """Every video must be in ``store`` (a :class:`flow.store.FlowStore`) and every segment within its length.
+
+        The length is the store's frame count at the fps it recorded, so seconds and frames agree.
+        """
+        for video, entry in self.videos.items():
+            first = (entry.segments + entry.ambiguous)[0].where if entry.segments or entry.ambiguous else None
+            if video not in store:
+                raise _error(first or str(self.source), f"video {video!r} is not in the store {store.root}")
+            fps = float(store.attrs(video)["fps"])
+            if fps > 0:
+                _check_within(entry, store.num_frames(video) / fps)
+
+
+def read_annotations(path: str | os.PathLike, subset: str = "test",
+                     classes: Sequence[str] | None = None) -> Annotations:
+    """Read a THUMOS'14 annotation folder or an ActivityNet-style JSON file, keeping the videos of ``subset``.
+
+    Args:
+        path: a folder of ``<Class>_<subset>.txt`` files, or a ``.json`` file.
+        subset: ``test``, ``val`` or ``train`` (ActivityNet's ``testing``, ``validation``, ``training`` match too).
+        classes: the classes the labels must come from; by default the file's own class list.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise InputError(source, "annotations not found")
+    if source.is_dir():
+        return _read_thumos_folder(source, subset, classes)
+    return _read_activitynet_json(source, subset, classes)
+
+
+def subset_matches(wanted: str, given: str) -> bool:
+    """``test`` matches ``test`` and ``testing``, and so on for val and train."""
+    return given in (wanted, SUBSET_ALIASES.get(wanted, wanted))
+
+
+def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
+    """The whole JSON document and its ``key`` object, keyed by video; one-line errors for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        table = data[key]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a JSON file ({exc})") from None
+    except (KeyError, TypeError):
+        raise InputError(path, f"has no '{key}' object (expected ActivityNet's {what} format)") from None
+    if not isinstance(table, dict):
+        raise InputError(path, f"'{key}' must map video ids to their {what}s")
+    return data, table
+
+
+# ---------------------------------------------------------------- THUMOS'14 folder
+
+
+def _read_thumos_folder(folder: Path, subset: str, classes: Sequence[str] | None) -> Annotations:
+    files = _class_files(folder)
+    file_classes = sorted({label for label, _ in files} - {AMBIGUOUS})
+    known = list(classes) if classes is not None else _class_list(folder) or file_classes
+    for label, name in sorted(files):
+        if label != AMBIGUOUS and label not in known:
+            raise InputError(folder / files[label, name], f"unknown class {label!r} (known: {', '.join(known)})")
+    wanted = [(label, name) for label, name in files if subset_matches(subset, name)]
+    if not wanted:
+        raise InputError(folder, f"no '<Class>_{subset}.txt' annotation files")
+    videos: dict[str, VideoAnnotation] = {}
+    for label, name in sorted(wanted):
+        for video, segment in _read_thumos_file(folder / files[label, name], label):
+            entry = videos.setdefault(video, VideoAnnotation(subset=subset))
+            (entry.ambiguous if label == AMBIGUOUS else entry.segments).append(segment)
+    return Annotations(source=folder, subset=subset, classes=known, videos=videos)
+
+
+def _class_files(folder: Path) -> dict[tuple[str, str], str]:
+    """(class, subset) -> file name for every ``<Class>_<subset>.txt`` in the folder."""
+    found = {}
+    for path in folder.iterdir():
+        match = _FILE_PATTERN.match(path.name)
+        if match and path.is_file():
+            found[match["label"], match["subset"]] = path.name
+    return found
+
+
+def _class_list(folder: Path) -> list[str]:
+    """The toolkit's ``detclasslist.txt`` (``<id> <Class>`` lines) when the folder has one."""
+    path = folder / CLASS_LIST_FILE
+    if not path.is_file():
+        return []
+    names = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        fields = line.split()
+        if fields and (len(fields) != 2 or not fields[0].isdigit()):
+            raise InputError(path, f"line {number}: expected '<id> <Class>', got {line.strip()!r}")
+        if fields:
+            names.append(fields[1])
+    return names
+
+
+def _read_thumos_file(path: Path, label: str) -> list[tuple[str, Segment]]:
+    """The ``video start end`` lines of one class file; blank lines, CRLF and a BOM are tolerated."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}: line {number}"
+        if len(fields) != 3:
+            raise _error(where, f"expected 'video start end', got {line.strip()!r}")
+        start, end = _seconds(fields[1], where), _seconds(fields[2], where)
+        rows.append((fields[0], _segment(start, end, label, where)))
+    return rows
+
+
+# ---------------------------------------------------------------- ActivityNet-style JSON
+
+
+def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | None) -> Annotations:
+    data, database = read_json_table(path, "database", "annotation")
+    known = list(classes) if classes is not None else _json_classes(path, data, database)
+    videos = {}
+    for video, entry in database.items():
+        where = f"{path}: video {video!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("annotations", []), list):
+            raise _error(where, "expected {'subset', 'duration', 'annotations': [...]}")
+        if subset_matches(subset, str(entry.get("subset", ""))):
+            videos[video] = _read_json_video(entry, subset, known, where)
+    if not videos:
+        raise InputError(path, f"no video of subset {subset!r}")
+    return Annotations(source=path, subset=subset, classes=known, videos=videos)
+
+
+def _json_classes(path: Path, data: dict, database: dict) -> list[str]:
+    """The leaves of ActivityNet's ``taxonomy`` when the file has one, else every label the file uses."""
+    taxonomy = data.get("taxonomy")
+    if isinstance(taxonomy, list) and taxonomy:
+        try:
+            parents = {node["parentName"] for node in taxonomy}
+            return [node["nodeName"] for node in taxonomy if node["nodeName"] not in parents]
+        except (KeyError, TypeError):
+            raise InputError(path, "'taxonomy' entries need 'nodeName' and 'parentName'") from None
+    labels = {item.get("label") for entry in database.values() if isinstance(entry, dict)
+              for item in entry.get("annotations", []) if isinstance(item, dict)}
+    return sorted(str(label) for label in labels - {AMBIGUOUS, None})
+
+
+def _read_json_video(entry: dict, subset: str, known: list[str], where: str) -> VideoAnnotation:
+    duration = entry.get("duration")
+    if duration is not None and not _is_number(duration):
+        raise _error(where, f"duration {duration!r} is not a number")
+    video = VideoAnnotation(subset=subset, duration=None if duration is None else float(duration))
+    for number, item in enumerate(entry.get("annotations", [])):
+        at = f"{where}, annotation {number}"
+        segment = item.get("segment") if isinstance(item, dict) else None
+        label = item.get("label") if isinstance(item, dict) else None
+        if not isinstance(segment, list) or len(segment) != 2 or not all(map(_is_number, segment)) \
+                or not isinstance(label, str):
+            raise _error(at, f"expected {{'segment': [start, end], 'label': name}}, got {json.dumps(item)[:80]}")
+        if label != AMBIGUOUS and label not in known:
+            raise _error(at, f"unknown class {label!r}")
+        parsed = _segment(float(segment[0]), float(segment[1]), label, at)
+        (video.ambiguous if label == AMBIGUOUS else video.segments).append(parsed)
+    if video.duration is not None:
+        _check_within(video, video.duration)
+    return video
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _segment(start: float, end: float, label: str, where: str) -> Segment:
+    if start < 0:
+        raise _error(where, f"start {start:g} s is negative")
+    if not end > start:
+        raise _error(where, f"end {end:g} s is not after start {start:g} s")
+    return Segment(start, end, label, where)
+
+
+def _check_within(video: VideoAnnotation, duration: float) -> None:
+    for segment in video.segments + video.ambiguous:
+        if segment.end > duration + DURATION_SLACK_S:
+            raise _error(segment.where, f"segment {segment.start:g}-{segment.end:g} s ends after the video "
+                                        f"({duration:.2f} s)")
+
+
+def _seconds(text: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _error(where, f"{text!r} is not a time in seconds") from None
+    if not math.isfinite(value):
+        raise _error(where, f"{text!r} is not a time in seconds")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _error(where: str, problem: str) -> InputError:
+    """An InputError whose one line reads ``<file>: line N: problem`` (``where`` holds the file and the line)."""
+    path, _, place = where.partition(": ")
+    return InputError(path, f"{place}: {problem}" if place else problem)

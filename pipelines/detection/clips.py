@@ -1,0 +1,70 @@
+"""Fixed-length clips of sliding windows, read from the flow store by frame range and normalised as for training.
+
+A window of any length becomes ``frames`` grid indices spread over it (S-CNN's sampling); RGB frame k and flow k
+share grid position k. Frames larger than ``size`` are centre-cropped to a square and resized.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from flow.errors import InputError
+from flow.store import FlowStore
+from pipelines.data.clips import Normalization
+from pipelines.detection.windows import clip_indices
+
+
+def fps_of(store: FlowStore, video: str) -> float:
+    """The frame rate the store records for ``video``: seconds in annotations become frames with it."""
+    fps = float(store.attrs(video).get("fps") or 0.0)
+    if not fps > 0:
+        raise InputError(store.path_of(video), "records no frame rate, so annotation times cannot become frames "
+                                               "(extract it with --fps)")
+    return fps
+
+
+class WindowClips:
+    """Clips (C, T, size, size) float32 of windows of the store's videos, for one stream (``rgb`` or ``flow``)."""
+
+    def __init__(self, store: FlowStore, stream: str, frames: int, size: int, normalization: str,
+                 cache_videos: bool = True) -> None:
+        self.store, self.stream, self.frames, self.size = store, stream, frames, size
+        self.normalization = Normalization.named(normalization, store.bound)
+        self.cache_videos = cache_videos
+        self._cache: dict[str, np.ndarray] = {}
+
+    def clip(self, video: str, start: int, stop: int) -> torch.Tensor:
+        indices = clip_indices(int(start), int(stop), self.frames)
+        if self.cache_videos:
+            data = self._whole(video)[indices]
+        else:
+            data = self._range(video, int(indices[0]), int(indices[-1]) + 1)[indices - indices[0]]
+        return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
+
+    def _whole(self, video: str) -> np.ndarray:
+        if video not in self._cache:
+            self._cache[video] = self._range(video, 0, self.store.num_frames(video) - 1)
+        return self._cache[video]
+
+    def _range(self, video: str, first: int, stop: int) -> np.ndarray:
+        """Grid positions ``first:stop`` normalised, (n, size, size, C) float32."""
+        norm = self.normalization
+        if self.stream == "rgb":
+            raw = self.store.frames(video, first, stop).astype(np.float32)
+            data = (raw - np.float32(norm.rgb_mean)) * norm.rgb_scale
+        else:
+            data = (self.store.flow_codes(video, first, stop).astype(np.float32) - norm.flow_center) * norm.flow_scale
+        return _fit(data, self.size)
+
+
+def _fit(frames: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resized to ``size`` when the frames are not already that size."""
+    height, width = frames.shape[1:3]
+    if height == width == size:
+        return frames
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    cropped = frames[:, top:top + side, left:left + side]
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in cropped]).reshape(
+        len(frames), size, size, frames.shape[3])

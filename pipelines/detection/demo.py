@@ -1,0 +1,100 @@
+"""``mars-sta demo --task detection``: untrimmed synthetic data -> extract -> S-CNN and STA-S-CNN -> detect -> mAP.
+
+Layout under ``--out``: ``data/`` (videos, the THUMOS'14 folder ``data/annotations/`` and ``data/annotations.json``),
+``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``), ``detection/report.json``:
+``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``, and ``detection/report.md`` / ``.html``.
+STA-S-CNN reuses S-CNN's proposal network (the paper inserts STA into the localization network only), so the two
+differ only where STA is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flow.extract import ExtractConfig, extract_flow
+from pipelines.core.config import build_config, read_toml
+from pipelines.detection.annotations import read_annotations
+from pipelines.detection.detect import DetectConfig, detect
+from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, format_table, read_detections
+from pipelines.detection.report import write_detection_report
+from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from flow.atomic import write_json_atomic
+
+DEMO_CONFIG = "detection-demo.toml"
+MODELS = ("s-cnn", "sta-s-cnn")
+
+
+def detection_demo_config() -> Path:
+    """``configs/detection-demo.toml`` of a source checkout, or the copy installed with the package's data files."""
+    for candidate in (Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG,
+                      Path(sys.prefix) / "share" / "mars-sta" / "configs" / DEMO_CONFIG):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{DEMO_CONFIG} not found beside the package; pass --config")
+
+
+def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole detection pipeline into ``out``; returns the report written to ``out/detection/report.json``.
+
+    Args:
+        out: the demo folder.
+        seed: seed of the synthetic data and of training.
+        config_path: another demo TOML (default ``configs/detection-demo.toml``).
+        log: where progress lines go.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    config_path = Path(config_path) if config_path else detection_demo_config()
+    tables = read_toml(config_path)
+    synth = build_config(UntrimmedConfig, tables.get("synth", {}), {"seed": seed}, source=config_path)
+    extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+    detection = tables.get("detection", {})
+    train = build_config(DetectorConfig, detection.get("train", {}), {"seed": seed}, source=config_path)
+    test = build_config(DetectConfig, detection.get("detect", {}), source=config_path)
+
+    if not (out / "data" / "synth.json").exists():
+        generate_untrimmed(out / "data", synth)
+    summary = extract_flow(extract, out / "data" / "videos", out / "store", progress=False)
+    log(f"data: {summary.extracted + summary.skipped} untrimmed videos in {out / 'store'} "
+        f"({time.perf_counter() - started:.0f} s)")
+    truth = {subset: read_annotations(out / "data" / "annotations.json", subset) for subset in ("val", "test")}
+    rows = []
+    for model in MODELS:
+        folder = out / "detection" / model
+        config = train if model == "sta-s-cnn" else dataclasses.replace(train, sta=None)
+        _share_proposal(out / "detection" / MODELS[0], folder)
+        train_detector(config, out / "store", truth["val"], folder, log=log, progress=False)
+        detect(folder, out / "store", sorted(truth["test"].videos), folder / "detections.json", test, log=log,
+               progress=False)
+        result = evaluate_detections(read_detections(folder / "detections.json"), truth["test"], DEFAULT_TIOU)
+        log(f"{model}:\n{format_table(result)}")
+        rows.append({"model": model, "mAP": result.mAP, "per_class": result.per_class})
+    report = {"tiou": list(DEFAULT_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
+              "seconds": round(time.perf_counter() - started, 1)}
+    write_json_atomic(out / "detection" / "report.json", report)
+    pages = write_detection_report(out)
+    log(format_rows(report))
+    log(f"report: {', '.join(map(str, pages))}" + ("" if len(pages) > 1 else " (no matplotlib: no HTML figures)"))
+    return report
+
+
+def format_rows(report: dict[str, Any]) -> str:
+    """The Table VI-style summary: mAP (%) per model and tIoU."""
+    header = "model      " + "  ".join(f"{t:>5.1f}" for t in report["tiou"])
+    lines = [f"{row['model']:<10} " + "  ".join(f"{100 * v:5.1f}" for v in row["mAP"]) for row in report["rows"]]
+    return "\n".join(["mAP (%) at tIoU", header, *lines, f"({report['seconds']:.0f} s)"])
+
+
+def _share_proposal(source: Path, target: Path) -> None:
+    """Give STA-S-CNN the proposal network S-CNN trained (its resume key ignores ``sta``, so it is kept as is)."""
+    if source == target or (target / "proposal.pth").exists() or not (source / "proposal.pth").exists():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "proposal.pth", target / "proposal.pth")

@@ -1,0 +1,238 @@
+"""Detection mAP as the two reference evaluators compute it: ActivityNet's eval_detection.py and THUMOS'14's toolkit.
+
+Written here rather than taken from scikit-learn: ``average_precision_score`` knows neither the temporal matching
+nor these two AP rules (VOC all-point interpolation; THUMOS'14's sum of precision at each hit over the ground truth).
+
+Both protocols, per class and tIoU threshold:
+
+* ``activitynet``: predictions in decreasing score (a stable sort: ties keep the results file's order); each tries
+  the ground truth of its video in decreasing tIoU, skips ground truth already taken, and is a true positive at the
+  first free one with tIoU >= threshold, else a false positive (as are predictions in videos without ground truth
+  of the class). AP is the all-point interpolated area under the monotone precision envelope.
+* ``thumos14`` (``TH14evalDet.m`` of the THUMOS'14 evaluation kit, as S-CNN ships it): per video, the ground truth
+  in file order each takes the highest-overlap detection still free, if tIoU > threshold (strict); unmatched
+  detections that overlap an ``Ambiguous`` stretch at all are dropped instead of counted false; AP is the sum of
+  precision at each true positive divided by the number of ground-truth instances (no interpolation).
+
+In both, a class without predictions scores 0 and mAP is the mean over the classes that have ground truth.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from flow.errors import InputError
+from pipelines.detection.annotations import Annotations, read_annotations, read_json_table
+
+PROTOCOLS = ("activitynet", "thumos14")
+DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class Predictions:
+    """Predictions of one class over all videos, in the results file's order."""
+
+    videos: list[str] = field(default_factory=list)
+    segments: list[tuple[float, float]] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, video: str, start: float, end: float, score: float) -> None:
+        self.videos.append(video)
+        self.segments.append((start, end))
+        self.scores.append(score)
+
+
+@dataclass
+class DetectionResult:
+    """AP per class and threshold, mAP per threshold, and the precision-recall points behind each AP."""
+
+    tiou: list[float]
+    mAP: list[float]
+    per_class: dict[str, list[float]]
+    curves: dict[str, list[tuple[list[float], list[float]]]]  # class -> per threshold (recall, precision)
+
+    def to_json(self) -> dict:
+        return {"tiou": self.tiou, "mAP": self.mAP, "per_class": self.per_class}
+
+
+def segment_tiou(segment: Sequence[float], candidates: np.ndarray) -> np.ndarray:
+    """tIoU of one [start, end] with each row of ``candidates`` (n, 2): |intersection| / |union|."""
+    candidates = np.asarray(candidates, np.float64).reshape(-1, 2)
+    inter = (np.minimum(segment[1], candidates[:, 1]) - np.maximum(segment[0], candidates[:, 0])).clip(0)
+    union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
+    return inter / union
+
+
+def read_detections(path: str | os.PathLike) -> dict[str, Predictions]:
+    """An ActivityNet results file, ``{"results": {video: [{"label", "score", "segment"}]}}``, grouped by class."""
+    path = Path(path)
+    results = read_json_table(path, "results", "result")[1]
+    by_class: dict[str, Predictions] = {}
+    for video, items in results.items():
+        for number, item in enumerate(items if isinstance(items, list) else [None]):
+            label, score, segment = _detection_fields(item)
+            if label is None:
+                raise InputError(path, f"video {video!r}, detection {number}: expected "
+                                       f"{{'label', 'score', 'segment': [start, end]}}, got {json.dumps(item)[:80]}")
+            by_class.setdefault(label, Predictions()).add(video, segment[0], segment[1], score)
+    return by_class
+
+
+def evaluate_detections(predictions: dict[str, Predictions], annotations: Annotations,
+                        tiou: Sequence[float] = DEFAULT_TIOU, protocol: str = "activitynet") -> DetectionResult:
+    """AP of every class with ground truth at every threshold, and their mean, under ``protocol``.
+
+    Args:
+        predictions: per class, as :func:`read_detections` returns; classes without ground truth are ignored.
+        annotations: the ground truth of the subset evaluated.
+        tiou: tIoU thresholds.
+        protocol: ``activitynet`` or ``thumos14``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+    thresholds = [float(t) for t in tiou]
+    ambiguous = annotations.ambiguous()
+    per_class, curves = {}, {}
+    for label in annotations.classes:
+        truth = annotations.ground_truth(label)
+        if not truth:
+            continue
+        ranked = _ranked(predictions.get(label, Predictions()), protocol == "thumos14")
+        outcomes = []
+        for threshold in thresholds:
+            if protocol == "activitynet":
+                outcomes.append(_activitynet_outcome(ranked, truth, threshold))
+            else:
+                outcomes.append(_thumos14_outcome(ranked, truth, ambiguous, threshold))
+        npos = sum(len(rows) for rows in truth.values())
+        rule = _interpolated_ap if protocol == "activitynet" else _thumos14_ap
+        per_class[label] = [rule(hits, npos)[0] for hits in outcomes]
+        curves[label] = [rule(hits, npos)[1:] for hits in outcomes]
+    mean = np.mean(list(per_class.values()), axis=0) if per_class else np.zeros(len(thresholds))
+    return DetectionResult(tiou=thresholds, mAP=[float(v) for v in mean], per_class=per_class, curves=curves)
+
+
+def evaluate_file(detections: str | os.PathLike, annotations: str | os.PathLike, subset: str = "test",
+                  tiou: Sequence[float] = DEFAULT_TIOU, protocol: str = "activitynet") -> DetectionResult:
+    """Read both files (checked before any scoring) and evaluate; what ``eval-detection`` runs."""
+    truth = read_annotations(annotations, subset)
+    return evaluate_detections(read_detections(detections), truth, tiou, protocol)
+
+
+def format_table(result: DetectionResult) -> str:
+    """Per-class AP and mAP in percent, one column per tIoU threshold."""
+    width = max([len("mAP"), *map(len, result.per_class)])
+    header = f"{'class':<{width}}  " + "  ".join(f"{t:>6.2f}" for t in result.tiou)
+    rows = [f"{label:<{width}}  " + "  ".join(f"{100 * ap:6.1f}" for ap in aps)
+            for label, aps in result.per_class.items()]
+    mean = f"{'mAP':<{width}}  " + "  ".join(f"{100 * m:6.1f}" for m in result.mAP)
+    rule = "-" * len(header)
+    return "\n".join([f"{'':<{width}}  AP (%) at tIoU", header, rule, *rows, rule, mean])
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _ranked(predictions: Predictions, video_order: bool = False) -> tuple[list[str], np.ndarray]:
+    """Videos and segments in decreasing score; equal scores keep the file order.
+
+    With ``video_order``, equal scores go by video name first, as the THUMOS'14 toolkit collects them.
+    """
+    scores = -np.asarray(predictions.scores, np.float64)
+    names = np.unique(predictions.videos, return_inverse=True)[1] if video_order else np.zeros(scores.size)
+    order = np.lexsort((np.arange(scores.size), names, scores))
+    segments = np.asarray(predictions.segments, np.float64).reshape(-1, 2)[order]
+    return [predictions.videos[i] for i in order], segments
+
+
+def _activitynet_outcome(ranked: tuple[list[str], np.ndarray], truth: dict[str, np.ndarray],
+                         threshold: float) -> np.ndarray:
+    """1 (true positive) or 0 (false positive) per ranked prediction, matching as eval_detection.py does."""
+    videos, segments = ranked
+    taken = {video: np.zeros(len(rows), bool) for video, rows in truth.items()}
+    hits = np.zeros(len(videos), np.int8)
+    for k, (video, segment) in enumerate(zip(videos, segments)):
+        if video not in truth:
+            continue
+        overlaps = segment_tiou(segment, truth[video])
+        for j in np.argsort(-overlaps, kind="stable"):
+            if overlaps[j] < threshold:
+                break
+            if not taken[video][j]:
+                taken[video][j] = True
+                hits[k] = 1
+                break
+    return hits
+
+
+def _thumos14_outcome(ranked: tuple[list[str], np.ndarray], truth: dict[str, np.ndarray],
+                      ambiguous: dict[str, np.ndarray], threshold: float) -> np.ndarray:
+    """1 (true positive), 0 (false positive) or -1 (dropped: unmatched and overlapping Ambiguous) per prediction.
+
+    Matching is driven by the ground truth: each instance, in file order, takes the free detection of highest
+    overlap in its video (the higher-scored one on a tie), if that overlap exceeds the threshold.
+    """
+    videos, segments = ranked
+    outcome = np.zeros(len(videos), np.int8)
+    by_video: dict[str, list[int]] = {}
+    for k, video in enumerate(videos):
+        by_video.setdefault(video, []).append(k)
+    for video, indices in by_video.items():
+        free = np.ones(len(indices), bool)
+        for gt in truth.get(video, np.zeros((0, 2))):
+            overlaps = np.where(free, segment_tiou(gt, segments[indices]), -1.0)
+            best = int(np.argmax(overlaps))
+            if overlaps[best] > threshold:
+                free[best] = False
+                outcome[indices[best]] = 1
+        if video in ambiguous:
+            touches = [(segment_tiou(segments[k], ambiguous[video]) > 0).any() for k in indices]
+            outcome[[k for k, f, t in zip(indices, free, touches) if f and t]] = -1
+    return outcome
+
+
+# ---------------------------------------------------------------- AP rules
+
+
+def _interpolated_ap(hits: np.ndarray, npos: int) -> tuple[float, list[float], list[float]]:
+    """VOC all-point AP: precision made non-increasing from the right, summed over the steps of recall."""
+    recall, precision = _precision_recall(hits, npos)
+    envelope = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
+    steps = np.concatenate([[0.0], recall, [1.0]])
+    changed = np.flatnonzero(steps[1:] != steps[:-1]) + 1
+    ap = float(np.sum((steps[changed] - steps[changed - 1]) * envelope[changed]))
+    return ap, recall.tolist(), precision.tolist()
+
+
+def _thumos14_ap(hits: np.ndarray, npos: int) -> tuple[float, list[float], list[float]]:
+    """THUMOS'14 AP: precision at each true positive, summed, divided by the number of ground-truth instances."""
+    recall, precision = _precision_recall(hits, npos)
+    kept = hits[hits >= 0]
+    ap = float(precision[kept == 1].sum() / npos) if npos else 0.0
+    return ap, recall.tolist(), precision.tolist()
+
+
+def _precision_recall(hits: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative recall and precision down the ranking; dropped predictions (-1) are left out."""
+    kept = hits[hits >= 0].astype(np.float64)
+    true_positives = np.cumsum(kept)
+    recall = true_positives / max(npos, 1)
+    precision = true_positives / np.arange(1, kept.size + 1)
+    return recall, precision
+
+
+def _detection_fields(item: object) -> tuple[str | None, float, tuple[float, float]]:
+    """(label, score, (start, end)) of one results entry, or (None, ...) when it is malformed."""
+    if not isinstance(item, dict):
+        return None, 0.0, (0.0, 0.0)
+    label, score, segment = item.get("label"), item.get("score"), item.get("segment")
+    numbers = isinstance(segment, list) and len(segment) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*segment, score])
+    if not isinstance(label, str) or not numbers:
+        return None, 0.0, (0.0, 0.0)
+    return label, float(score), (float(segment[0]), float(segment[1]))

@@ -1,0 +1,74 @@
+"""S-CNN's segments: multi-scale sliding windows, their labels from the ground truth, clip sampling and NMS.
+
+Windows lie on the flow-frame grid (a video of N frames has N - 1 grid positions; RGB frame k pairs with flow k),
+so the RGB and Flow streams see the same frames, as for recognition. A window is ``[start, stop)`` in grid frames.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipelines.detection.evaluation import segment_tiou
+
+SCNN_LENGTHS = (16, 32, 64, 128, 256, 512)  # S-CNN's window lengths, frames
+SCNN_OVERLAP = 0.75
+
+
+def sliding_windows(length: int, lengths: Sequence[int] = SCNN_LENGTHS, overlap: float = SCNN_OVERLAP) -> np.ndarray:
+    """Every window of each length that fits, sliding by ``(1 - overlap)`` of its length: int64 (n, 2).
+
+    A video shorter than the smallest length gets one window over all of it, so every video is scored.
+    """
+    windows = []
+    for size in sorted(lengths):
+        if size > length:
+            break
+        stride = max(1, int(round(size * (1 - overlap))))
+        starts = np.arange(0, length - size + 1, stride)
+        if starts[-1] != length - size:  # the end of the video gets a window too
+            starts = np.append(starts, length - size)
+        windows.append(np.stack([starts, starts + size], axis=1))
+    if not windows:
+        return np.array([[0, length]], np.int64)
+    return np.concatenate(windows).astype(np.int64)
+
+
+def clip_indices(start: int, stop: int, frames: int) -> np.ndarray:
+    """``frames`` grid indices spread evenly over ``[start, stop)`` (S-CNN samples every window to 16 frames)."""
+    size = stop - start
+    return start + np.minimum(((np.arange(frames) + 0.5) * size / frames).astype(np.int64), size - 1)
+
+
+def best_overlaps(windows: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each window, its highest tIoU with any ground-truth segment (n, 2) and that segment's index (-1: none)."""
+    if len(truth) == 0:
+        return np.zeros(len(windows)), np.full(len(windows), -1)
+    table = np.stack([segment_tiou(segment, windows.astype(np.float64)) for segment in truth], axis=1)
+    return table.max(axis=1), table.argmax(axis=1)
+
+
+def label_windows(windows: np.ndarray, truth: np.ndarray, classes: np.ndarray, positive: float,
+                  negative: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class label per window (0 background, k + 1 for class k, -1 ignored) and its best tIoU.
+
+    A window is of its best-overlapping segment's class at tIoU >= ``positive``, background below ``negative``,
+    and left out of training in between.
+    """
+    overlap, which = best_overlaps(windows, truth)
+    labels = np.full(len(windows), -1, np.int64)
+    labels[overlap < negative] = 0
+    hit = overlap >= positive
+    labels[hit] = np.asarray(classes, np.int64)[which[hit]] + 1
+    return labels, overlap
+
+
+def temporal_nms(segments: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy NMS: in decreasing score, drop any segment whose tIoU with a kept one exceeds
+    ``threshold``. Written here because torchvision's ``nms`` is for boxes and not a dependency."""
+    order = np.argsort(-scores, kind="stable")
+    kept: list[int] = []
+    for index in order:
+        if not kept or segment_tiou(segments[index], segments[kept]).max() <= threshold:
+            kept.append(int(index))
+    return np.asarray(kept, np.int64)

@@ -1,0 +1,154 @@
+"""The STA weights a trained network gives one video, under the test protocol, ready to be drawn or saved.
+
+Each STA module keeps the gate of its last forward pass (``last_weights``, shape (clips, c, L, 1, 1)), so one
+pass over the video's test clips yields everything: the channel × frame map W of every clip, and the temporal
+weight of each feature frame (W averaged over channels). The feature map's time axis L can be shorter than the
+clip (a strided backbone); the temporal weights are then interpolated back onto the clip's frames, each frame
+taking the value at its centre, so that they can be laid over the frames themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flow.errors import InputError
+from flow.store import FlowStore
+from pipelines.core.device import resolve_device
+from pipelines.core.manifest import config_hash
+from pipelines.inference.engine import Engine
+
+
+@dataclass
+class ModuleWeights:
+    """The gate of one STA module for every test clip of a video: (clips, channels, L)."""
+
+    name: str
+    weights: np.ndarray
+
+    def feature_frame_weights(self) -> np.ndarray:
+        """(clips, L): the temporal weight of each feature frame, the mean of W over channels."""
+        return self.weights.mean(axis=1)
+
+
+@dataclass
+class VideoAttention:
+    """A video's test clips, their frames, the network's prediction and the weights of each STA module."""
+
+    video_id: str
+    checkpoint: str
+    stream: str
+    arch: str
+    sta: str
+    classes: list[str]
+    windows: list[np.ndarray]  # per clip: the flow-grid frame indices it covers
+    frames: np.ndarray  # (clips, T, H, W, 3) uint8 RGB frames of every clip, as stored
+    modules: list[ModuleWeights]
+    probabilities: np.ndarray  # softmax of the clip-averaged logits (the test protocol's video score)
+    label: int | None = None
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def shown(self) -> ModuleWeights:
+        """The module drawn over the frames: the deepest, whose weights act closest to the classifier."""
+        return self.modules[-1]
+
+    def frame_weights(self, module: ModuleWeights | None = None) -> np.ndarray:
+        """(clips, T): temporal weights interpolated from the feature frames onto the clip's frames."""
+        module = module or self.shown
+        frames = self.frames.shape[1]
+        return np.stack([upsample_weights(row, frames) for row in module.feature_frame_weights()])
+
+    def describe(self) -> str:
+        """One line for captions: the video, the prediction and (when known) the true class."""
+        text = f"{self.video_id}: predicted {self.classes[self.predicted]} ({100 * self.probabilities.max():.0f}%)"
+        if self.label is not None:
+            text += f", true {self.classes[self.label]}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "video": self.video_id,
+            "checkpoint": self.checkpoint,
+            "stream": self.stream,
+            "arch": self.arch,
+            "sta": self.sta,
+            "predicted": self.classes[self.predicted],
+            "probability": float(self.probabilities.max()),
+            "label": None if self.label is None else self.classes[self.label],
+            "shown_module": self.shown.name,
+            "clips": [{"frames": window.tolist(), "frame_weights": weights.round(6).tolist()}
+                      for window, weights in zip(self.windows, self.frame_weights())],
+            "modules": [{"name": m.name, "shape": list(m.weights.shape[1:]),
+                         "feature_frame_weights": m.feature_frame_weights().round(6).tolist(),
+                         "weights": m.weights.round(6).tolist()} for m in self.modules],
+        }
+
+
+def upsample_weights(weights: np.ndarray, frames: int) -> np.ndarray:
+    """Weights of L feature frames spread over ``frames`` clip frames (linear, by frame centres; ends held)."""
+    length = len(weights)
+    centres = (np.arange(frames) + 0.5) * length / frames - 0.5
+    return np.interp(centres, np.arange(length), weights)
+
+
+class AttentionProbe:
+    """A checkpoint with STA, loaded once, run over the test clips of any video of a store.
+
+    Args:
+        checkpoint: a checkpoint trained with ``--sta``.
+        store: the flow store whose videos are probed (the checkpoint's preprocessing).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: clips per forward pass.
+    """
+
+    def __init__(self, checkpoint: str | Path, store: str | Path, device: str = "auto", batch_size: int = 8) -> None:
+        from mars_sta import STA, attention_modules
+
+        self.engine = Engine(checkpoint, resolve_device(device), batch_size)
+        loaded = self.engine.checkpoint
+        self.stas = [(name, module) for name, module in attention_modules(self.engine.model)
+                     if isinstance(module, STA)]
+        if not self.stas:
+            raise InputError(checkpoint, f"has no STA module (stream {loaded.stream}, sta "
+                                         f"{loaded.model_kwargs.get('sta') or 'none'}): attention needs a checkpoint "
+                                         "trained with --sta")
+        self.store = FlowStore(store)
+        loaded.check_store(store, config_hash(self.store.preprocessing))
+        self.checkpoint = str(checkpoint)
+
+    def video(self, video_id: str, label: int | None = None) -> VideoAttention:
+        """Every test clip of ``video_id`` through the network, keeping each STA module's gate."""
+        if video_id not in self.store:
+            raise InputError(self.store.root, f"has no video {video_id!r}")
+        videos = self.engine.video_clips(self.store, [(video_id, -1)])
+        clips, _ = videos[0]
+        windows = videos.windows(video_id)
+        gates: dict[str, list[torch.Tensor]] = {name: [] for name, _ in self.stas}
+
+        def keep_gates() -> None:
+            for name, module in self.stas:
+                gates[name].append(module.last_weights.float().cpu().flatten(2))  # (n, c, L)
+
+        logits, _ = self.engine.forward(clips, after_chunk=keep_gates)
+        everything = self.store.frames(video_id)
+        loaded = self.engine.checkpoint
+        return VideoAttention(
+            video_id=video_id, checkpoint=self.checkpoint, stream=loaded.stream, arch=loaded.arch,
+            sta=str(loaded.model_kwargs.get("sta")), classes=loaded.classes, windows=windows,
+            frames=np.stack([everything[window] for window in windows]),
+            modules=[ModuleWeights(name, torch.cat(gates[name]).numpy()) for name, _ in self.stas],
+            probabilities=torch.softmax(logits.mean(0), 0).numpy(), label=label,
+        )
+
+
+def collect_attention(checkpoint: str | Path, store: str | Path, video_id: str, label: int | None = None,
+                      device: str = "auto") -> VideoAttention:
+    """The STA weights of one video's test clips (see ``AttentionProbe`` to reuse the network for several)."""
+    return AttentionProbe(checkpoint, store, device).video(video_id, label)

@@ -1,0 +1,3 @@
+"""What a person reads: the run folder as written by the stages, the fusion tables (``report.md``), the figures and
+the HTML run report. It reads files and asks ``inference`` for attention weights; it may import ``core``, ``data``,
+``scoring`` and ``inference``, never a stage."""

@@ -1,0 +1,240 @@
+"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse.
+
+Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
+every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
+finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
+later one; ``force`` reruns the named stages only.
+
+Layout of the run folder::
+
+    OUT/store/                      flow store (unless [data] store points elsewhere)
+    OUT/stages/<stage>.json         key, summary and time of each finished stage
+    OUT/split1/train-flow/          last.pth, best.pth, metrics.jsonl, manifest.json
+    OUT/split1/train-mars/ ...
+    OUT/split1/scores/<stream>-<subset>.npz
+    OUT/fused/                      report.json, report.md, confusion matrices
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from flow.atomic import write_json_atomic
+from flow.errors import InputError
+from pipelines.core.config import build_config, config_to_dict, read_toml
+from pipelines.core.lock import folder_lock
+from pipelines.core.manifest import config_hash, fingerprint, library_versions
+from pipelines.core.streams import stream_name
+
+# Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
+TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
+STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
+TEACHERS = ("flow", "sta-flow")
+
+
+@dataclass
+class DataConfig:
+    """The ``[data]`` table: where the videos, splits and outputs are. Relative paths are relative to the TOML file."""
+
+    videos: str = "videos"
+    splits: str | None = None  # default: splits/ beside the videos folder
+    store: str | None = None  # default: OUT/store
+    splits_to_run: list = field(default_factory=lambda: [1])
+    streams: list = field(default_factory=lambda: ["flow", "rgb", "mars", "sta-mars"])
+    sta: str = "layer4"  # STA spec of the sta- streams (a [train.<stream>] table may set its own)
+    teacher: str = "flow"  # the flow stream MARS streams distil from: flow, or sta-flow as the STA-MARS authors
+    dataset: str = "dataset"  # name printed in reports
+
+
+@dataclass
+class RunPlan:
+    """What ``run`` was asked to do, resolved to absolute paths."""
+
+    out: Path
+    videos: Path
+    splits: Path | None
+    store: Path
+    data: DataConfig
+    tables: dict[str, Any]
+    source: Path | None = None
+
+
+def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, Any] | None = None,
+              base: Path | None = None) -> RunPlan:
+    """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
+    ``base/run``."""
+    tables = read_toml(config_path)
+    known = {"synth", "data", "extract", "train", "evaluate", "fuse"}
+    for key in tables:
+        if key not in known:
+            raise InputError(config_path, f"unknown table [{key}] (known: {', '.join(sorted(known))})")
+    data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path)
+    base = Path(base) if base else config_path.parent
+    out = Path(out) if out else base / "run"
+    videos = (base / data.videos).resolve()
+    splits = (base / data.splits).resolve() if data.splits else None
+    store = (base / data.store).resolve() if data.store else out / "store"
+    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path)
+
+
+def _train_config(plan: RunPlan, stream: str, split: int):
+    """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
+    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
+    from pipelines.stages.train import TrainConfig, stream_values
+
+    values = {**stream_values(plan.tables.get("train", {}), stream), "stream": stream.removeprefix("sta-"),
+              "split": split}
+    if stream.startswith("sta-"):
+        values.setdefault("sta", plan.data.sta)
+    pretrained = values.pop("pretrained", None)
+    if pretrained is not None:
+        pretrained = (plan.source.parent / pretrained).resolve() if plan.source else Path(pretrained)
+    return build_config(TrainConfig, values, source=plan.source), pretrained
+
+
+class Runner:
+    """Runs stages in order, skipping those whose key is unchanged."""
+
+    def __init__(self, plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (),
+                 log: Callable[[str], None] = print) -> None:
+        for name in (from_stage, *force):
+            if name is not None and name not in STAGE_ORDER:
+                raise InputError(None, f"unknown stage {name!r} (stages: {', '.join(STAGE_ORDER)})")
+        self.plan, self.log = plan, log
+        self.rerun_from = STAGE_ORDER.index(from_stage) if from_stage else len(STAGE_ORDER)
+        self.force = set(force)
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def stage(self, name: str, label: str, key_payload: dict[str, Any], action: Callable[[], Any]):
+        """Run ``action`` unless its marker in ``OUT/stages/`` holds the same key; return its summary either way."""
+        key = config_hash(key_payload)
+        marker = self.plan.out / "stages" / (re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".json")
+        forced = name in self.force or STAGE_ORDER.index(name) >= self.rerun_from
+        if marker.exists() and not forced:
+            done = json.loads(marker.read_text())
+            if done.get("key") == key:
+                self.log(f"[skip] {label}: inputs and config unchanged")
+                self.skipped.append(label)
+                return done.get("summary")
+        self.log(f"[run]  {label}")
+        started = time.perf_counter()
+        summary = action()
+        write_json_atomic(marker, {"stage": name, "key": key, "inputs": key_payload, "summary": summary,
+                                   "seconds": round(time.perf_counter() - started, 2),
+                                   "versions": library_versions()})
+        self.ran.append(label)
+        return summary
+
+
+def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (),
+        log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """The whole pipeline; returns the fused report (or the evaluation summaries when there is nothing to fuse).
+
+    Args:
+        plan: the run config with its paths resolved (``load_plan``).
+        from_stage: rerun this stage and every later one even when cached.
+        force: stages to rerun even when cached.
+        log: receives one line per stage.
+        progress: show progress bars.
+    """
+    runner = Runner(plan, from_stage, force, log)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
+        return _run_locked(plan, runner, log, progress)
+
+
+def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    from flow.extract import ExtractConfig, extract_flow
+    from pipelines.stages.evaluate import EvaluateConfig, evaluate
+    from pipelines.stages.fuse import FuseConfig, fuse
+    from pipelines.stages.train import TrainPaths, train
+
+    _check_streams(plan)
+
+    if "synth" in plan.tables:
+        from pipelines.data.synth import SynthConfig, generate
+
+        synth_config = build_config(SynthConfig, plan.tables["synth"], source=plan.source)
+
+        def make_dataset() -> dict[str, Any]:
+            shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
+            return _synth_summary(generate(plan.videos.parent, synth_config))
+
+        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(synth_config)},
+                     make_dataset)
+    extract_config = build_config(ExtractConfig, plan.tables.get("extract", {}), source=plan.source)
+    if not plan.videos.exists():
+        raise InputError(plan.videos, "videos folder not found")
+    runner.stage("extract", "extract flow",
+                 {"config": config_to_dict(extract_config), "videos": fingerprint(plan.videos)},
+                 lambda: _summary(extract_flow(extract_config, plan.videos, plan.store, progress=progress)))
+    store_key = fingerprint(plan.store / "manifest.json")
+
+    evaluate_values = plan.tables.get("evaluate", {})
+    fuse_config = build_config(FuseConfig, plan.tables.get("fuse", {}), source=plan.source)
+    score_files: list[Path] = []
+    for split in plan.data.splits_to_run:
+        split_dir = plan.out / f"split{split}"
+        checkpoints: dict[str, Path] = {}
+        for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
+            config, pretrained = _train_config(plan, stream, split)
+            name = stream_name(config.stream, config.sta)
+            folder = split_dir / STREAM_STAGES[stream]
+            teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
+                               pretrained=pretrained)
+            key = {"config": config_to_dict(config), "store": store_key,
+                   "teacher": fingerprint(teacher) if teacher else None,
+                   "pretrained": fingerprint(pretrained) if pretrained else None,
+                   "splits": fingerprint(plan.splits) if plan.splits else None}
+            runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
+                         lambda c=config, p=paths: train(c, p, progress=log))
+            checkpoints[stream] = folder / "best.pth"
+
+        subsets = ["test", "val"] if fuse_config.learn_weights else ["test"]
+        for stream, path in checkpoints.items():
+            for subset in subsets:
+                config = build_config(EvaluateConfig, {**evaluate_values, "split": split, "subset": subset},
+                                      source=plan.source)
+                out = split_dir / "scores" / f"{stream}-{subset}.npz"
+                key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
+                runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
+                             lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
+                                                                      progress=progress, log=log))
+                score_files.append(out)
+
+    fuse_key = {"config": config_to_dict(fuse_config), "scores": [fingerprint(p) for p in score_files]}
+    fuse_config = dataclasses.replace(fuse_config, dataset=fuse_config.dataset or plan.data.dataset)
+    report = runner.stage("fuse", "fuse scores", fuse_key,
+                          lambda: fuse(score_files, plan.out / "fused", fuse_config))
+    return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+
+
+def _check_streams(plan: RunPlan) -> None:
+    """Known stream names, and the teacher stream wherever a MARS stream distils from it."""
+    for stream in plan.data.streams:
+        if stream not in STREAM_STAGES:
+            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
+                                          f"(known: {', '.join(STREAM_STAGES)})")
+    if plan.data.teacher not in TEACHERS:
+        raise InputError(plan.source, f"[data] teacher {plan.data.teacher!r}: expected one of {', '.join(TEACHERS)}")
+    if {"mars", "sta-mars"} & set(plan.data.streams) and plan.data.teacher not in plan.data.streams:
+        raise InputError(plan.source, f"mars streams distil from the {plan.data.teacher} stream (teacher), "
+                                      "which [data] streams does not list")
+
+
+def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:
+    return {key: info[key] for key in ("classes", "videos") if key in info}
+
+
+def _summary(result: Any) -> Any:
+    """Stage summaries are stored as JSON: keep dataclass results readable."""
+    return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result

@@ -1,0 +1,518 @@
+"""The training stage: Flow and RGB streams with cross-entropy, MARS (and STA-MARS) distilled from a frozen Flow teacher.
+
+Defaults reproduce MARS (SGD momentum 0.9 with dampening 0.9, lr 0.1 / wd 1e-3 from scratch, lr 0.001 / wd 1e-5 and
+only ``layer4`` and ``fc`` trained when fine-tuning, ReduceLROnPlateau with patience 10, α = 50). Selection and the
+scheduler use a seeded validation subset of the training list, never the test split (``val_fraction = 0`` falls
+back to MARS's own choice, the test split, and says so).
+
+Under torchrun (``WORLD_SIZE`` > 1) the same code runs as DistributedDataParallel: each rank trains its part of
+every step of one batch plan (pipelines.core.distributed), metrics are summed over ranks and only rank 0 writes.
+
+Every epoch ends with an atomic checkpoint holding model, optimizer, scheduler, epoch and RNG state; the clip
+sampling of an epoch depends only on (seed, epoch), so a run killed at any point and resumed ends with the same
+weights as one never interrupted (CPU, deterministic mode).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
+from flow.errors import InputError
+from pipelines.core import checkpoint as ckpt
+from pipelines.core.config import check_at_least, check_one_of, config_to_dict
+from pipelines.data.dataset import StageData, open_stage_data
+from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
+from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
+from pipelines.core.lock import folder_lock
+from pipelines.core.manifest import stage_manifest
+from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
+from pipelines.core.streams import stream_name
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
+NORMALIZATIONS = ("mars", "unit")
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``mars-sta train``; ``None`` means "MARS's value for this stream and start". Checked when made
+    (``__post_init__``), so the stage trusts them."""
+
+    def __post_init__(self) -> None:
+        check_one_of(stream=(self.stream, tuple(STREAM_SPECS)), optimizer=(self.optimizer, OPTIMIZERS),
+                     scheduler=(self.scheduler, SCHEDULERS), normalization=(self.normalization, NORMALIZATIONS),
+                     amp=(self.amp, tuple(AMP_DTYPES)))
+        check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
+                       size=(self.size, 1), batch_size=(self.batch_size or 1, 1), workers=(self.workers, 0),
+                       lr_patience=(self.lr_patience, 0))
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(None, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.scheduler == "step" and not self.lr_milestones:
+            raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
+        if self.attention_lr_mult <= 0:
+            raise InputError(None, f"attention_lr_mult must be positive, got {self.attention_lr_mult}")
+
+    stream: str = "rgb"  # flow | rgb | mars; "sta-" is added to the name when ``sta`` is set
+    arch: str = "resnext101"  # a registry name (mars-sta models)
+    sta: str | None = None  # STA spec, e.g. "layer4" or "layer4:ta"
+    split: int = 1
+    epochs: int = 400
+    batch_size: int | None = None  # MARS: 32 for rgb/flow, 16 for mars
+    lr: float | None = None  # MARS: 0.1 from scratch, 0.001 fine-tuning
+    weight_decay: float | None = None  # MARS: 1e-3 from scratch, 1e-5 fine-tuning
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    dampening: float = 0.9  # MARS keeps PyTorch's dampening = momentum
+    nesterov: bool = False
+    scheduler: str = "plateau"  # plateau (on validation loss) | step | onecycle | cosine | none
+    lr_patience: int = 10
+    lr_milestones: list | None = None  # step only: epochs after which lr is multiplied by 0.1 (MultiStepLR)
+    warmup_fraction: float = 0.15  # onecycle only
+    finetune_from: str = "default"  # with --pretrained: train this stage, later ones and the classifier ("all":
+    # everything; "default": the architecture's last stage, MARS's layer4 for the ResNets). Attention always trains.
+    attention_lr_mult: float = 10.0  # attention parameters train at lr × this (the STA-MARS authors' 10)
+    frames: int = 16  # sample_duration
+    size: int = 112  # sample_size
+    alpha: float = 50.0  # MARS weight of the feature-matching term
+    mse_normalize: bool = False  # divide the MSE by the teacher features' mean square (makes alpha portable)
+    val_fraction: float = 0.1  # seeded class-stratified validation subset of the training list
+    flip: bool = True  # horizontal flips (negating flow x), as MARS
+    label_aware_flips: bool = True  # use the dataset's mirror map (synthetic classes) when it has one
+    crop_scales: list | None = None  # None: MARS's multi-scale corner crop; [1.0] keeps the whole short side
+    normalization: str = "mars"  # mars (0..255 minus mean, flow codes minus 127.5) | unit (near unit scale)
+    cache_videos: bool = False  # keep decoded videos in memory after the first epoch (small datasets only)
+    workers: int = 4
+    device: str = "auto"
+    amp: str = "off"  # off | fp16 | bf16
+    seed: int = 1
+    deterministic: bool | None = None  # None: deterministic kernels on CPU, cuDNN autotuning on CUDA
+    accumulate: int = 1  # micro-batches per optimizer step (keeps MARS's batch of 16 on small GPUs)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+
+
+@dataclass
+class TrainPaths:
+    store: Path
+    out: Path
+    splits: Path | None = None
+    pretrained: Path | None = None
+    teacher: Path | None = None
+
+
+def stream_values(train_table: dict[str, Any], stream: str) -> dict[str, Any]:
+    """The ``[train]`` values for one stream: shared keys, then ``[train.<stream>]`` (``[train.mars]`` also
+    applies to ``sta-mars``, whose own table comes last)."""
+    shared = {k: v for k, v in train_table.items() if not isinstance(v, dict)}
+    base = stream.removeprefix("sta-")
+    return {**shared, **train_table.get(base, {}), **train_table.get(stream, {})}
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[TrainConfig, Path | None]:
+    """``mars-sta train --config X.toml``: the file's ``[train]`` table for the stream being trained, then options.
+
+    Returns the config and the ``pretrained`` checkpoint the file names for that stream (relative to the file)."""
+    from pipelines.core.config import build_config, read_toml
+
+    if path is None:
+        return build_config(TrainConfig, {}, overrides), None
+    table = read_toml(path).get("train", {})
+    stream = overrides.get("stream") or table.get("stream") or TrainConfig.stream
+    if overrides.get("sta") or table.get("sta"):
+        stream = f"sta-{stream}"
+    values = stream_values(table, stream)
+    pretrained = values.pop("pretrained", None)
+    config = build_config(TrainConfig, values, overrides, source=path)
+    return config, (Path(path).parent / pretrained).resolve() if pretrained else None
+
+
+def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
+    """Fill the MARS defaults that depend on the stream and on fine-tuning."""
+    return dataclasses.replace(
+        config,
+        batch_size=config.batch_size or stream_spec(config.stream).batch_size,
+        lr=config.lr if config.lr is not None else (0.001 if fine_tuning else 0.1),
+        weight_decay=config.weight_decay if config.weight_decay is not None else (1e-5 if fine_tuning else 1e-3),
+    )
+
+
+def _check_teacher_path(config: TrainConfig, paths: TrainPaths) -> None:
+    """A stream with a teacher needs its checkpoint; the others must not be given one."""
+    teacher = STREAM_SPECS[config.stream].teacher
+    if teacher is not None and paths.teacher is None:
+        raise InputError(None, f"--stream {config.stream} needs --teacher (a trained {teacher}-stream checkpoint)")
+    if teacher is None and paths.teacher is not None:
+        raise InputError(paths.teacher, "--teacher is only used by a stream with a teacher (--stream mars)")
+
+
+def _frozen_prefix(model: torch.nn.Module, finetune_from: str) -> set[str]:
+    """Names of the top-level children before the stage ``finetune_from`` (a child's name or its prefix, so C3D's
+    ``conv5`` starts at ``conv5a``); ``default`` is the architecture's last stage."""
+    from mars_sta import model_entry
+
+    stage = model_entry(model.arch).stages[-1] if finetune_from == "default" else finetune_from
+    names = [name for name, _ in model.named_children()]
+    start = next((i for i, name in enumerate(names) if name == stage or name.startswith(stage)), None)
+    if start is None:
+        raise InputError(None, f"finetune_from {finetune_from!r}: the model has stages {', '.join(names)}")
+    return set(names[:start])
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig, fine_tuning: bool) -> list[dict[str, Any]]:
+    """Optimizer groups: ``backbone`` at ``lr`` and ``attention`` (every attention module) at
+    ``lr × attention_lr_mult``.
+
+    From scratch everything trains; when fine-tuning, the children before ``finetune_from`` are frozen, except the
+    attention modules, which train wherever ``sta`` put them (a frozen module at its initialisation would be a
+    constant gate). The group dicts carry ``name`` and ``lr_mult`` for the manifest.
+    """
+    from mars_sta import attention_modules
+
+    frozen = _frozen_prefix(model, config.finetune_from) if fine_tuning and config.finetune_from != "all" else set()
+    for name, child in model.named_children():
+        child.requires_grad_(name not in frozen)
+    attention = [p for _, module in attention_modules(model) for p in module.parameters()]
+    for p in attention:
+        p.requires_grad_(True)
+    attention_ids = {id(p) for p in attention}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in attention_ids]
+    groups = [{"name": "backbone", "params": backbone, "lr": config.lr, "lr_mult": 1.0}]
+    if attention:
+        groups.append({"name": "attention", "params": attention, "lr": config.lr * config.attention_lr_mult,
+                       "lr_mult": config.attention_lr_mult})
+    return groups
+
+
+def describe_groups(model: torch.nn.Module, groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """For the manifest: each group's rate and size, and how many parameters stay frozen."""
+    rows = [{"name": g["name"], "lr": g["lr"], "lr_mult": g["lr_mult"], "tensors": len(g["params"]),
+             "parameters": sum(p.numel() for p in g["params"])} for g in groups]
+    trained = sum(row["parameters"] for row in rows)
+    return {"parameter_groups": rows, "frozen_parameters": sum(p.numel() for p in model.parameters()) - trained}
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """SGD as MARS (momentum, dampening) or AdamW, over ``parameter_groups``."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    dampening = 0.0 if config.nesterov else config.dampening
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=dampening,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", patience=config.lr_patience)
+    if config.scheduler == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=config.epochs,
+                                                   steps_per_epoch=steps_per_epoch, pct_start=config.warmup_fraction)
+    if config.scheduler == "step":  # stepped once per epoch, after validation
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.lr_milestones), gamma=0.1)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    return None
+
+
+def _load_teacher(path: Path, kind: str, data: StageData, device: torch.device) -> torch.nn.Module:
+    """The frozen teacher (a ``kind`` stream, MARS's Flow network): eval mode (BN running stats), no gradients,
+    not in the optimizer."""
+    loaded = ckpt.load_checkpoint(path)
+    if loaded.spec.name != kind:
+        raise InputError(path, f"teacher must be a {kind}-stream checkpoint, got stream {loaded.stream!r}")
+    if loaded.classes != data.classes:
+        raise InputError(path, "teacher was trained on other classes than this dataset's")
+    teacher = loaded.build_model()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+class _Student(torch.nn.Module):
+    """Logits and pooled features from one ``forward``, so DistributedDataParallel sees every use of the weights."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), features
+
+
+def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MARS feeds RGB channels to the student and flow channels to the teacher from one clip."""
+    spec = stream_spec(stream)
+    if spec.teacher is not None:
+        return batch[:, :spec.in_channels], batch[:, spec.in_channels:]
+    return batch, None
+
+
+def _micro_batch_seed(seed: int, epoch: int, step: int, part: int) -> int:
+    """Dropout and other in-model randomness depend on the micro-batch, not on which process runs it."""
+    return (seed * 1_000_003 + epoch * 10_007 + step * 101 + part) % (2**63)
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch.device, amp,
+             context: DistContext = DistContext()) -> dict[str, float]:
+    """Cross-entropy and top-1 of the student on one centred clip per validation video (sharded over ranks)."""
+    model.eval()
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    sums = [0.0, 0.0, 0.0]  # loss, correct, total
+    for clips, labels in DataLoader(shard, batch_size=config.batch_size, shuffle=False, num_workers=0):
+        clips, labels = clips.to(device), labels.to(device)
+        inputs, _ = _split_inputs(clips, config.stream)
+        with autocast(device, amp):
+            logits = model(inputs).float()
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").item()
+        sums[1] += (logits.argmax(1) == labels).sum().item()
+        sums[2] += labels.numel()
+    loss, correct, total = all_reduce_sum(sums, context, device)
+    return {"val_loss": loss / max(total, 1), "val_acc": 100.0 * correct / max(total, 1)}
+
+
+def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, dataset, config: TrainConfig,
+                 epoch: int, context: DistContext, device: torch.device, amp) -> dict[str, float]:
+    """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches."""
+    accumulate = config.accumulate
+    plan = batch_plan(len(dataset), config.batch_size, context.world_size * accumulate, config.seed, epoch)
+    first_part = context.rank * accumulate
+    mine = [step[first_part + a] for step in plan for a in range(accumulate)]
+    dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_sampler=mine, num_workers=config.workers,
+                        multiprocessing_context="spawn" if config.workers > 0 else None)
+    student.train()
+    sums = [0.0] * 5  # loss, ce, mse, correct, seen
+    for index, (clips, labels) in enumerate(loader):
+        step, micro = divmod(index, accumulate)
+        torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
+        clips, labels = clips.to(device), labels.to(device)
+        inputs, flow_inputs = _split_inputs(clips, config.stream)
+        stepping = micro == accumulate - 1
+        sync = contextlib.nullcontext() if stepping or not context.active else student.no_sync()
+        with sync:
+            with autocast(device, amp):
+                logits, features = student(inputs)
+                logits = logits.float()
+                if teacher is None:
+                    loss = ce = F.cross_entropy(logits, labels)
+                    mse = torch.zeros((), device=device)
+                else:
+                    with torch.no_grad():
+                        target = teacher.forward_features(flow_inputs)
+                    loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
+            scaler.scale(loss / accumulate).backward()
+        if stepping:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None and config.scheduler not in ("plateau", "step"):
+                scheduler.step()
+        n = labels.numel()
+        for i, value in enumerate((loss.item() * n, ce.item() * n, mse.item() * n,
+                                   (logits.argmax(1) == labels).sum().item(), n)):
+            sums[i] += value
+    loss, ce, mse, correct, seen = all_reduce_sum(sums, context, device)
+    seen = max(seen, 1)
+    return {"loss": loss / seen, "ce": ce / seen, "mse": mse / seen, "train_acc": 100.0 * correct / seen}
+
+
+def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
+          resume: bool = True) -> dict[str, Any]:
+    """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``).
+
+    Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
+    processes); with ``resume=False`` an existing checkpoint is an error rather than something to overwrite. Under
+    torchrun every rank trains its share and only rank 0 writes.
+
+    Args:
+        config: the validated options; ``None`` values get MARS's defaults for the stream and start.
+        paths: the store, the output folder, and the split files, pretrained weights and teacher when given.
+        progress: receives one line per epoch (and notes) on the main process.
+        resume: continue from an existing ``last.pth`` of the same run.
+    """
+    _check_teacher_path(config, paths)
+    fine_tuning = paths.pretrained is not None
+    config = _defaults(config, fine_tuning)
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = rank_device(device, context)
+    say = (progress or (lambda message: None)) if context.is_main else (lambda message: None)
+    out = Path(paths.out)
+    if context.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out) if context.is_main else contextlib.nullcontext():
+        if context.is_main:
+            remove_temporaries(out)  # of a run killed while writing a checkpoint
+        return _train_locked(config, paths, fine_tuning, device, context, say, out, resume)
+
+
+def _warn_collapsed_time(config: TrainConfig, in_channels: int, say: Callable[[str], None]) -> None:
+    """Say where attention sees a single time step: there STA's temporal weights have nothing to weigh."""
+    from mars_sta.profile import attention_time_steps
+
+    steps = attention_time_steps(config.arch, sta=config.sta, frames=config.frames, size=config.size,
+                                 in_channels=in_channels)
+    collapsed = sorted({next(part for part in name.split(".") if part != "sta")
+                        for name, length in steps.items() if length == 1})
+    if collapsed:
+        say(f"warning: sta {', '.join(collapsed)} sees a temporal length of 1 at {config.frames} frames, so its "
+            f"temporal attention reduces to a channel gate; use more frames (the paper's STA runs use 64) or an "
+            f"earlier stage")
+
+
+def _configure_determinism(config: TrainConfig, device: torch.device) -> None:
+    """Deterministic kernels by default on CPU (resume equals an uninterrupted run); cuDNN autotuning on CUDA."""
+    deterministic = config.deterministic if config.deterministic is not None else device.type == "cpu"
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
+
+
+@dataclass
+class _Run:
+    """What one training run builds once and every epoch uses."""
+
+    config: TrainConfig
+    name: str  # the stream name, with "sta-" when STA is inserted
+    device: torch.device
+    amp: torch.dtype | None
+    context: DistContext
+    data: StageData
+    train_set: Any
+    val_set: Any
+    model: torch.nn.Module
+    student: torch.nn.Module  # the model as trained: logits and features together, under DDP when distributed
+    teacher: torch.nn.Module | None
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    manifest: dict[str, Any]
+
+
+def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
+                  context: DistContext, say: Callable[[str], None], out: Path, resume: bool) -> dict[str, Any]:
+    run = _prepare(config, paths, fine_tuning, device, context, say)
+    last_path, best_path, metrics_path = out / ckpt.LAST, out / ckpt.BEST, out / "metrics.jsonl"
+    if last_path.exists() and not resume:
+        raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
+    start_epoch, best_acc = 0, -math.inf
+    if last_path.exists():
+        start_epoch, best_acc = ckpt.load_train_checkpoint(last_path, run.manifest["key"], run.model, run.optimizer,
+                                                           run.scheduler)
+        say(f"resuming {run.name} from epoch {start_epoch}")
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
+        if metrics_path.exists() else []
+    if context.is_main:
+        write_json_atomic(out / "manifest.json", run.manifest)
+        write_text_atomic(out / "val_videos.txt", "".join(f"{video}\n" for video, _ in run.data.val))
+    payload = {"arch": config.arch, "model_kwargs": run.model.build_kwargs, "stream": run.name,
+               "classes": run.data.classes, "preprocessing_hash": run.data.preprocessing_hash,
+               "preprocessing": run.data.store.preprocessing, "train_config": config_to_dict(config),
+               "split": config.split, "run_key": run.manifest["key"]}
+    for epoch in range(start_epoch, config.epochs):
+        row = _run_epoch(run, epoch)
+        history.append(row)
+        is_best = row["val_acc"] > best_acc
+        best_acc = max(best_acc, row["val_acc"])
+        if context.is_main:
+            ckpt.save_train_checkpoint(out, {**payload, "state_dict": run.model.state_dict(), "epoch": epoch + 1,
+                                             "best_val_acc": best_acc, "metrics": row},
+                                       is_best, run.optimizer, run.scheduler)
+            _write_metrics(metrics_path, history)
+        barrier(context)
+        say(f"{run.name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
+            f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
+    return {"stream": run.name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
+            "last": str(last_path), "metrics": str(metrics_path)}
+
+
+def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
+             context: DistContext, say: Callable[[str], None]) -> _Run:
+    """Data, network, teacher, optimizer and schedule of one run, seeded, before its first epoch."""
+    from mars_sta import MARSLoss
+
+    amp = check_amp(config.amp, device)
+    torch.manual_seed(config.seed)
+    _configure_determinism(config, device)
+    data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
+    if config.val_fraction == 0:
+        say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
+    spec = stream_spec(config.stream)
+    train_set = data.clip_dataset(data.train, spec.train_clips, train=True, config=config)
+    val_set = data.clip_dataset(data.val or data.test, spec.train_clips, train=False, config=config)
+    model = _build_model(config, paths, len(data.classes), fine_tuning, device)
+    if config.sta:
+        _warn_collapsed_time(config, spec.in_channels, say)
+    teacher = _load_teacher(paths.teacher, spec.teacher, data, device) if spec.teacher else None
+    model.to(device)
+    groups = parameter_groups(model, config, fine_tuning)
+    optimizer = make_optimizer(config, groups)
+    steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
+    student: torch.nn.Module = _Student(model)
+    if context.active:
+        student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    name = stream_name(config.stream, config.sta)
+    manifest = stage_manifest("train", config_to_dict(config), {
+        "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
+        "pretrained": paths.pretrained, "teacher": paths.teacher})
+    manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
+                    processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
+    return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,
+                val_set=val_set, model=model, student=student, teacher=teacher,
+                loss_fn=MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None,
+                optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
+                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), manifest=manifest)
+
+
+def _build_model(config: TrainConfig, paths: TrainPaths, num_classes: int, fine_tuning: bool,
+                 device: torch.device) -> torch.nn.Module:
+    """The network the stream trains, with pretrained weights when fine-tuning and SyncBatchNorm when asked."""
+    from mars_sta import build_model, load_pretrained
+
+    model = build_model(config.arch, num_classes=num_classes, in_channels=stream_spec(config.stream).in_channels,
+                        sample_size=config.size, sample_duration=config.frames, sta=config.sta)
+    if fine_tuning:
+        load_pretrained(model, paths.pretrained, adapt_input="average")
+    if config.sync_bn:
+        if device.type != "cuda":
+            raise InputError(None, "sync_bn needs CUDA (SyncBatchNorm does not run on CPU)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train and validate one epoch; a plateau schedule steps on the validation loss, a step schedule per epoch."""
+    config = run.config
+    started = time.perf_counter()
+    row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    row.update(_train_epoch(run.student, run.teacher, run.loss_fn, run.optimizer, run.scheduler, run.scaler,
+                            run.train_set, config, epoch, run.context, run.device, run.amp))
+    if run.teacher is None:
+        row.pop("mse")
+    row.update(validate(run.model, run.val_set, config, run.device, run.amp, run.context))
+    if run.scheduler is not None and config.scheduler == "plateau":
+        run.scheduler.step(row["val_loss"])
+    elif run.scheduler is not None and config.scheduler == "step":
+        run.scheduler.step()
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the JSON-lines log whole (atomically), so it always matches the last checkpoint."""
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))

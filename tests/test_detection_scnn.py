@@ -1,0 +1,137 @@
+"""S-CNN parts by hand (windows, labels, sampling, NMS, overlap loss) and the real train-detector / detect CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.detection.scnn import overlap_loss
+from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
+
+TINY = ["--frames", "4", "--size", "24", "--batch-size", "8", "--seed", "1", "--device", "cpu", "--no-progress"]
+
+
+def test_sliding_windows_cover_each_scale_with_75_percent_overlap():
+    windows = sliding_windows(40, (16, 32), 0.75)
+    assert windows[:7].tolist() == [[s, s + 16] for s in (0, 4, 8, 12, 16, 20, 24)]
+    assert windows[7:].tolist() == [[0, 32], [8, 40]]
+    assert sliding_windows(42, (16,), 0.75)[-1].tolist() == [26, 42]  # the end of the video gets a window
+    assert sliding_windows(10, (16, 32)).tolist() == [[0, 10]]  # shorter than every scale: the whole video
+
+
+def test_windows_are_sampled_to_fixed_length_clips():
+    assert clip_indices(0, 16, 16).tolist() == list(range(16))
+    assert clip_indices(0, 64, 16).tolist() == list(range(2, 64, 4))
+    assert clip_indices(10, 14, 8).tolist() == [10, 10, 11, 11, 12, 12, 13, 13]
+
+
+def test_window_labels_follow_the_best_overlap():
+    windows = np.array([[0, 10], [5, 15], [20, 30], [40, 50]])
+    labels, overlap = label_windows(windows, np.array([[0, 10], [20, 28]], float), np.array([2, 0]), 0.5, 0.3)
+    assert labels.tolist() == [3, -1, 1, 0]  # tIoU 1, 1/3 (ignored), 0.8, 0
+    assert overlap == pytest.approx([1, 1 / 3, 0.8, 0])
+
+
+def test_temporal_nms_keeps_the_best_of_each_cluster():
+    segments = np.array([[0, 10], [1, 11], [20, 30], [2, 12]], float)
+    kept = temporal_nms(segments, np.array([0.5, 0.9, 0.4, 0.8]), threshold=0.5)
+    assert kept.tolist() == [1, 2]  # [0, 10] and [2, 12] overlap [1, 11] by 9/11 and 9/11
+
+
+def test_overlap_loss_is_scnn_formula_and_pulls_the_score_to_the_overlap():
+    logits = torch.log(torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]]))
+    labels, overlaps = torch.tensor([1, 1, 0]), torch.tensor([0.5, 1.0, 0.0])
+    expected = (0.5 * (0.8**2 / 0.5**0.25 - 1) + 0.5 * (0.4**2 / 1.0 - 1)) / 3  # background row counts in N only
+    assert float(overlap_loss(logits, labels, overlaps, 0.25)) == pytest.approx(expected)
+    # softmax loss + overlap loss is least where P = v ** (alpha / 2)
+    grid = torch.linspace(0.05, 0.99, 500)
+    total = -grid.log() + 0.5 * (grid**2 / 0.5**0.25 - 1)
+    assert float(grid[total.argmin()]) == pytest.approx(0.5**0.125, abs=0.005)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scnn")
+    generate_untrimmed(root / "data", UntrimmedConfig(classes=2, val_videos=3, test_videos=2, frames=(40, 56),
+                                                      action_frames=(8, 16), idle_frames=(0, 3), instances=(1, 2),
+                                                      size=24, seed=2))
+    run_cli("extract-flow", str(root / "data" / "videos"), "--out", str(root / "store"), "--short-side", "0",
+            "--preset", "cheap", "--workers", "1", "--no-progress")
+    config = root / "detector.toml"
+    config.write_text("[detection.train]\nwindow_lengths = [8, 16]\nproposal_positive = 0.5\n")
+    return root
+
+
+def _train(data, out, epochs: int, *extra: str):
+    return run_cli("train-detector", "--store", str(data / "store"), "--annotations", str(data / "data" /
+                   "annotations"), "--out", str(out), "--config", str(data / "detector.toml"), "--epochs",
+                   str(epochs), *TINY, *extra)
+
+
+def test_train_detect_evaluate_and_exact_resume(data):
+    straight, resumed = data / "straight", data / "resumed"
+    _train(data, straight, 2, "--sta", "layer3")
+    _train(data, resumed, 1, "--sta", "layer3")
+    second = _train(data, resumed, 2, "--sta", "layer3")
+    assert "epoch 1/2" not in second.stdout and "localization epoch 2/2" in second.stdout
+    for network in ("proposal", "localization"):
+        a, b = (load_checkpoint(folder / f"{network}.pth").payload for folder in (straight, resumed))
+        assert a["epoch"] == b["epoch"] == 1
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    loc = load_checkpoint(straight / "localization.pth").payload
+    assert loc["stream"] == "sta-flow" and loc["model_kwargs"]["num_classes"] == 3 and loc["classes"] == [
+        "left", "right"]
+    assert json.loads((straight / "manifest.json").read_text())["stage"] == "train-detector"
+
+    results = data / "detections.json"
+    run_cli("detect", "--model", str(straight), "--store", str(data / "store"), "--out", str(results),
+            "--annotations", str(data / "data" / "annotations.json"), "--proposal-threshold", "0",
+            "--device", "cpu", "--no-progress")
+    detections = json.loads(results.read_text())["results"]
+    assert sorted(detections) == ["video_test_0001", "video_test_0002"]
+    assert all(d["label"] in ("left", "right") and d["segment"][0] < d["segment"][1]
+               for found in detections.values() for d in found)
+    report = json.loads(run_cli("eval-detection", str(results), "--annotations", str(data / "data" / "annotations"),
+                                "--json").stdout)
+    assert len(report["mAP"]) == 5 and all(0 <= v <= 1 for v in report["mAP"])
+
+
+def test_changed_config_refuses_to_resume(data):
+    out = data / "straight"  # trained by the test above; a refused run trains nothing
+    result = run_cli("train-detector", "--store", str(data / "store"), "--annotations", str(data / "data" /
+                     "annotations"), "--out", str(out), "--config", str(data / "detector.toml"), "--epochs", "2",
+                     "--lr", "0.01", *TINY, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "proposal.pth: was trained with another config" in result.stderr
+
+
+def test_detection_demo_layout(tmp_path):
+    config = tmp_path / "tiny-demo.toml"
+    config.write_text(
+        '[synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
+        'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
+        'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
+        'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
+        'proposal_threshold = 0.0\ndevice = "cpu"\n')
+    out = tmp_path / "demo"
+    run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
+    report = json.loads((out / "detection" / "report.json").read_text())
+    assert report["tiou"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert [row["model"] for row in report["rows"]] == ["s-cnn", "sta-s-cnn"]
+    assert all(len(row["mAP"]) == 5 for row in report["rows"])
+    for model in ("s-cnn", "sta-s-cnn"):
+        assert json.loads((out / "detection" / model / "detections.json").read_text())["results"]
+    assert (out / "data" / "annotations" / "left_test.txt").exists() and (out / "data" / "annotations.json").exists()
+    plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth").payload for m in ("s-cnn", "sta-s-cnn"))
+    assert all(torch.equal(plain["state_dict"][k], sta["state_dict"][k]) for k in plain["state_dict"])
+    assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth").payload["stream"] == "sta-flow"
+    assert "| sta-s-cnn |" in (out / "detection" / "report.md").read_text()
+    assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
+    assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2
+    again = run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
+    assert "epoch" not in again.stdout  # a rerun resumes: extraction rewrites the store's manifest, nothing retrains
