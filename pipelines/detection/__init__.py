@@ -1,1 +1,6 @@
-"""Temporal action detection: annotations, evaluation, untrimmed synthetic data and the S-CNN-style detector."""
+"""Temporal action detection: untrimmed synthetic data, THUMOS'14 and ActivityNet annotations, the ActivityNet and
+THUMOS'14 evaluations, and the detectors with their stages, demo and report.
+
+It sits beside ``pipelines.stages`` and imports only the layers below (``report``, ``inference``, ``scoring``,
+``data``, ``core``), never the recognition stages.
+"""
