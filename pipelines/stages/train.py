@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
 from pipelines.core import checkpoint as ckpt
-from pipelines.core.config import check_at_least, check_one_of, config_to_dict
+from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
@@ -55,14 +55,22 @@ class TrainConfig:
                      scheduler=(self.scheduler, SCHEDULERS), normalization=(self.normalization, NORMALIZATIONS),
                      amp=(self.amp, tuple(AMP_DTYPES)))
         check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
-                       size=(self.size, 1), batch_size=(self.batch_size or 1, 1), workers=(self.workers, 0),
-                       lr_patience=(self.lr_patience, 0))
+                       size=(self.size, 1), workers=(self.workers, 0), lr_patience=(self.lr_patience, 0),
+                       split=(self.split, 1), seed=(self.seed, 0), momentum=(self.momentum, 0),
+                       dampening=(self.dampening, 0), alpha=(self.alpha, 0),
+                       batch_size=(1 if self.batch_size is None else self.batch_size, 1),  # None: MARS's
+                       weight_decay=(0 if self.weight_decay is None else self.weight_decay, 0))
+        check_above(attention_lr_mult=(self.attention_lr_mult, 0), lr=(1 if self.lr is None else self.lr, 0))
         if not 0 <= self.val_fraction < 1:
             raise InputError(None, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if not 0 < self.warmup_fraction < 1:
+            raise InputError(None, f"warmup_fraction must lie in (0, 1), got {self.warmup_fraction}")
         if self.scheduler == "step" and not self.lr_milestones:
             raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
-        if self.attention_lr_mult <= 0:
-            raise InputError(None, f"attention_lr_mult must be positive, got {self.attention_lr_mult}")
+        _check_list("lr_milestones", self.lr_milestones, "epochs (integers >= 1)",
+                    lambda v: type(v) is int and v >= 1)
+        _check_list("crop_scales", self.crop_scales, "scales in (0, 1]",
+                    lambda v: type(v) in (int, float) and 0 < v <= 1)
 
     stream: str = "rgb"  # flow | rgb | mars; "sta-" is added to the name when ``sta`` is set
     arch: str = "resnext101"  # a registry name (mars-sta models)
@@ -102,6 +110,12 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
 
 
+def _check_list(name: str, values: list | None, what: str, ok: Callable[[Any], bool]) -> None:
+    """A list option (TOML array) is either absent or a non-empty list of allowed items."""
+    if values is not None and not (values and all(ok(v) for v in values)):
+        raise InputError(None, f"{name} must be a non-empty list of {what}, got {values}")
+
+
 @dataclass
 class TrainPaths:
     store: Path
@@ -119,6 +133,26 @@ def stream_values(train_table: dict[str, Any], stream: str) -> dict[str, Any]:
     return {**shared, **train_table.get(base, {}), **train_table.get(stream, {})}
 
 
+def train_table_label(train_table: dict[str, Any], stream: str) -> str:
+    """Where a stream's values come from, for messages: ``[train]``, then the stream's own tables it has."""
+    own = [f"[train.{name}]" for name in dict.fromkeys((stream.removeprefix("sta-"), stream)) if name in train_table]
+    return "+".join(["[train]", *own])
+
+
+def pretrained_path(values: dict[str, Any], path: Path, label: str) -> Path | None:
+    """Take ``pretrained`` out of a stream's values: a checkpoint path relative to the config file, which must
+    exist (a missing file found only when the stream starts training would waste every stage before it)."""
+    pretrained = values.pop("pretrained", None)
+    if pretrained is None:
+        return None
+    if not isinstance(pretrained, str):
+        raise InputError(path, f"{label} 'pretrained' must be str, got {type(pretrained).__name__} {pretrained!r}")
+    resolved = (Path(path).parent / pretrained).resolve()
+    if not resolved.is_file():
+        raise InputError(path, f"{label} pretrained: {resolved}: checkpoint not found")
+    return resolved
+
+
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[TrainConfig, Path | None]:
     """``mars-sta train --config X.toml``: the file's ``[train]`` table for the stream being trained, then options.
 
@@ -128,13 +162,15 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[Tra
     if path is None:
         return build_config(TrainConfig, {}, overrides), None
     table = read_toml(path).get("train", {})
-    stream = overrides.get("stream") or table.get("stream") or TrainConfig.stream
+    stream = overrides.get("stream") or table.get("stream")
+    if stream not in tuple(STREAM_SPECS):  # the config refuses an unknown one, once built
+        stream = TrainConfig.stream
     if overrides.get("sta") or table.get("sta"):
         stream = f"sta-{stream}"
+    label = train_table_label(table, stream)
     values = stream_values(table, stream)
-    pretrained = values.pop("pretrained", None)
-    config = build_config(TrainConfig, values, overrides, source=path)
-    return config, (Path(path).parent / pretrained).resolve() if pretrained else None
+    pretrained = pretrained_path(values, path, label)
+    return build_config(TrainConfig, values, overrides, source=path, table=label), pretrained
 
 
 def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
