@@ -36,12 +36,13 @@ from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
 from pipelines.core.lock import folder_lock
-from pipelines.core.manifest import stage_manifest
+from pipelines.core.manifest import stage_key, stage_manifest
 from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
 from pipelines.core.streams import stream_name
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
+EXTENDABLE_SCHEDULES = ("plateau", "step", "none")  # learning rates that do not depend on the total of epochs
 NORMALIZATIONS = ("mars", "unit")
 
 
@@ -448,9 +449,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
     start_epoch, best_acc = 0, -math.inf
     if last_path.exists():
-        start_epoch, best_acc = ckpt.load_train_checkpoint(last_path, run.manifest["key"], run.model, run.optimizer,
-                                                           run.scheduler)
-        say(f"resuming {run.name} from epoch {start_epoch}")
+        start_epoch, best_acc = _resume(run, last_path, say)
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
         if metrics_path.exists() else []
     if context.is_main:
@@ -475,6 +474,51 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
             f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
     return {"stream": run.name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
             "last": str(last_path), "metrics": str(metrics_path)}
+
+
+def _resume(run: _Run, last_path: Path, say: Callable[[str], None]) -> tuple[int, float]:
+    """Continue the run ``last.pth`` holds: the same config and inputs, or the same with more epochs where the
+    schedule allows (the manifest then lists the extension). Returns the epoch to start at and the best accuracy."""
+    checkpoint = ckpt.load_checkpoint(last_path)
+    config, planned = run.config, checkpoint.train_config.get("epochs")
+    if checkpoint.payload.get("run_key") != run.manifest["key"]:
+        same_but_epochs = isinstance(planned, int) and planned >= 1 and checkpoint.payload.get("run_key") == \
+            stage_key("train", {**config_to_dict(config), "epochs": planned}, run.manifest["input_fingerprints"])
+        if same_but_epochs:
+            raise InputError(last_path, f"was written by a {planned}-epoch run; scheduler '{config.scheduler}' sets "
+                                        f"its learning rates from the total number of epochs, so it cannot be "
+                                        f"extended to {config.epochs} (extendable: "
+                                        f"{', '.join(EXTENDABLE_SCHEDULES)}); use a new --out folder")
+        raise InputError(last_path, "was written by another config or other inputs; use a new --out folder or "
+                                    "delete it to start over")
+    if checkpoint.epoch > config.epochs:
+        raise InputError(last_path, f"holds {checkpoint.epoch} trained epochs, more than the {config.epochs} asked "
+                                    "for; ask for at least as many, or use a new --out folder")
+    extended = _previous_extensions(last_path.parent)
+    if planned != config.epochs:
+        extended.append({"from_epochs": planned, "to_epochs": config.epochs, "at_epoch": checkpoint.epoch,
+                         "written": run.manifest["written"]})
+        say(f"{'extending' if config.epochs > planned else 'shortening'} {run.name} from {planned} to "
+            f"{config.epochs} epochs")
+    if extended:
+        run.manifest["extended"] = extended
+    say(f"resuming {run.name} from epoch {checkpoint.epoch}")
+    return ckpt.restore_train_state(checkpoint, run.model, run.optimizer, run.scheduler)
+
+
+def _previous_extensions(out: Path) -> list[dict[str, Any]]:
+    """The extensions the folder's manifest lists already, so that a later one adds to the record."""
+    try:
+        extended = json.loads((out / "manifest.json").read_text()).get("extended", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(extended) if isinstance(extended, list) else []
+
+
+def _unkeyed(config: TrainConfig) -> tuple[str, ...]:
+    """Config entries that may change without making a ``last.pth`` another run's: the number of epochs, where
+    the schedule does not depend on it, so a finished run can be continued with more."""
+    return ("epochs",) if config.scheduler in EXTENDABLE_SCHEDULES else ()
 
 
 def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
@@ -505,7 +549,7 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     name = stream_name(config.stream, config.sta)
     manifest = stage_manifest("train", config_to_dict(config), {
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
-        "pretrained": paths.pretrained, "teacher": paths.teacher})
+        "pretrained": paths.pretrained, "teacher": paths.teacher}, unkeyed=_unkeyed(config))
     manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
                     processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
     return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,
