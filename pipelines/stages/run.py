@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import TABLES, build_config, check_tables, config_to_dict, read_toml
+from pipelines.core.config import TABLES, build_config, check_one_of, check_tables, config_to_dict, read_toml
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
@@ -54,8 +54,16 @@ class DataConfig:
     dataset: str = "dataset"  # name printed in reports
 
     def __post_init__(self) -> None:
+        """Split numbers, known stream names, and the teacher stream wherever a MARS stream distils from it."""
         if not all(type(split) is int and split >= 1 for split in self.splits_to_run):
             raise InputError(None, f"splits_to_run must list split numbers (1, 2, ...), got {self.splits_to_run}")
+        for stream in self.streams:
+            if stream not in TRAIN_ORDER:
+                raise InputError(None, f"unknown stream {stream!r} in streams (known: {', '.join(TRAIN_ORDER)})")
+        check_one_of(teacher=(self.teacher, TEACHERS))
+        if {"mars", "sta-mars"} & set(self.streams) and self.teacher not in self.streams:
+            raise InputError(None, f"mars streams distil from the {self.teacher} stream (teacher), which streams "
+                                   "does not list")
 
 
 @dataclass
@@ -135,7 +143,6 @@ def stage_configs(plan: RunPlan) -> StageConfigs:
     from pipelines.stages.evaluate import EvaluateConfig
     from pipelines.stages.fuse import FuseConfig
 
-    _check_streams(plan)
     source, tables = plan.source, plan.tables
     synth = build_config(SynthConfig, tables["synth"], source=source, table="[synth]") if "synth" in tables else None
     if synth is None and not plan.videos.exists():
@@ -261,19 +268,6 @@ def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Calla
     report = runner.stage("fuse", "fuse scores", fuse_key,
                           lambda: fuse(score_files, plan.out / "fused", fuse_config))
     return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
-
-
-def _check_streams(plan: RunPlan) -> None:
-    """Known stream names, and the teacher stream wherever a MARS stream distils from it."""
-    for stream in plan.data.streams:
-        if stream not in STREAM_STAGES:
-            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
-                                          f"(known: {', '.join(STREAM_STAGES)})")
-    if plan.data.teacher not in TEACHERS:
-        raise InputError(plan.source, f"[data] teacher {plan.data.teacher!r}: expected one of {', '.join(TEACHERS)}")
-    if {"mars", "sta-mars"} & set(plan.data.streams) and plan.data.teacher not in plan.data.streams:
-        raise InputError(plan.source, f"mars streams distil from the {plan.data.teacher} stream (teacher), "
-                                      "which [data] streams does not list")
 
 
 def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:
