@@ -3,7 +3,8 @@
 Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
 finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
-later one; ``force`` reruns the named stages only.
+later one; ``force`` reruns the named stages only. Every stage's config, for every stream and split, is built (and
+so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction.
 
 Layout of the run folder::
 
@@ -215,9 +216,7 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
 def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
                 progress: bool) -> dict[str, Any]:
     from flow.extract import extract_flow
-    from pipelines.stages.evaluate import evaluate
     from pipelines.stages.fuse import fuse
-    from pipelines.stages.train import TrainPaths, train
 
     if configs.synth is not None:
         from pipelines.data.synth import generate
@@ -232,42 +231,51 @@ def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Calla
                  {"config": config_to_dict(configs.extract), "videos": fingerprint(plan.videos)},
                  lambda: _summary(extract_flow(configs.extract, plan.videos, plan.store, progress=progress)))
     store_key = fingerprint(plan.store / "manifest.json")
-
-    score_files: list[Path] = []
-    for split in plan.data.splits_to_run:
-        split_dir = plan.out / f"split{split}"
-        checkpoints: dict[str, Path] = {}
-        for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
-            config, pretrained = configs.train[stream, split]
-            name = stream_name(config.stream, config.sta)
-            folder = split_dir / STREAM_STAGES[stream]
-            teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
-            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
-                               pretrained=pretrained)
-            key = {"config": config_to_dict(config), "store": store_key,
-                   "teacher": fingerprint(teacher) if teacher else None,
-                   "pretrained": fingerprint(pretrained) if pretrained else None,
-                   "splits": fingerprint(plan.splits) if plan.splits else None}
-            runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
-                         lambda c=config, p=paths: train(c, p, progress=log))
-            checkpoints[stream] = folder / "best.pth"
-
-        subsets = ["test", "val"] if configs.fuse.learn_weights else ["test"]
-        for stream, path in checkpoints.items():
-            for subset in subsets:
-                config = configs.evaluate[split, subset]
-                out = split_dir / "scores" / f"{stream}-{subset}.npz"
-                key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
-                runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
-                             lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
-                                                                      progress=progress, log=log))
-                score_files.append(out)
+    score_files = [path for split in plan.data.splits_to_run
+                   for path in _run_split(plan, configs, runner, split, store_key, log, progress)]
 
     fuse_key = {"config": config_to_dict(configs.fuse), "scores": [fingerprint(p) for p in score_files]}
     fuse_config = dataclasses.replace(configs.fuse, dataset=configs.fuse.dataset or plan.data.dataset)
     report = runner.stage("fuse", "fuse scores", fuse_key,
                           lambda: fuse(score_files, plan.out / "fused", fuse_config))
     return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+
+
+def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int, store_key: str,
+               log: Callable[[str], None], progress: bool) -> list[Path]:
+    """Train every stream of one split (teachers first), then score each; returns the score files."""
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.train import TrainPaths, train
+
+    split_dir = plan.out / f"split{split}"
+    checkpoints: dict[str, Path] = {}
+    for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
+        config, pretrained = configs.train[stream, split]
+        name = stream_name(config.stream, config.sta)
+        folder = split_dir / STREAM_STAGES[stream]
+        teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+        paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
+                           pretrained=pretrained)
+        key = {"config": config_to_dict(config), "store": store_key,
+               "teacher": fingerprint(teacher) if teacher else None,
+               "pretrained": fingerprint(pretrained) if pretrained else None,
+               "splits": fingerprint(plan.splits) if plan.splits else None}
+        runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
+                     lambda c=config, p=paths: train(c, p, progress=log))
+        checkpoints[stream] = folder / "best.pth"
+
+    score_files: list[Path] = []
+    subsets = ["test", "val"] if configs.fuse.learn_weights else ["test"]
+    for stream, path in checkpoints.items():
+        for subset in subsets:
+            config = configs.evaluate[split, subset]
+            out = split_dir / "scores" / f"{stream}-{subset}.npz"
+            key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
+            runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
+                         lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
+                                                                  progress=progress, log=log))
+            score_files.append(out)
+    return score_files
 
 
 def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:
