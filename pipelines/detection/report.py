@@ -85,7 +85,7 @@ def _timeline_figure(folder: Path, truth: Annotations, results: dict[str, Detect
 
     videos = sorted(truth.videos, key=lambda v: (-len(truth.videos[v].segments), v))[:TIMELINE_VIDEOS]
     weights_path = folder / "sta-s-cnn" / "sta_timelines.npz"
-    weights = dict(np.load(weights_path)) if weights_path.exists() else {}
+    weights = dict(np.load(weights_path, allow_pickle=False)) if weights_path.exists() else {}
     figure, axes = plt.subplots(len(videos), 1, figsize=(10, 1.6 * len(videos)), squeeze=False)
     for axis, video in zip(axes[:, 0], videos):
         rows = [("ground truth", [(s.start, s.end, s.label, 1.0) for s in truth.videos[video].segments])]

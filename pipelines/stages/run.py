@@ -28,13 +28,14 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import TABLES, build_config, check_one_of, check_tables, config_to_dict, read_toml
+from pipelines.core.config import (TABLES, TRAIN_STREAMS, build_config, check_one_of, check_tables,
+                                   config_to_dict, read_toml)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
-TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+TRAIN_ORDER = TRAIN_STREAMS
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
 STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
 TEACHERS = ("flow", "sta-flow")
