@@ -91,6 +91,8 @@ class SynthConfig:
             raise ValueError(f"motion_window must be between 0 and frames - 1 = {self.frames - 1}")
         if self.distractor < 0:
             raise ValueError("distractor must be 0 or more")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be greater than 0, got {self.fps}")
 
     @property
     def class_names(self) -> list[str]:

@@ -28,7 +28,7 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipelines.core.config import config_to_dict
+from pipelines.core.config import check_above, check_at_least, config_to_dict
 from pipelines.detection.annotations import Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
@@ -71,6 +71,10 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.stream not in STREAMS:
             raise InputError(None, f"detection stream must be one of {', '.join(STREAMS)}, not {self.stream!r}")
+        check_at_least(frames=(self.frames, 1), size=(self.size, 1), epochs=(self.epochs, 1),
+                       batch_size=(self.batch_size, 1), weight_decay=(self.weight_decay, 0), seed=(self.seed, 0),
+                       background_ratio=(self.background_ratio, 0), overlap_weight=(self.overlap_weight, 0))
+        check_above(lr=(self.lr, 0), overlap_alpha=(self.overlap_alpha, 0))
         if not 0 <= self.window_overlap < 1 or not self.window_lengths or min(self.window_lengths) < 1:
             raise InputError(None, "window_lengths must be positive and window_overlap in [0, 1)")
         for low, high in ((self.proposal_negative, self.proposal_positive),

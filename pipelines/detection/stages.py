@@ -23,7 +23,8 @@ def train_detector_stage(store: Path, annotations: Path, out: Path, config_path:
                          options: Mapping[str, Any], log: Callable[[str], None] = print,
                          progress: bool = True) -> dict[str, str]:
     """``train-detector``: read the config and the annotations of its subset, then train both networks."""
-    config = build_config(DetectorConfig, detection_table(config_path, "train"), options, source=config_path)
+    config = build_config(DetectorConfig, detection_table(config_path, "train"), options, source=config_path,
+                          table="[detection.train]")
     truth = read_annotations(annotations, config.subset)
     return train_detector(config, store, truth, out, log=log, progress=progress)
 
@@ -32,7 +33,8 @@ def detect_stage(model_dir: Path, store: Path, out: Path, annotations: Path | No
                  config_path: Path | None, options: Mapping[str, Any], log: Callable[[str], None] = print,
                  progress: bool = True) -> dict[str, Any]:
     """``detect``: the videos of an annotation subset (or the whole store), scored and written as results JSON."""
-    config = build_config(DetectConfig, detection_table(config_path, "detect"), options, source=config_path)
+    config = build_config(DetectConfig, detection_table(config_path, "detect"), options, source=config_path,
+                          table="[detection.detect]")
     with FlowStore(store) as opened:
         if annotations is None:
             videos = opened.video_ids()

@@ -3,7 +3,8 @@
 Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
 finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
-later one; ``force`` reruns the named stages only.
+later one; ``force`` reruns the named stages only. Every stage's config, for every stream and split, is built (and
+so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction.
 
 Layout of the run folder::
 
@@ -27,16 +28,18 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import build_config, config_to_dict, read_toml
+from pipelines.core.config import (TABLES, TRAIN_STREAMS, build_config, check_one_of, check_tables,
+                                   config_to_dict, read_toml)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
-TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+TRAIN_ORDER = TRAIN_STREAMS
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
 STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
 TEACHERS = ("flow", "sta-flow")
+RUN_TABLES = {name: subtables for name, subtables in TABLES.items() if name != "detection"}
 
 
 @dataclass
@@ -51,6 +54,18 @@ class DataConfig:
     sta: str = "layer4"  # STA spec of the sta- streams (a [train.<stream>] table may set its own)
     teacher: str = "flow"  # the flow stream MARS streams distil from: flow, or sta-flow as the STA-MARS authors
     dataset: str = "dataset"  # name printed in reports
+
+    def __post_init__(self) -> None:
+        """Split numbers, known stream names, and the teacher stream wherever a MARS stream distils from it."""
+        if not all(type(split) is int and split >= 1 for split in self.splits_to_run):
+            raise InputError(None, f"splits_to_run must list split numbers (1, 2, ...), got {self.splits_to_run}")
+        for stream in self.streams:
+            if stream not in TRAIN_ORDER:
+                raise InputError(None, f"unknown stream {stream!r} in streams (known: {', '.join(TRAIN_ORDER)})")
+        check_one_of(teacher=(self.teacher, TEACHERS))
+        if {"mars", "sta-mars"} & set(self.streams) and self.teacher not in self.streams:
+            raise InputError(None, f"mars streams distil from the {self.teacher} stream (teacher), which streams "
+                                   "does not list")
 
 
 @dataclass
@@ -71,11 +86,8 @@ def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, A
     """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
     ``base/run``."""
     tables = read_toml(config_path)
-    known = {"synth", "data", "extract", "train", "evaluate", "fuse"}
-    for key in tables:
-        if key not in known:
-            raise InputError(config_path, f"unknown table [{key}] (known: {', '.join(sorted(known))})")
-    data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path)
+    check_tables(config_path, tables, RUN_TABLES)
+    data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path, table="[data]")
     base = Path(base) if base else config_path.parent
     out = Path(out) if out else base / "run"
     videos = (base / data.videos).resolve()
@@ -86,17 +98,67 @@ def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, A
 
 def _train_config(plan: RunPlan, stream: str, split: int):
     """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
-    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
-    from pipelines.stages.train import TrainConfig, stream_values
+    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune.
+    The architecture, its STA spec and the pretrained file are checked here too, not when the stream trains."""
+    from pipelines.stages.train import TrainConfig, pretrained_path, stream_values, train_table_label
 
-    values = {**stream_values(plan.tables.get("train", {}), stream), "stream": stream.removeprefix("sta-"),
-              "split": split}
+    table = plan.tables.get("train", {})
+    label = train_table_label(table, stream)
+    values = {**stream_values(table, stream), "stream": stream.removeprefix("sta-"), "split": split}
     if stream.startswith("sta-"):
         values.setdefault("sta", plan.data.sta)
-    pretrained = values.pop("pretrained", None)
-    if pretrained is not None:
-        pretrained = (plan.source.parent / pretrained).resolve() if plan.source else Path(pretrained)
-    return build_config(TrainConfig, values, source=plan.source), pretrained
+    pretrained = pretrained_path(values, plan.source, label)
+    config = build_config(TrainConfig, values, source=plan.source, table=label)
+    _check_model(config, plan.source, label)
+    return config, pretrained
+
+
+def _check_model(config, source: Path | None, label: str) -> None:
+    """An architecture the registry has, and an STA spec it can take."""
+    from mars_sta import model_entry, parse_sta
+
+    try:
+        entry = model_entry(config.arch)
+        spec = parse_sta(config.sta)
+        if spec is not None:
+            spec.resolve(entry.default_sta_stage, entry.stages, config.arch)
+    except ValueError as exc:
+        raise InputError(source, f"{label} {exc}") from None
+
+
+@dataclass
+class StageConfigs:
+    """Every stage's config, built (and so checked) from the plan before the first stage runs."""
+
+    synth: Any  # SynthConfig, or None without a [synth] table
+    extract: Any  # ExtractConfig
+    train: dict[tuple[str, int], tuple[Any, Path | None]]  # (stream, split) -> (TrainConfig, pretrained)
+    evaluate: dict[tuple[int, str], Any]  # (split, subset) -> EvaluateConfig
+    fuse: Any  # FuseConfig
+
+
+def stage_configs(plan: RunPlan) -> StageConfigs:
+    """Check the whole config file, every stage's table for every stream and split, so a bad value stops the run
+    before its first stage rather than after hours of extraction."""
+    from flow.extract import ExtractConfig
+    from pipelines.data.synth import SynthConfig
+    from pipelines.stages.evaluate import EvaluateConfig
+    from pipelines.stages.fuse import FuseConfig
+
+    source, tables = plan.source, plan.tables
+    synth = build_config(SynthConfig, tables["synth"], source=source, table="[synth]") if "synth" in tables else None
+    if synth is None and not plan.videos.exists():
+        raise InputError(plan.videos, "videos folder not found")
+    fuse = build_config(FuseConfig, tables.get("fuse", {}), source=source, table="[fuse]")
+    splits = plan.data.splits_to_run
+    streams = sorted(plan.data.streams, key=TRAIN_ORDER.index)
+    return StageConfigs(
+        synth=synth, fuse=fuse,
+        extract=build_config(ExtractConfig, tables.get("extract", {}), source=source, table="[extract]"),
+        train={(stream, split): _train_config(plan, stream, split) for split in splits for stream in streams},
+        evaluate={(split, subset): build_config(EvaluateConfig, {**tables.get("evaluate", {}), "split": split,
+                                                                 "subset": subset}, source=source, table="[evaluate]")
+                  for split in splits for subset in (["test", "val"] if fuse.learn_weights else ["test"])})
 
 
 class Runner:
@@ -145,90 +207,76 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
         log: receives one line per stage.
         progress: show progress bars.
     """
+    configs = stage_configs(plan)
     runner = Runner(plan, from_stage, force, log)
     plan.out.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
-        return _run_locked(plan, runner, log, progress)
+        return _run_locked(plan, configs, runner, log, progress)
 
 
-def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
-    from flow.extract import ExtractConfig, extract_flow
-    from pipelines.stages.evaluate import EvaluateConfig, evaluate
-    from pipelines.stages.fuse import FuseConfig, fuse
-    from pipelines.stages.train import TrainPaths, train
+def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
+                progress: bool) -> dict[str, Any]:
+    from flow.extract import extract_flow
+    from pipelines.stages.fuse import fuse
 
-    _check_streams(plan)
-
-    if "synth" in plan.tables:
-        from pipelines.data.synth import SynthConfig, generate
-
-        synth_config = build_config(SynthConfig, plan.tables["synth"], source=plan.source)
+    if configs.synth is not None:
+        from pipelines.data.synth import generate
 
         def make_dataset() -> dict[str, Any]:
             shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
-            return _synth_summary(generate(plan.videos.parent, synth_config))
+            return _synth_summary(generate(plan.videos.parent, configs.synth))
 
-        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(synth_config)},
+        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(configs.synth)},
                      make_dataset)
-    extract_config = build_config(ExtractConfig, plan.tables.get("extract", {}), source=plan.source)
-    if not plan.videos.exists():
-        raise InputError(plan.videos, "videos folder not found")
     runner.stage("extract", "extract flow",
-                 {"config": config_to_dict(extract_config), "videos": fingerprint(plan.videos)},
-                 lambda: _summary(extract_flow(extract_config, plan.videos, plan.store, progress=progress)))
+                 {"config": config_to_dict(configs.extract), "videos": fingerprint(plan.videos)},
+                 lambda: _summary(extract_flow(configs.extract, plan.videos, plan.store, progress=progress)))
     store_key = fingerprint(plan.store / "manifest.json")
+    score_files = [path for split in plan.data.splits_to_run
+                   for path in _run_split(plan, configs, runner, split, store_key, log, progress)]
 
-    evaluate_values = plan.tables.get("evaluate", {})
-    fuse_config = build_config(FuseConfig, plan.tables.get("fuse", {}), source=plan.source)
-    score_files: list[Path] = []
-    for split in plan.data.splits_to_run:
-        split_dir = plan.out / f"split{split}"
-        checkpoints: dict[str, Path] = {}
-        for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
-            config, pretrained = _train_config(plan, stream, split)
-            name = stream_name(config.stream, config.sta)
-            folder = split_dir / STREAM_STAGES[stream]
-            teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
-            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
-                               pretrained=pretrained)
-            key = {"config": config_to_dict(config), "store": store_key,
-                   "teacher": fingerprint(teacher) if teacher else None,
-                   "pretrained": fingerprint(pretrained) if pretrained else None,
-                   "splits": fingerprint(plan.splits) if plan.splits else None}
-            runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
-                         lambda c=config, p=paths: train(c, p, progress=log))
-            checkpoints[stream] = folder / "best.pth"
-
-        subsets = ["test", "val"] if fuse_config.learn_weights else ["test"]
-        for stream, path in checkpoints.items():
-            for subset in subsets:
-                config = build_config(EvaluateConfig, {**evaluate_values, "split": split, "subset": subset},
-                                      source=plan.source)
-                out = split_dir / "scores" / f"{stream}-{subset}.npz"
-                key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
-                runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
-                             lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
-                                                                      progress=progress, log=log))
-                score_files.append(out)
-
-    fuse_key = {"config": config_to_dict(fuse_config), "scores": [fingerprint(p) for p in score_files]}
-    fuse_config = dataclasses.replace(fuse_config, dataset=fuse_config.dataset or plan.data.dataset)
+    fuse_key = {"config": config_to_dict(configs.fuse), "scores": [fingerprint(p) for p in score_files]}
+    fuse_config = dataclasses.replace(configs.fuse, dataset=configs.fuse.dataset or plan.data.dataset)
     report = runner.stage("fuse", "fuse scores", fuse_key,
                           lambda: fuse(score_files, plan.out / "fused", fuse_config))
     return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
 
 
-def _check_streams(plan: RunPlan) -> None:
-    """Known stream names, and the teacher stream wherever a MARS stream distils from it."""
-    for stream in plan.data.streams:
-        if stream not in STREAM_STAGES:
-            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
-                                          f"(known: {', '.join(STREAM_STAGES)})")
-    if plan.data.teacher not in TEACHERS:
-        raise InputError(plan.source, f"[data] teacher {plan.data.teacher!r}: expected one of {', '.join(TEACHERS)}")
-    if {"mars", "sta-mars"} & set(plan.data.streams) and plan.data.teacher not in plan.data.streams:
-        raise InputError(plan.source, f"mars streams distil from the {plan.data.teacher} stream (teacher), "
-                                      "which [data] streams does not list")
+def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int, store_key: str,
+               log: Callable[[str], None], progress: bool) -> list[Path]:
+    """Train every stream of one split (teachers first), then score each; returns the score files."""
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.train import TrainPaths, train
+
+    split_dir = plan.out / f"split{split}"
+    checkpoints: dict[str, Path] = {}
+    for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
+        config, pretrained = configs.train[stream, split]
+        name = stream_name(config.stream, config.sta)
+        folder = split_dir / STREAM_STAGES[stream]
+        teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+        paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
+                           pretrained=pretrained)
+        key = {"config": config_to_dict(config), "store": store_key,
+               "teacher": fingerprint(teacher) if teacher else None,
+               "pretrained": fingerprint(pretrained) if pretrained else None,
+               "splits": fingerprint(plan.splits) if plan.splits else None}
+        runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
+                     lambda c=config, p=paths: train(c, p, progress=log))
+        checkpoints[stream] = folder / "best.pth"
+
+    score_files: list[Path] = []
+    subsets = ["test", "val"] if configs.fuse.learn_weights else ["test"]
+    for stream, path in checkpoints.items():
+        for subset in subsets:
+            config = configs.evaluate[split, subset]
+            out = split_dir / "scores" / f"{stream}-{subset}.npz"
+            key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
+            runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
+                         lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
+                                                                  progress=progress, log=log))
+            score_files.append(out)
+    return score_files
 
 
 def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:
