@@ -1,4 +1,5 @@
-"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse.
+"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse,
+then, with a ``[detection]`` table, the detection stages (``pipelines.detection.pipeline``).
 
 Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
@@ -13,6 +14,9 @@ Layout of the run folder::
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
     OUT/fused/                      report.json, report.md, confusion matrices
+    OUT/detection/                  store/, <model>/ (checkpoints, detections.json), report.json
+
+A file with a ``[detection]`` table and no ``[data]`` table runs the detection stages only.
 """
 from __future__ import annotations
 
@@ -31,11 +35,13 @@ from pipelines.core.config import build_config, config_to_dict, read_toml
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
+from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
+from pipelines.detection.pipeline import DetectionPlan, plan_detection, run_detection
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
 TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
-STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
+STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse", *DETECTION_STAGES)
 TEACHERS = ("flow", "sta-flow")
 
 
@@ -64,24 +70,37 @@ class RunPlan:
     data: DataConfig
     tables: dict[str, Any]
     source: Path | None = None
+    recognition: bool = True  # the recognition stages run (a [data] table, or no [detection] table)
+    detection: DetectionPlan | None = None
 
 
 def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, Any] | None = None,
               base: Path | None = None) -> RunPlan:
     """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
     ``base/run``."""
+    from flow.extract import ExtractConfig
+
     tables = read_toml(config_path)
-    known = {"synth", "data", "extract", "train", "evaluate", "fuse"}
+    known = {"synth", "data", "extract", "train", "evaluate", "fuse", "detection"}
     for key in tables:
         if key not in known:
             raise InputError(config_path, f"unknown table [{key}] (known: {', '.join(sorted(known))})")
+    recognition = "data" in tables or "detection" not in tables
+    if not recognition and "synth" in tables:
+        raise InputError(config_path, "[synth] writes the trimmed recognition dataset, which a file without [data] "
+                                      "does not use; untrimmed videos come from [detection.synth]")
     data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path)
     base = Path(base) if base else config_path.parent
     out = Path(out) if out else base / "run"
     videos = (base / data.videos).resolve()
     splits = (base / data.splits).resolve() if data.splits else None
     store = (base / data.store).resolve() if data.store else out / "store"
-    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path)
+    detection = None
+    if "detection" in tables:
+        extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+        detection = plan_detection(tables["detection"], config_path, base, out, extract)
+    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path,
+                   recognition=recognition, detection=detection)
 
 
 def _train_config(plan: RunPlan, stream: str, split: int):
@@ -152,12 +171,21 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
 
 
 def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"report": None}
+    if plan.recognition:
+        _check_streams(plan)
+        result["report"] = _run_recognition(plan, runner, log, progress)
+    if plan.detection is not None:
+        result["detection"] = run_detection(plan.detection, runner.stage, log, progress)
+    return {**result, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+
+
+def _run_recognition(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
+    """Extract, train every stream of every split, evaluate, fuse; returns the fused report."""
     from flow.extract import ExtractConfig, extract_flow
     from pipelines.stages.evaluate import EvaluateConfig, evaluate
     from pipelines.stages.fuse import FuseConfig, fuse
     from pipelines.stages.train import TrainPaths, train
-
-    _check_streams(plan)
 
     if "synth" in plan.tables:
         from pipelines.data.synth import SynthConfig, generate
@@ -213,9 +241,7 @@ def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progr
 
     fuse_key = {"config": config_to_dict(fuse_config), "scores": [fingerprint(p) for p in score_files]}
     fuse_config = dataclasses.replace(fuse_config, dataset=fuse_config.dataset or plan.data.dataset)
-    report = runner.stage("fuse", "fuse scores", fuse_key,
-                          lambda: fuse(score_files, plan.out / "fused", fuse_config))
-    return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+    return runner.stage("fuse", "fuse scores", fuse_key, lambda: fuse(score_files, plan.out / "fused", fuse_config))
 
 
 def _check_streams(plan: RunPlan) -> None:
