@@ -68,7 +68,7 @@ def _timeline(video: str, folders: dict[str, Path], truth: Annotations, store: F
         detections[model] = [[*d["segment"], d["label"], d["score"]] for d in found if d["score"] >= TIMELINE_SCORE]
         weights = folder / "sta_timelines.npz"
         if weights.is_file():
-            with np.load(weights) as loaded:
+            with np.load(weights, allow_pickle=False) as loaded:
                 if video in loaded:
                     sta[model] = [None if math.isnan(w) else round(float(w), 4) for w in loaded[video]]
     return {"video": video, "fps": fps, "duration": store.num_frames(video) / fps,
