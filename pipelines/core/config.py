@@ -23,7 +23,7 @@ ConfigT = TypeVar("ConfigT")
 TRAIN_STREAMS = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
 TABLES: dict[str, tuple[str, ...] | None] = {
     "synth": None, "data": None, "extract": None, "train": TRAIN_STREAMS, "evaluate": None, "fuse": None,
-    "detection": ("train", "detect")}
+    "detection": ("synth", "train", "detect", "rc3d", "rc3d_detect")}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def check_tables(path: str | Path, tables: Mapping[str, Any], known: Mapping[str
         for key, value in table.items() if subtables is not None else ():
             if key in subtables and not isinstance(value, dict):
                 raise InputError(path, f"[{name}.{key}] must be a table, got {type(value).__name__}")
-            if key not in subtables and (isinstance(value, dict) or name == "detection"):
+            if key not in subtables and isinstance(value, dict):
                 listed = ", ".join(f"[{name}.{sub}]" for sub in subtables)
                 raise InputError(path, f"unknown table [{name}.{key}] (known: {listed})")
 

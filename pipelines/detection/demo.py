@@ -1,15 +1,14 @@
 """``mars-sta demo --task detection``: untrimmed synthetic data -> extract -> S-CNN and STA-S-CNN -> detect -> mAP.
 
 Layout under ``--out``: ``data/`` (videos, the THUMOS'14 folder ``data/annotations/`` and ``data/annotations.json``),
-``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``), ``detection/report.json``:
-``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``, and ``detection/report.md`` / ``.html``.
+``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``), ``detection/report.json`` (the summary of
+``pipelines.detection.summary`` with the seed and the time taken), and ``detection/report.md`` / ``.html``.
 STA-S-CNN reuses S-CNN's proposal network (the paper inserts STA into the localization network only), so the two
 differ only where STA is.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -21,10 +20,13 @@ from pipelines.core.config import build_config, read_toml
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, format_table, read_detections
+from pipelines.detection.pipeline import share_proposal
 from pipelines.detection.report import write_detection_report
 from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.detection.summary import summarize
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from flow.atomic import write_json_atomic
+from flow.errors import InputError
 
 DEMO_CONFIG = "detection-demo.toml"
 MODELS = ("s-cnn", "sta-s-cnn")
@@ -53,9 +55,12 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     out = Path(out)
     config_path = Path(config_path) if config_path else detection_demo_config()
     tables = read_toml(config_path)
-    synth = build_config(UntrimmedConfig, tables.get("synth", {}), {"seed": seed}, source=config_path)
-    extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+    if "synth" in tables:
+        raise InputError(config_path, "[synth] writes trimmed clips; the detection demo's videos come from "
+                                      "[detection.synth]")
     detection = tables.get("detection", {})
+    synth = build_config(UntrimmedConfig, detection.get("synth", {}), {"seed": seed}, source=config_path)
+    extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
     train = build_config(DetectorConfig, detection.get("train", {}), {"seed": seed}, source=config_path)
     test = build_config(DetectConfig, detection.get("detect", {}), source=config_path)
 
@@ -65,18 +70,17 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     log(f"data: {summary.extracted + summary.skipped} untrimmed videos in {out / 'store'} "
         f"({time.perf_counter() - started:.0f} s)")
     truth = {subset: read_annotations(out / "data" / "annotations.json", subset) for subset in ("val", "test")}
-    rows = []
     for model in MODELS:
         folder = out / "detection" / model
         config = train if model == "sta-s-cnn" else dataclasses.replace(train, sta=None)
-        _share_proposal(out / "detection" / MODELS[0], folder)
+        share_proposal(out / "detection" / MODELS[0], folder)
         train_detector(config, out / "store", truth["val"], folder, log=log, progress=False)
         detect(folder, out / "store", sorted(truth["test"].videos), folder / "detections.json", test, log=log,
                progress=False)
         result = evaluate_detections(read_detections(folder / "detections.json"), truth["test"], DEFAULT_TIOU)
         log(f"{model}:\n{format_table(result)}")
-        rows.append({"model": model, "mAP": result.mAP, "per_class": result.per_class})
-    report = {"tiou": list(DEFAULT_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
+    folders = {model: out / "detection" / model for model in MODELS}
+    report = {**summarize(folders, truth["test"], out / "store", DEFAULT_TIOU, "activitynet"), "seed": seed,
               "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "detection" / "report.json", report)
     pages = write_detection_report(out)
@@ -91,10 +95,3 @@ def format_rows(report: dict[str, Any]) -> str:
     lines = [f"{row['model']:<10} " + "  ".join(f"{100 * v:5.1f}" for v in row["mAP"]) for row in report["rows"]]
     return "\n".join(["mAP (%) at tIoU", header, *lines, f"({report['seconds']:.0f} s)"])
 
-
-def _share_proposal(source: Path, target: Path) -> None:
-    """Give STA-S-CNN the proposal network S-CNN trained (its resume key ignores ``sta``, so it is kept as is)."""
-    if source == target or (target / "proposal.pth").exists() or not (source / "proposal.pth").exists():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "proposal.pth", target / "proposal.pth")

@@ -21,12 +21,12 @@ def detection_table(path: Path | None, name: str) -> dict[str, Any]:
 
 def train_detector_stage(store: Path, annotations: Path, out: Path, config_path: Path | None,
                          options: Mapping[str, Any], log: Callable[[str], None] = print,
-                         progress: bool = True) -> dict[str, str]:
+                         progress: bool = True, teacher: Path | None = None) -> dict[str, str]:
     """``train-detector``: read the config and the annotations of its subset, then train both networks."""
     config = build_config(DetectorConfig, detection_table(config_path, "train"), options, source=config_path,
                           table="[detection.train]")
     truth = read_annotations(annotations, config.subset)
-    return train_detector(config, store, truth, out, log=log, progress=progress)
+    return train_detector(config, store, truth, out, log=log, progress=progress, teacher=teacher)
 
 
 def detect_stage(model_dir: Path, store: Path, out: Path, annotations: Path | None, subset: str,

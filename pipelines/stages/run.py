@@ -1,4 +1,5 @@
-"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse.
+"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse,
+then, with a ``[detection]`` table, the detection stages (``pipelines.detection.pipeline``).
 
 Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
@@ -14,6 +15,9 @@ Layout of the run folder::
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
     OUT/fused/                      report.json, report.md, confusion matrices
+    OUT/detection/                  store/, <model>/ (checkpoints, detections.json), report.json
+
+A file with a ``[detection]`` table and no ``[data]`` table runs the detection stages only.
 """
 from __future__ import annotations
 
@@ -28,18 +32,19 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import (TABLES, TRAIN_STREAMS, build_config, check_one_of, check_tables,
+from pipelines.core.config import (TRAIN_STREAMS, build_config, check_one_of,
                                    config_to_dict, read_toml)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
+from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
+from pipelines.detection.pipeline import DetectionPlan, plan_detection, run_detection
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
 TRAIN_ORDER = TRAIN_STREAMS
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
-STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
+STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse", *DETECTION_STAGES)
 TEACHERS = ("flow", "sta-flow")
-RUN_TABLES = {name: subtables for name, subtables in TABLES.items() if name != "detection"}
 
 
 @dataclass
@@ -79,21 +84,33 @@ class RunPlan:
     data: DataConfig
     tables: dict[str, Any]
     source: Path | None = None
+    recognition: bool = True  # the recognition stages run (a [data] table, or no [detection] table)
+    detection: DetectionPlan | None = None
 
 
 def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, Any] | None = None,
               base: Path | None = None) -> RunPlan:
     """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
     ``base/run``."""
+    from flow.extract import ExtractConfig
+
     tables = read_toml(config_path)
-    check_tables(config_path, tables, RUN_TABLES)
+    recognition = "data" in tables or "detection" not in tables
+    if not recognition and "synth" in tables:
+        raise InputError(config_path, "[synth] writes the trimmed recognition dataset, which a file without [data] "
+                                      "does not use; untrimmed videos come from [detection.synth]")
     data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path, table="[data]")
     base = Path(base) if base else config_path.parent
     out = Path(out) if out else base / "run"
     videos = (base / data.videos).resolve()
     splits = (base / data.splits).resolve() if data.splits else None
     store = (base / data.store).resolve() if data.store else out / "store"
-    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path)
+    detection = None
+    if "detection" in tables:
+        extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+        detection = plan_detection(tables["detection"], config_path, base, out, extract)
+    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path,
+                   recognition=recognition, detection=detection)
 
 
 def _train_config(plan: RunPlan, stream: str, split: int):
@@ -207,15 +224,26 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
         log: receives one line per stage.
         progress: show progress bars.
     """
-    configs = stage_configs(plan)
+    configs = stage_configs(plan) if plan.recognition else None
     runner = Runner(plan, from_stage, force, log)
     plan.out.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
         return _run_locked(plan, configs, runner, log, progress)
 
 
-def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
+def _run_locked(plan: RunPlan, configs: StageConfigs | None, runner: Runner, log: Callable[[str], None],
                 progress: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"report": None}
+    if configs is not None:
+        result["report"] = _run_recognition(plan, configs, runner, log, progress)
+    if plan.detection is not None:
+        result["detection"] = run_detection(plan.detection, runner.stage, log, progress)
+    return {**result, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+
+
+def _run_recognition(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
+                     progress: bool) -> dict[str, Any]:
+    """Extract, train every stream of every split, evaluate, fuse; returns the fused report."""
     from flow.extract import extract_flow
     from pipelines.stages.fuse import fuse
 
@@ -237,9 +265,7 @@ def _run_locked(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Calla
 
     fuse_key = {"config": config_to_dict(configs.fuse), "scores": [fingerprint(p) for p in score_files]}
     fuse_config = dataclasses.replace(configs.fuse, dataset=configs.fuse.dataset or plan.data.dataset)
-    report = runner.stage("fuse", "fuse scores", fuse_key,
-                          lambda: fuse(score_files, plan.out / "fused", fuse_config))
-    return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
+    return runner.stage("fuse", "fuse scores", fuse_key, lambda: fuse(score_files, plan.out / "fused", fuse_config))
 
 
 def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int, store_key: str,
