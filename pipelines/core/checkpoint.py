@@ -119,6 +119,13 @@ class Checkpoint:
                 from None
         return model.eval()
 
+    def build_frozen(self, device: torch.device) -> torch.nn.Module:
+        """The network as a teacher: on ``device``, eval mode (BN running statistics), no gradients."""
+        model = self.build_model()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model.to(device).eval()
+
     def check_store(self, store: str | Path, preprocessing_hash: str) -> None:
         """Refuse a store extracted with other preprocessing than the training store's."""
         if self.preprocessing_hash not in (None, preprocessing_hash):

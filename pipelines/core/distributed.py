@@ -92,3 +92,16 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
 def barrier(context: DistContext) -> None:
     if context.active:
         dist.barrier()
+
+
+class LogitsAndFeatures(torch.nn.Module):
+    """Logits and pooled features from one ``forward``, so DistributedDataParallel sees every use of the weights
+    (the MARS loss needs both)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), features

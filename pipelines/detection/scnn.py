@@ -36,7 +36,8 @@ from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipelines.core.config import check_above, check_at_least, config_to_dict
-from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, init_distributed, rank_device
+from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, init_distributed,
+                                        rank_device)
 from pipelines.core.stream_specs import stream_spec
 from pipelines.detection.annotations import Annotations
 from pipelines.detection.clips import WindowClips, fps_of
@@ -231,22 +232,7 @@ def load_teacher(path: Path, config: DetectorConfig, classes: list[str], device:
     if (trained.arch, trained.frames, trained.size) != (config.arch, config.frames, config.size):
         raise InputError(path, f"teacher is {trained.arch} on {trained.frames}x{trained.size}px clips, this detector "
                                f"{config.arch} on {config.frames}x{config.size}px: MARS matches features of one shape")
-    teacher = checkpoint.build_model()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher.to(device).eval()
-
-
-class _Network(torch.nn.Module):
-    """Logits and pooled features from one forward, so DistributedDataParallel sees every use of the weights."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        return self.net.forward_head(features), features
+    return checkpoint.build_frozen(device)
 
 
 @dataclass
@@ -275,7 +261,7 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     path = out / f"{network}.pth"
     first = _resume(path, key, model, optimizer)
-    student: torch.nn.Module = _Network(model)
+    student: torch.nn.Module = LogitsAndFeatures(model)
     if run.context.active:
         student = DistributedDataParallel(student, device_ids=[run.device.index] if run.device.type == "cuda"
                                           else None)

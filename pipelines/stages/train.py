@@ -34,7 +34,8 @@ from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
-from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
+from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, batch_plan,
+                                        init_distributed, rank_device)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import stage_key, stage_manifest
 from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
@@ -270,22 +271,7 @@ def _load_teacher(path: Path, kind: str, data: StageData, device: torch.device) 
         raise InputError(path, f"teacher must be a {kind}-stream checkpoint, got stream {loaded.stream!r}")
     if loaded.classes != data.classes:
         raise InputError(path, "teacher was trained on other classes than this dataset's")
-    teacher = loaded.build_model()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.to(device).eval()
-
-
-class _Student(torch.nn.Module):
-    """Logits and pooled features from one ``forward``, so DistributedDataParallel sees every use of the weights."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        return self.net.forward_head(features), features
+    return loaded.build_frozen(device)
 
 
 def _split_inputs(batch: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -543,7 +529,7 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     groups = parameter_groups(model, config, fine_tuning)
     optimizer = make_optimizer(config, groups)
     steps_per_epoch = max(1, len(train_set) // (config.batch_size * context.world_size * config.accumulate))
-    student: torch.nn.Module = _Student(model)
+    student: torch.nn.Module = LogitsAndFeatures(model)
     if context.active:
         student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     name = stream_name(config.stream, config.sta)
