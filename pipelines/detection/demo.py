@@ -17,17 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from flow.extract import ExtractConfig, extract_flow
+from pipelines.core.checkpoint import load_checkpoint
 from pipelines.core.config import build_config, read_toml
-from pipelines.detection.annotations import read_annotations
+from pipelines.detection.annotations import Annotations, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, format_table, read_detections
+from pipelines.detection.rc3d import RC3DConfig, train_rc3d
+from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.report import write_detection_report
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from flow.atomic import write_json_atomic
+from pipelines.inference.features import FeaturesConfig, build_features
 
 DEMO_CONFIG = "detection-demo.toml"
-MODELS = ("s-cnn", "sta-s-cnn")
+MODELS = ("s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d")
+HIGH_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)  # the later papers' range (ActionFormer, AFSD), reported beside Table VI's
 
 
 def detection_demo_config() -> Path:
@@ -58,6 +63,8 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     detection = tables.get("detection", {})
     train = build_config(DetectorConfig, detection.get("train", {}), {"seed": seed}, source=config_path)
     test = build_config(DetectConfig, detection.get("detect", {}), source=config_path)
+    rc3d = build_config(RC3DConfig, detection.get("rc3d", {}), {"seed": seed}, source=config_path)
+    rc3d_test = build_config(RC3DDetectConfig, detection.get("rc3d_detect", {}), source=config_path)
 
     if not (out / "data" / "synth.json").exists():
         generate_untrimmed(out / "data", synth)
@@ -68,15 +75,20 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     rows = []
     for model in MODELS:
         folder = out / "detection" / model
-        config = train if model == "sta-s-cnn" else dataclasses.replace(train, sta=None)
-        _share_proposal(out / "detection" / MODELS[0], folder)
-        train_detector(config, out / "store", truth["val"], folder, log=log, progress=False)
-        detect(folder, out / "store", sorted(truth["test"].videos), folder / "detections.json", test, log=log,
-               progress=False)
-        result = evaluate_detections(read_detections(folder / "detections.json"), truth["test"], DEFAULT_TIOU)
+        if model in ("s-cnn", "sta-s-cnn"):
+            config = train if model == "sta-s-cnn" else dataclasses.replace(train, sta=None)
+            _share_proposal(out / "detection" / MODELS[0], folder)
+            train_detector(config, out / "store", truth["val"], folder, log=log, progress=False)
+            detect(folder, out / "store", sorted(truth["test"].videos), folder / "detections.json", test, log=log,
+                   progress=False)
+        else:
+            _rc3d_on_scnn(out, model, rc3d, rc3d_test, train, truth, log)
+        result = evaluate_detections(read_detections(folder / "detections.json"), truth["test"],
+                                     [*DEFAULT_TIOU, *HIGH_TIOU[3:]])
         log(f"{model}:\n{format_table(result)}")
-        rows.append({"model": model, "mAP": result.mAP, "per_class": result.per_class})
-    report = {"tiou": list(DEFAULT_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
+        rows.append({"model": model, "mAP": result.mAP[:len(DEFAULT_TIOU)], "mAP_high": result.mAP[2:],
+                     "per_class": {k: v[:len(DEFAULT_TIOU)] for k, v in result.per_class.items()}})
+    report = {"tiou": list(DEFAULT_TIOU), "tiou_high": list(HIGH_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
               "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "detection" / "report.json", report)
     pages = write_detection_report(out)
@@ -87,8 +99,8 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
 
 def format_rows(report: dict[str, Any]) -> str:
     """The Table VI-style summary: mAP (%) per model and tIoU."""
-    header = "model      " + "  ".join(f"{t:>5.1f}" for t in report["tiou"])
-    lines = [f"{row['model']:<10} " + "  ".join(f"{100 * v:5.1f}" for v in row["mAP"]) for row in report["rows"]]
+    header = "model       " + "  ".join(f"{t:>5.1f}" for t in report["tiou"])
+    lines = [f"{row['model']:<11} " + "  ".join(f"{100 * v:5.1f}" for v in row["mAP"]) for row in report["rows"]]
     return "\n".join(["mAP (%) at tIoU", header, *lines, f"({report['seconds']:.0f} s)"])
 
 
@@ -98,3 +110,21 @@ def _share_proposal(source: Path, target: Path) -> None:
         return
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / "proposal.pth", target / "proposal.pth")
+
+
+def _rc3d_on_scnn(out: Path, model: str, config: RC3DConfig, test: RC3DDetectConfig, scnn_config: DetectorConfig,
+                  truth: dict[str, Annotations], log: Callable[[str], None]) -> None:
+    """R-C3D's heads on features cached from the matching S-CNN's localization network (its STA included): the
+    backbone is pretrained on the same videos, as R-C3D's is on Sports-1M, and only the heads train here."""
+    scnn = out / "detection" / model.replace("r-c3d", "s-cnn") / "localization.pth"
+    features = out / "features" / model
+    config = dataclasses.replace(config, mode="heads", pretrained=str(scnn), arch=scnn_config.arch,
+                                 stream=scnn_config.stream, size=scnn_config.size,
+                                 normalization=scnn_config.normalization,
+                                 sta=scnn_config.sta if model.startswith("sta-") else None)
+    layer = config.layer or load_checkpoint(scnn).build_model().stage_names[-1]
+    reads = FeaturesConfig(stride=config.stride, layer=layer, buffer=config.buffer, device=config.device)
+    build_features(reads, scnn, out / "store", features, log=log)
+    folder = out / "detection" / model
+    train_rc3d(config, out / "store", truth["val"], folder, features, log=log)
+    detect_rc3d(folder, sorted(truth["test"].videos), folder / "detections.json", test, features=features, log=log)

@@ -233,7 +233,7 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
     optimizer = _optimizer(config, model.parameters(config.mode))
     manifest = stage_manifest("train-detector", {"detector": "rc3d", **config_to_dict(config)},
                               {"store": store_path, "annotations": truth.source, "features": features})
-    key = _resume_key(manifest, store)
+    key = _resume_key(config, manifest, store, features)
     out.mkdir(parents=True, exist_ok=True)
     for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
         started, losses = time.perf_counter(), []
@@ -295,10 +295,14 @@ def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, stor
     return {video: cache.read(video)[:2] for video in cache.video_ids()}
 
 
-def _resume_key(manifest: dict[str, Any], store: FlowStore) -> str:
-    """Config but its epoch count, annotations, features, and the store's video files and preprocessing."""
-    inputs = {**manifest["input_fingerprints"], "store": None, "preprocessing": store.preprocessing,
-              "videos": fingerprint(store.root / VIDEOS)}
+def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None) -> str:
+    """Config but its epoch count, the annotations, the bytes of the checkpoint the backbone starts from, the
+    features' key (not their folder, whose manifest every rerun of ``features`` rewrites), and the store's video
+    files and preprocessing."""
+    inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
+              "videos": fingerprint(store.root / VIDEOS),
+              "pretrained": file_sha256(config.pretrained) if config.pretrained else None,
+              "features": FeatureStore(features).manifest["key"] if features is not None else None}
     return config_hash({**manifest["config"], "epochs": None, "inputs": inputs})
 
 

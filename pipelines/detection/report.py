@@ -55,6 +55,12 @@ def markdown_tables(summary: dict[str, Any], results: dict[str, DetectionResult]
              "|---|" + "---|" * len(tiou)]
     lines += [f"| {row['model']} | " + " | ".join(f"{100 * v:.1f}" for v in row["mAP"]) + " |"
               for row in summary["rows"]]
+    if "tiou_high" in summary:
+        high = summary["tiou_high"]
+        lines += ["", "## Detection mAP (%) at tIoU 0.3-0.7", "", "| model | " + " | ".join(f"{t:g}" for t in high)
+                  + " |", "|---|" + "---|" * len(high)]
+        lines += [f"| {row['model']} | " + " | ".join(f"{100 * v:.1f}" for v in row["mAP_high"]) + " |"
+                  for row in summary["rows"]]
     for model, result in results.items():
         lines += ["", f"### Per-class AP (%), {model}", "", "| class | " + " | ".join(f"{t:g}" for t in tiou) + " |",
                   "|---|" + "---|" * len(tiou)]
