@@ -1,10 +1,13 @@
-"""``mars-sta demo --task detection``: untrimmed synthetic data -> extract -> S-CNN and STA-S-CNN -> detect -> mAP.
+"""``mars-sta demo --task detection``: untrimmed synthetic data -> extract -> S-CNN, STA-S-CNN, R-C3D and STA-R-C3D
+-> detect -> mAP.
 
 Layout under ``--out``: ``data/`` (videos, the THUMOS'14 folder ``data/annotations/`` and ``data/annotations.json``),
-``store/``, ``detection/<model>/`` (checkpoints, ``detections.json``), ``detection/report.json``:
+``store/``, ``features/<model>/`` (R-C3D's cached backbone maps), ``detection/<model>/`` (checkpoints,
+``detections.json``), ``detection/report.json``:
 ``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``, and ``detection/report.md`` / ``.html``.
 STA-S-CNN reuses S-CNN's proposal network (the paper inserts STA into the localization network only), so the two
-differ only where STA is.
+differ only where STA is. R-C3D trains its heads on features cached from S-CNN's localization network, STA-R-C3D
+on STA-S-CNN's, so those two differ only by STA in the shared backbone.
 """
 from __future__ import annotations
 
@@ -88,8 +91,8 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
         log(f"{model}:\n{format_table(result)}")
         rows.append({"model": model, "mAP": result.mAP[:len(DEFAULT_TIOU)], "mAP_high": result.mAP[2:],
                      "per_class": {k: v[:len(DEFAULT_TIOU)] for k, v in result.per_class.items()}})
-    report = {"tiou": list(DEFAULT_TIOU), "tiou_high": list(HIGH_TIOU), "rows": rows, "seed": seed, "protocol": "activitynet",
-              "seconds": round(time.perf_counter() - started, 1)}
+    report = {"tiou": list(DEFAULT_TIOU), "tiou_high": list(HIGH_TIOU), "rows": rows, "seed": seed,
+              "protocol": "activitynet", "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "detection" / "report.json", report)
     pages = write_detection_report(out)
     log(format_rows(report))

@@ -22,7 +22,7 @@ from pipelines.core.config import config_to_dict
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import file_sha256, stage_manifest
 from pipelines.detection.clips import fps_of
-from pipelines.detection.rc3d import MODEL, RC3D, load_rc3d, rc3d_config_of
+from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of
 from pipelines.detection.rc3d_targets import proposals
 from pipelines.detection.windows import temporal_nms
 from pipelines.inference.features import FeatureStore, video_map
@@ -42,7 +42,7 @@ class RC3DDetectConfig:
 
 
 @torch.no_grad()
-def buffer_detections(model: RC3D, feature_map: torch.Tensor, trained, config: RC3DDetectConfig
+def buffer_detections(model: RC3D, feature_map: torch.Tensor, trained: RC3DConfig, config: RC3DDetectConfig
                       ) -> list[tuple[float, float, int, float]]:
     """``(start, end, class index, score)`` in feature steps of one buffer's map (C, L, h, w)."""
     length = feature_map.shape[1]
@@ -132,7 +132,7 @@ def _map_source(model: RC3D, path: Path, payload: dict[str, Any], store_path: Pa
     return store, computed
 
 
-def _video_detections(model: RC3D, feature_map: torch.Tensor, bounds: list[int], trained,
+def _video_detections(model: RC3D, feature_map: torch.Tensor, bounds: list[int], trained: RC3DConfig,
                       config: RC3DDetectConfig, frames_per_step: float, fps: float, grid: int,
                       classes: list[str]) -> list[dict[str, Any]]:
     """Every buffer's detections in seconds, best first."""
