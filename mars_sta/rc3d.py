@@ -77,17 +77,16 @@ def temporal_roi_pool(feature_map: torch.Tensor, rois: torch.Tensor, output: Seq
     R-C3D's RoI pooling rounds bins outward). Returns (R, C, time, h', w'); gradients reach the maxima.
     """
     bins, height, width = output
-    channels, length = feature_map.shape[:2]
+    length = feature_map.shape[1]
     spatial = nn.functional.adaptive_max_pool3d(feature_map, (length, height, width))  # (C, L, h', w')
     fraction = torch.arange(bins + 1, dtype=rois.dtype, device=rois.device) / bins
     edges = rois[:, :1] + fraction[None, :] * (rois[:, 1:] - rois[:, :1])  # (R, bins + 1)
-    first = edges[:, :-1].floor().clamp(0, length - 1)
-    last = torch.maximum(edges[:, 1:].ceil(), first + 1).clamp(max=length)
-    steps = torch.arange(length, dtype=rois.dtype, device=rois.device)
-    inside = (steps >= first[..., None]) & (steps < last[..., None])  # (R, bins, L)
-    values = spatial[None, :, None].expand(len(rois), channels, bins, length, height, width)
-    masked = values.masked_fill(~inside[:, None, :, :, None, None], float("-inf"))
-    return masked.amax(dim=3)
+    first = edges[:, :-1].floor().clamp(0, length - 1).long()
+    last = torch.maximum(edges[:, 1:].ceil().long(), first + 1).clamp(max=length)
+    widest = int((last - first).max()) if len(rois) else 1
+    # each bin reads its own steps, the widest bin's count of them, repeating its last step where it is narrower
+    steps = torch.minimum(first[..., None] + torch.arange(widest, device=rois.device), last[..., None] - 1)
+    return spatial[:, steps].amax(dim=3).permute(1, 0, 2, 3, 4)  # (C, R, bins, k, h', w') -> (R, C, bins, h', w')
 
 
 class ProposalSubnet(nn.Module):
