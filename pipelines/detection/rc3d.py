@@ -85,8 +85,13 @@ class RC3DConfig:
         check_choices(self)
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1), epochs=(self.epochs, 0),
                        anchor_batch=(self.anchor_batch, 1), roi_batch=(self.roi_batch, 1), size=(self.size, 1))
-        if not self.anchor_scales or min(self.anchor_scales) <= 0 or len(self.pool) != 3 or min(self.pool) < 1:
-            raise InputError(None, "anchor_scales must be positive and pool three positive bin counts")
+        numbers = (*self.anchor_scales, *self.roi_negative, *self.offset_stds, *self.pool)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+            raise InputError(None, "anchor_scales, roi_negative, offset_stds and pool must hold numbers")
+        if (not self.anchor_scales or min(self.anchor_scales) <= 0 or len(self.pool) != 3 or min(self.pool) < 1
+                or len(self.roi_negative) != 2 or len(self.offset_stds) != 2 or min(self.offset_stds) <= 0):
+            raise InputError(None, "anchor_scales and offset_stds must be positive, roi_negative a pair and pool "
+                                   "three positive bin counts")
         if not 0 <= self.anchor_negative <= self.anchor_positive <= 1 or not (
                 0 <= self.roi_negative[0] <= self.roi_negative[1] <= self.roi_positive <= 1):
             raise InputError(None, "negative and positive tIoU thresholds must satisfy 0 <= negative <= positive <= 1")
