@@ -55,25 +55,46 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
               help="R-C3D heads mode: a feature store computed with --pretrained (mars-sta features).")
 @click.option("--subset", help="Annotation subset to train on.  [default: val]")
 @click.option("--arch", help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
-@click.option("--stream", type=click.Choice(["rgb", "flow"]), help="Input stream.  [default: flow]")
-@click.option("--sta", help="STA in S-CNN's localization network or R-C3D's backbone, e.g. 'layer3'.")
+@click.option("--stream", type=click.Choice(["rgb", "flow", "mars"]),
+              help="Input stream; mars reads RGB only and distils from --teacher (S-CNN).  [default: flow]")
+@click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
+              help="Flow detector (a train-detector folder) the mars stream distils from.")
+@click.option("--sta", help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
 @click.option("--pretrained", help="Recognition checkpoint both networks start from.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
+@click.option("--accumulate", type=int, help="Micro-batches per optimizer step.  [default: 1]")
+@click.option("--alpha", type=float, help="MARS feature-matching weight (mars stream).  [default: 50]")
 @click.option("--lr", type=float)
 @click.option("--frames", type=int, help="Clip length every window is sampled to.  [default: 16]")
 @click.option("--size", type=int, help="Clip side in pixels.  [default: 32]")
 @click.option("--seed", type=int)
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes on this machine: relaunches itself under torchrun (DistributedDataParallel).")
 def train_detector_command(store: Path, annotations_path: Path, out: Path, config_path: Path | None,
-                           detector: str, features: Path | None, no_progress: bool, **options) -> None:
-    """Train a detector on annotated untrimmed videos: S-CNN (STA-S-CNN with --sta) or R-C3D (STA-R-C3D)."""
+                           detector: str, features: Path | None, teacher: Path | None, no_progress: bool,
+                           nproc: int, **options) -> None:
+    """Train a detector on annotated untrimmed videos: S-CNN's proposal and localization networks (STA-S-CNN with
+    --sta) or R-C3D (STA-R-C3D with --sta).
+
+    \b
+    Several GPUs or machines (S-CNN): torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
+    """
+    if nproc > 1:
+        if detector == "rc3d":
+            raise click.UsageError("--nproc is for S-CNN; R-C3D trains in one process")
+        from cli.launch import relaunch_under_torchrun
+
+        relaunch_under_torchrun(nproc)
     from pipelines.detection.stages import train_detector_stage
 
     paths = train_detector_stage(store, annotations_path, out, config_path, options, log=click.echo,
-                                 progress=not no_progress, detector=detector, features=features)
-    click.echo(f"detector: {', '.join(paths.values())}")
+                                 progress=not no_progress, detector=detector, features=features, teacher=teacher)
+    if paths:
+        shown = [paths["proposal"], paths["localization"]] if detector == "scnn" else list(paths.values())
+        click.echo(f"detector: {', '.join(map(str, shown))}")
 
 
 @click.command("detect")

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
-from cli.options import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, SHARD, WRITABLE_FOLDER
+from cli.options import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, SHARD, WRITABLE_FOLDER
 
 # Kept literal so that ``--help`` does not import OpenCV; a test checks them against flow.tvl1 and flow.quantize.
 PRESET_NAMES = ("default", "mid", "cheap")
 QUANTIZATION_NAMES = ("round", "truncate")
+BACKEND_NAMES = ("opencv", "torch")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 # Exit status of a run that finished but could not extract some videos (bad input exits with 2).
 EXIT_SOME_FAILED = 1
@@ -19,7 +21,8 @@ EXIT_SOME_FAILED = 1
 @click.command("extract-flow")
 @click.argument("videos", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=WRITABLE_FOLDER, help="Store folder (created or resumed).")
-@click.option("--workers", type=COUNT, help="Worker processes, one OpenCV thread each.  [default: all CPUs]")
+@click.option("--workers", type=COUNT, help="Worker processes, one OpenCV thread each.  "
+                                            "[default: all CPUs; 1 with --backend torch]")
 @click.option("--short-side", type=COUNT, help="Resize to this short side; never upscale; 0 = native.  [default: 256]")
 @click.option("--fps", type=POSITIVE_FLOAT, help="Resample to this frame rate (MARS: 25).  [default: native]")
 @click.option("--bound", type=POSITIVE_FLOAT, help="Clip flow to ±bound pixels before uint8 coding.  [default: 20]")
@@ -27,9 +30,16 @@ EXIT_SOME_FAILED = 1
               help="round (TSN, denseflow) or truncate (MARS).  [default: round]")
 @click.option("--preset", type=click.Choice(PRESET_NAMES),
               help="TV-L1 parameters: OpenCV's defaults, or cheaper ones for small frames.  [default: default]")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES),
+              help="TV-L1 implementation: OpenCV's (CPU), or the same algorithm in PyTorch, batched.  "
+                   "[default: opencv]")
+@click.option("--device", type=click.Choice(DEVICE_NAMES),
+              help="Where --backend torch runs; auto = CUDA when torch sees a GPU.  [default: auto]")
+@click.option("--batch-pairs", type=POSITIVE_INT,
+              help="Frame pairs per torch call (the flow does not change).  [default: 16]")
 @click.option("--jpeg-quality", type=JPEG_QUALITY, help="JPEG quality of the stored RGB frames.  [default: 95]")
 @click.option("--shard", type=SHARD, help="I/N: extract every N-th video from the I-th (0-based).  "
-                              "[default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_*, else all]")
+                                          "[default: from RANK/WORLD_SIZE or SLURM_ARRAY_TASK_*, else all]")
 @click.option("--allow-failures", is_flag=True, default=None,
               help="Exit with 0 even if some videos could not be extracted.")
 @click.option("--verify-sources", is_flag=True, default=None,
@@ -84,6 +94,8 @@ def verify_store_command(store: Path, quick: bool) -> None:
     from flow.verify import verify_store
 
     report = verify_store(store, read_data=not quick)
+    if report.tvl1:
+        click.echo(f"TV-L1: {report.tvl1}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     state = "OK" if report.ok else f"{len(report.problems)} problem(s)"

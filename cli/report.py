@@ -18,7 +18,8 @@ ANY_PATH = click.Path(path_type=Path)
               help="Test videos whose STA weights are shown.")
 @click.option("--device", default="auto", show_default=True, help="Where the attention pass runs: auto, cpu, cuda.")
 def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
-    """One self-contained HTML page for a finished `run`: results, curves, attention, flow, profile, manifest.
+    """One self-contained HTML page for a finished `run`: results, curves, attention, flow, profile, manifest,
+    and the detection section when the run (or a detection demo) detected actions.
 
     Needs matplotlib (pip install 'mars-sta[report]').
     """

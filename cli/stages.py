@@ -107,10 +107,12 @@ def evaluate(checkpoint, store, splits, out, config_path, as_json, **options) ->
 @click.option("--split", "splits_to_run", type=POSITIVE_INT, multiple=True,
               help="Splits to run (repeatable; default [data]).")
 def run(config_path, out, from_stage, force, splits_to_run) -> None:
-    """Run every stage from a TOML config: extract, train flow/rgb/mars/sta-mars, evaluate, fuse.
+    """Run every stage from a TOML config: extract, train flow/rgb/mars/sta-mars, evaluate, fuse, and with a
+    [detection] table train-detector, detect and eval-detection.
 
     A rerun skips each stage whose inputs and config are unchanged; a killed run resumes where it stopped.
-    Stages: extract, train-flow, train-rgb, train-mars, train-sta-mars, evaluate, fuse.
+    Stages: synth, extract, train-flow, train-sta-flow, train-rgb, train-sta-rgb, train-mars, train-sta-mars,
+    evaluate, fuse, detection-synth, detection-extract, train-detector, detect, eval-detection.
     """
     from pipelines.stages.run import load_plan
     from pipelines.stages.run import run as run_pipeline

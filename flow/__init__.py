@@ -1,6 +1,7 @@
 """Video in, store out: decoding, TV-L1 optical flow and the per-video HDF5 flow store.
 
-This package never imports torch, so extraction workers start fast. ``FlowStore`` and the jobs are imported on first
+This package never imports torch at import time, so extraction workers start fast; only ``flow.tvl1_torch`` (the
+``--backend torch`` TV-L1) does, and it is imported when that backend is chosen. ``FlowStore`` and the jobs are imported on first
 use, so ``from flow.errors import InputError`` stays cheap for code that needs only the error type.
 """
 from __future__ import annotations

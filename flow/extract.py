@@ -33,9 +33,11 @@ from flow.errors import InputError, VideoError
 from flow.progress import progress_bar
 from flow.quantize import QUANTIZATIONS, quantize
 from flow.shard import Shard, parse_shard, resolve_shard
-from flow.tvl1 import PRESETS, TVL1, preset_params
+from flow.tvl1 import BACKEND_CLASSES, BACKENDS, DEVICES, PRESETS, PairFlows, preset_params, resolve_device
 from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_videos
 
+# What a manifest written before the backend choice existed means by the keys it lacks.
+OPENCV_BEFORE_BACKENDS = {"tvl1_backend": "opencv", "tvl1_device": "cpu"}
 WORKER_DIED = "the worker process died while extracting this video, twice (a crash in the decoder?)"
 
 
@@ -48,6 +50,9 @@ class ExtractConfig:
     bound: float = 20.0  # flow is clipped to ±bound pixels before quantisation to uint8
     quantization: str = "round"  # "round" (TSN, denseflow) or "truncate" (MARS's uint8 cast, −0.078 px bias)
     preset: str = "default"  # TV-L1 parameters: "default" (OpenCV's), "mid" or "cheap" (small frames, demos)
+    backend: str = "opencv"  # TV-L1 implementation: "opencv" (CPU) or "torch" (the same algorithm, batched)
+    device: str = "auto"  # torch backend: "cuda", "cpu", or "auto" (CUDA when torch sees a GPU)
+    batch_pairs: int = 16  # torch backend: frame pairs solved together (does not change the flow)
     jpeg_quality: int = 95  # JPEG quality of the stored RGB frames (OpenCV's default)
     workers: int = 0  # worker processes; 0 = every CPU this process may use
     shard: str | None = None  # "I/N": extract every N-th video from the I-th; None = from torchrun/Slurm, or all
@@ -66,6 +71,14 @@ class ExtractConfig:
             problems.append(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if self.preset not in PRESETS:
             problems.append(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.backend not in BACKENDS:
+            problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        elif self.backend == "opencv" and self.device == "cuda":
+            problems.append("device cuda needs backend torch")
+        if self.batch_pairs < 1:
+            problems.append(f"batch_pairs must be ≥ 1, got {self.batch_pairs}")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.workers < 0:
@@ -75,14 +88,19 @@ class ExtractConfig:
         if self.shard is not None:
             parse_shard(self.shard)
 
-    def preprocessing(self) -> dict[str, Any]:
-        """Everything that decides the stored arrays, as recorded in (and compared against) the manifest."""
+    def preprocessing(self, device_kind: str = "cpu") -> dict[str, Any]:
+        """Everything that decides the stored arrays, as recorded in (and compared against) the manifest.
+
+        ``device_kind`` is where the torch backend runs ("cpu" or "cuda"): float results differ slightly between them.
+        """
         return {
             "short_side": self.short_side,
             "fps": None if self.fps is None else float(self.fps),
             "resize_interpolation": RESIZE_INTERPOLATION,
             "gray": "COLOR_BGR2GRAY of the resized frame",
-            "tvl1_class": "cv2.optflow.DualTVL1OpticalFlow",
+            "tvl1_class": BACKEND_CLASSES[self.backend],
+            "tvl1_backend": self.backend,
+            "tvl1_device": device_kind,
             "tvl1_preset": self.preset,
             "tvl1": preset_params(self.preset),
             "bound": float(self.bound),
@@ -123,6 +141,10 @@ class VideoJob:
     quantization: str
     tvl1: dict[str, Any]
     jpeg_quality: int
+    backend: str = "opencv"
+    device: str = "cpu"
+    batch_pairs: int = 1
+    threads: int = 1  # torch threads of the worker
 
 
 @dataclass(frozen=True)
@@ -141,16 +163,17 @@ def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os
     selected = shard.select(listing.entries) if shard else listing.entries
     out = Path(out)
     layout.refuse_foreign_folder(out)
+    device = resolve_device(config.backend, config.device)
     with layout.StoreLock(out):
-        _write_or_check_manifest(out, config, listing.root)
+        _write_or_check_manifest(out, config, listing.root, device)
         layout.remove_temporaries(out)
         done = set(layout.finished_ids(out))
         stale = {entry.video_id for entry in selected if entry.video_id in done and layout.source_change(
             layout.video_path(out, entry.video_id), entry.path, config.verify_sources)}
-        jobs = [_job(entry, listing.root, out, config) for entry in selected
-                if entry.video_id not in done or entry.video_id in stale]
+        todo = [entry for entry in selected if entry.video_id not in done or entry.video_id in stale]
+        workers = _worker_count(config, len(todo))
+        jobs = [_job(entry, listing.root, out, config, device, workers) for entry in todo]
         jobs.sort(key=lambda job: -os.stat(job.source).st_size if os.path.exists(job.source) else 0)
-        workers = max(1, min(config.workers or available_cpus(), len(jobs)))
         results = _run_with_progress(jobs, workers, progress, shard)
         layout.remove_temporaries(out)  # of workers that died mid-video (their videos were redone)
         for result in results:  # a changed source that no longer extracts: its old flow must not stay
@@ -163,6 +186,12 @@ def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os
         pairs=sum(r.pairs for r in results), seconds=round(time.perf_counter() - started, 3), workers=workers,
         failures=failures, stale=sum(r.failure is None and r.video_id in stale for r in results),
     )
+
+
+def _worker_count(config: ExtractConfig, videos: int) -> int:
+    """Processes: one per CPU for OpenCV; one for torch unless asked (its batch and threads are the parallelism)."""
+    default = available_cpus() if config.backend == "opencv" else 1
+    return max(1, min(config.workers or default, videos))
 
 
 def available_cpus() -> int:
@@ -186,11 +215,12 @@ def format_summary(summary: ExtractSummary) -> str:
 
 
 # -- the store's manifest ---------------------------------------------------------------------------------------
-def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path) -> None:
-    preprocessing = json.loads(json.dumps(config.preprocessing()))
+def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str) -> None:
+    preprocessing = json.loads(json.dumps(config.preprocessing(device)))
     if (out / layout.MANIFEST).exists():
         manifest = layout.read_manifest(out)
-        differences = layout.preprocessing_differences(manifest["preprocessing"], preprocessing)
+        stored = {**OPENCV_BEFORE_BACKENDS, **manifest["preprocessing"]}
+        differences = layout.preprocessing_differences(stored, preprocessing)
         if differences:
             raise InputError(out, "was extracted with other preprocessing; use another --out or the same "
                                   "settings: " + "; ".join(differences))
@@ -204,14 +234,18 @@ def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_root": str(source_root),
         "preprocessing": preprocessing,
-        "versions": library_versions(),
+        "versions": library_versions(config.backend),
     })
 
 
-def library_versions() -> dict[str, str]:
-    """Versions that can change the stored arrays (OpenCV's TV-L1 and JPEG codec above all)."""
+def library_versions(backend: str = "opencv") -> dict[str, str]:
+    """Versions that can change the stored arrays (the TV-L1 backend and OpenCV's JPEG codec above all)."""
     versions = {"python": platform.python_version(), "opencv": cv2.__version__, "numpy": np.__version__,
                 "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
+    if backend == "torch":
+        import torch
+
+        versions["torch"] = torch.__version__
     try:
         versions["mars-sta"] = metadata.version("mars-sta")
     except metadata.PackageNotFoundError:
@@ -232,12 +266,13 @@ def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
 
 
 # -- running the jobs -------------------------------------------------------------------------------------------
-def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig) -> VideoJob:
+def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig, device: str, workers: int) -> VideoJob:
     return VideoJob(
         video_id=entry.video_id, source=str(entry.path), relative_source=entry.path.relative_to(root).as_posix(),
         final=str(layout.video_path(out, entry.video_id)), short_side=config.short_side, fps=config.fps,
         bound=float(config.bound), quantization=config.quantization, tvl1=preset_params(config.preset),
-        jpeg_quality=config.jpeg_quality,
+        jpeg_quality=config.jpeg_quality, backend=config.backend, device=device, batch_pairs=config.batch_pairs,
+        threads=max(1, available_cpus() // workers),
     )
 
 
@@ -324,6 +359,14 @@ def _init_worker(parent: int) -> None:
             os._exit(1)
 
 
+def _pair_flows(job: VideoJob) -> PairFlows:
+    if job.backend == "torch":
+        import torch
+
+        torch.set_num_threads(job.threads)
+    return PairFlows(job.backend, job.tvl1, job.device, job.batch_pairs)
+
+
 def extract_video(job: VideoJob) -> VideoResult:
     """Decode, resize, compute TV-L1 between consecutive frames, quantise, and write the video's file."""
     try:
@@ -344,14 +387,13 @@ def _extract(job: VideoJob) -> int:
                  "source_sha256": layout.file_sha256(job.source)}
         writer = layout.VideoFileWriter(Path(job.final), attrs, job.jpeg_quality)
         try:
-            solver = TVL1(job.tvl1)  # a fresh solver per video (see TVL1)
-            previous = None
+            solver = _pair_flows(job)  # a fresh solver per video (see flow.tvl1.TVL1)
             for frame in reader:
                 writer.add_frame(frame)
-                gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-                if previous is not None:
-                    writer.add_flow(quantize(solver(previous, gray), job.bound, job.quantization))
-                previous = gray
+                for flow in solver.push(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)):
+                    writer.add_flow(quantize(flow, job.bound, job.quantization))
+            for flow in solver.flush():
+                writer.add_flow(quantize(flow, job.bound, job.quantization))
             if writer.num_frames < 2:
                 raise VideoError(job.source, f"has {writer.num_frames} frame; flow needs at least 2")
             pairs = writer.num_frames - 1

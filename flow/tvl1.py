@@ -58,3 +58,63 @@ class TVL1:
     def __call__(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         """Flow (H, W, 2) float32 in pixels, channel 0 = x, 1 = y, with previous(x, y) ≈ following(x + u, y + v)."""
         return self._solver.calc(previous, following, None)
+
+
+# -- backends ------------------------------------------------------------------------------------------------------
+BACKENDS = ("opencv", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+BACKEND_CLASSES = {"opencv": "cv2.optflow.DualTVL1OpticalFlow", "torch": "flow.tvl1_torch.TorchTVL1"}
+
+
+def resolve_device(backend: str, device: str) -> str:
+    """The device kind a backend runs on, ``"cpu"`` or ``"cuda"``; ``"auto"`` takes CUDA when torch sees one.
+
+    Imports torch only for the torch backend.
+    """
+    if backend == "opencv":
+        if device == "cuda":
+            raise InputError(None, "device cuda needs backend torch (OpenCV's DualTVL1OpticalFlow runs on CPU)")
+        return "cpu"
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(None, "device cuda: torch sees no CUDA device (use --device cpu or auto)")
+    return device
+
+
+class PairFlows:
+    """Flow between consecutive frames of one video, fed frame by frame and solved ``batch_pairs`` pairs at a time.
+
+    Args:
+        backend: ``"opencv"`` (one pair at a time, a fresh OpenCV object per video) or ``"torch"`` (batched).
+        params: TV-L1 parameters under OpenCV's names.
+        device: ``"cpu"`` or ``"cuda"`` for the torch backend.
+        batch_pairs: pairs per torch call (the opencv backend solves each pair as it comes).
+    """
+
+    def __init__(self, backend: str, params: dict[str, Any], device: str = "cpu", batch_pairs: int = 1) -> None:
+        if backend == "torch":
+            from flow.tvl1_torch import TorchTVL1
+
+            self._solve = TorchTVL1(params, device)
+            self._batch_pairs = batch_pairs
+        else:
+            solver = TVL1(params)
+            self._solve = lambda previous, following: solver(previous[0], following[0])[None]
+            self._batch_pairs = 1
+        self._frames: list[np.ndarray] = []
+
+    def push(self, gray: np.ndarray) -> np.ndarray:
+        """Add the next frame; returns the flows (N, H, W, 2) that became ready (N may be 0)."""
+        self._frames.append(gray)
+        return self.flush() if len(self._frames) > self._batch_pairs else np.empty((0, *gray.shape, 2), np.float32)
+
+    def flush(self) -> np.ndarray:
+        """Solve the pairs still waiting; the last frame stays, as the first of the next pair."""
+        if len(self._frames) < 2:
+            return np.empty((0, *self._frames[0].shape, 2) if self._frames else (0, 0, 0, 2), np.float32)
+        frames = np.stack(self._frames)
+        self._frames = self._frames[-1:]
+        return self._solve(frames[:-1], frames[1:])

@@ -21,6 +21,7 @@ class VerifyReport:
     frames: int = 0
     failures: int = 0
     problems: list[str] = field(default_factory=list)
+    tvl1: str = ""  # how the flow was computed: backend, device, parameters (from the manifest)
 
     @property
     def ok(self) -> bool:
@@ -35,6 +36,8 @@ def verify_store(path: str | os.PathLike, read_data: bool = True) -> VerifyRepor
     root = Path(path)
     report = VerifyReport(str(root))
     manifest = _manifest_or_problem(root, report)
+    if manifest is not None:
+        report.tvl1 = describe_tvl1(manifest.get("preprocessing", {}))
     try:
         with layout.StoreLock(root, shared=True):
             pass
@@ -60,6 +63,18 @@ def verify_store(path: str | os.PathLike, read_data: bool = True) -> VerifyRepor
     except InputError as exc:
         report.problems.append(str(exc))
     return report
+
+
+def describe_tvl1(preprocessing: dict) -> str:
+    """One line: backend, device and every TV-L1 parameter under OpenCV's name, enough to recompute the flow.
+
+    Empty for a store whose flow was imported rather than computed here (its manifest names no TV-L1).
+    """
+    if "tvl1" not in preprocessing:
+        return ""
+    params = " ".join(f"{name}={value}" for name, value in preprocessing.get("tvl1", {}).items())
+    return (f"{preprocessing.get('tvl1_backend', 'opencv')} on {preprocessing.get('tvl1_device', 'cpu')} "
+            f"({preprocessing.get('tvl1_class')}, preset {preprocessing.get('tvl1_preset')}): {params}")
 
 
 def _manifest_or_problem(root: Path, report: VerifyReport) -> dict | None:

@@ -117,9 +117,25 @@ def load_pretrained(
     authors_layout = has_authors_keys(state)
     if authors_layout:
         state = from_authors_layout(state, target)
-    classifier, first_conv = _treated_apart(model)
-    input_key = f"{first_conv}.weight"
     report = LoadReport(source, file_arch, loaded=0, authors_layout=authors_layout)
+    classifier, _ = _treated_apart(model)
+    loadable = _loadable_tensors(model, state, report, adapt_input, strict)
+    replaced = f"{classifier}." if report.classifier_replaced else None
+    report.missing = [key for key in target if key not in loadable and not (replaced and key.startswith(replaced))]
+    if strict:
+        _check_backbone_keys(report, source, model)
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = len(loadable)
+    _log(report)
+    return report
+
+
+def _loadable_tensors(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport,
+                      adapt_input: str | None, strict: bool) -> dict[str, torch.Tensor]:
+    """The file's tensors that fit the model (the input conv adapted where asked); the rest go into ``report``."""
+    target = model.state_dict()
+    classifier, first_conv = _treated_apart(model)
+    input_key, source = f"{first_conv}.weight", report.source
     loadable: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key not in target:
@@ -136,14 +152,7 @@ def load_pretrained(
                                           f"in the model ({_model_name(model)}): another architecture?")
         else:
             report.unexpected.append(key)
-    replaced = f"{classifier}." if report.classifier_replaced else None
-    report.missing = [key for key in target if key not in loadable and not (replaced and key.startswith(replaced))]
-    if strict:
-        _check_backbone_keys(report, source, model)
-    model.load_state_dict(loadable, strict=False)
-    report.loaded = len(loadable)
-    _log(report)
-    return report
+    return loadable
 
 
 def read_checkpoint(path: str | os.PathLike) -> object:

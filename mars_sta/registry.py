@@ -100,35 +100,28 @@ def build_model(
         sta: an STA spec (``"layer4"``, ``"layer3:ta"``, ...) or None for the plain network.
     """
     entry = model_entry(name)
-    for label, value in (("num_classes", num_classes), ("in_channels", in_channels),
-                         ("sample_size", sample_size), ("sample_duration", sample_duration)):
+    sizes = {"num_classes": num_classes, "in_channels": in_channels, "sample_size": sample_size,
+             "sample_duration": sample_duration}
+    for label, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
-    if entry.default_shortcut is None:
-        if shortcut is not None:
-            raise ValueError(f"{name} has no residual shortcuts; leave shortcut unset (got {shortcut!r})")
-    else:
-        shortcut = (shortcut or entry.default_shortcut).upper()
-        if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+    kwargs = {**sizes, "shortcut": _resolve_shortcut(entry, name, shortcut)}
     spec = parse_sta(sta)
     if spec is not None:
         spec = spec.resolve(entry.default_sta_stage, entry.stages, name)
-    model = entry.factory(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        sample_size=sample_size,
-        sample_duration=sample_duration,
-        shortcut=shortcut,
-        attention=spec,
-    )
+    model = entry.factory(**kwargs, attention=spec)
     model.arch = name
-    model.build_kwargs = {
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "sample_size": sample_size,
-        "sample_duration": sample_duration,
-        "shortcut": shortcut,
-        "sta": None if spec is None else str(spec),
-    }
+    model.build_kwargs = {**kwargs, "sta": None if spec is None else str(spec)}
     return model
+
+
+def _resolve_shortcut(entry: ModelEntry, name: str, shortcut: str | None) -> str | None:
+    """The architecture's default shortcut when none is given; C3D-like entries (no default) take none."""
+    if entry.default_shortcut is None:
+        if shortcut is not None:
+            raise ValueError(f"{name} has no residual shortcuts; leave shortcut unset (got {shortcut!r})")
+        return None
+    shortcut = (shortcut or entry.default_shortcut).upper()
+    if shortcut not in ("A", "B"):
+        raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
+    return shortcut

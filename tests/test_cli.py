@@ -43,4 +43,4 @@ def test_unknown_toml_key_names_file_and_key(tmp_path):
     result = run_cli("train", "--config", str(config), "--store", str(tmp_path), "--out", str(tmp_path / "o"),
                      check=False)
     assert result.returncode == 2
-    assert f"{config}: unknown key 'epoch'" in result.stderr and "Traceback" not in result.stderr
+    assert f"{config}: [train] unknown key 'epoch'" in result.stderr and "Traceback" not in result.stderr

@@ -45,6 +45,7 @@ def test_train_config_takes_the_streams_own_table(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('[train]\nepochs = 3\nalpha = 50.0\n[train.mars]\nalpha = 10.0\n'
                     '[train.sta-mars]\nepochs = 4\npretrained = "k.pth"\n')
+    (tmp_path / "k.pth").write_bytes(b"")  # its existence is checked with the config, its content when read
     mars, _ = load_train_config(path, {"stream": "mars"})
     sta, pretrained = load_train_config(path, {"stream": "mars", "sta": "layer4"})
     flow, _ = load_train_config(path, {"stream": "flow", "epochs": 9})

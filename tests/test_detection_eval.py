@@ -227,4 +227,4 @@ def test_unknown_detection_config_key_is_one_line(files, tmp_path):
     result = run_cli("train-detector", "--store", str(tmp_path), "--annotations", str(files["anet"]), "--out",
                      str(tmp_path / "out"), "--config", str(config), check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "x.toml: unknown key 'window_length'" in result.stderr
+    assert "x.toml: [detection.train] unknown key 'window_length'" in result.stderr

@@ -114,7 +114,7 @@ def test_changed_config_refuses_to_resume(data):
 def test_detection_demo_layout(tmp_path):
     config = tmp_path / "tiny-demo.toml"
     config.write_text(
-        '[synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
+        '[detection.synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
         'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
         'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
         'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'

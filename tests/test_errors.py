@@ -83,6 +83,11 @@ def _immutable_folder(path: Path) -> Path | None:
     return path if made else None
 
 
+# Values of a config file out of range: (table, key, value); each is refused before any work, naming file and table.
+TOML_RANGES = [("train", "batch_size", "0"), ("train", "lr", "0.0"), ("train", "frames", "0"),
+               ("train", "val_fraction", "1.0"), ("evaluate", "batch_size", "0")]
+
+
 class _RunsCode:
     """Unpickling this calls ``open(marker, "w")``: a stand-in for any code a crafted checkpoint could run."""
 
@@ -194,9 +199,18 @@ def ctx(synth_store, flow_teacher, tmp_path_factory, request) -> SimpleNamespace
 
     # configs
     for name, text in {"t_unknown_key": "[extract]\nworker = 2\n", "t_wrong_type": "[train]\nepochs = \"three\"\n",
-                       "t_syntax": "[extract\nworkers = 2\n", "t_unknown_table": "[trian]\nepochs = 1\n"}.items():
+                       "t_syntax": "[extract\nworkers = 2\n", "t_unknown_table": "[trian]\nepochs = 1\n",
+                       "t_stream_table": "[train]\nepochs = 1\n[train.flwo]\nepochs = 1\n",
+                       **{f"t_{table}_{key}": f"[{table}]\n{key} = {value}\n" for table, key, value in TOML_RANGES}}.items():
         (root / f"{name}.toml").write_text(text)
         setattr(c, name, root / f"{name}.toml")
+    for name, extra in {"r_epochs": ("epochs = 1", "epochs = -1"),
+                        "r_stream_table": ("epochs = 1", "epochs = 1\n[train.flwo]\nepochs = 2")}.items():
+        (root / name).mkdir()  # a run whose [synth] would generate its videos here, were the config valid
+        (root / name / "run.toml").write_text(
+            '[synth]\nclasses = 2\nvideos_per_class = 2\n\n[data]\nvideos = "data/videos"\n\n'
+            '[extract]\nshort_side = 0\npreset = "cheap"\n\n' + c.tiny.read_text().replace(*extra))
+        setattr(c, name, root / name / "run.toml")
 
     # outputs
     c.a_file = root / "a_file"
@@ -275,6 +289,15 @@ def _merge_refused(c, out):
     """Nothing linked: the output store was not even created; the damaged input is as it was."""
     assert not (out / "merged").exists()
     _only_the_damaged_file("d_truncated")(c, out)
+
+
+def _run_did_nothing(attr: str):
+    """The refused run created nothing: no run folder, no generated videos beside its config, no store."""
+    def check(c, out):
+        _shared_inputs_intact(c, out)
+        assert not (out / "run").exists()
+        assert [p.name for p in getattr(c, attr).parent.iterdir()] == ["run.toml"]
+    return check
 
 
 def _option(command: list[str], option: str, value: str):
@@ -372,6 +395,22 @@ ROWS = [
         lambda c: [_line(c, "t_syntax"), r"not valid TOML"], _shared_inputs_intact),
     Row("run config with an unknown table", lambda c: ["run", c.t_unknown_table, "--out", "{out}/run"],
         lambda c: [_line(c, "t_unknown_table"), r"unknown table \[trian\]"], _shared_inputs_intact),
+    Row("train config with an unknown table", _train("store", None, "--config", "{t_unknown_table}"),
+        lambda c: [_line(c, "t_unknown_table"), r"unknown table \[trian\] \(known: data, detection, evaluate"],
+        _shared_inputs_intact),
+    Row("train config with an unknown stream table", _train("store", None, "--config", "{t_stream_table}"),
+        lambda c: [_line(c, "t_stream_table"), r"unknown table \[train\.flwo\] \(known: \[train\.flow\], "],
+        _shared_inputs_intact),
+    Row("run config with an unknown stream table", lambda c: ["run", c.r_stream_table, "--out", "{out}/run"],
+        lambda c: [_line(c, "r_stream_table"), r"unknown table \[train\.flwo\]"], _run_did_nothing("r_stream_table")),
+    Row("run config with a value out of range in a later stage", lambda c: ["run", c.r_epochs, "--out", "{out}/run"],
+        lambda c: [_line(c, "r_epochs"), r"\[train\] epochs must be at least 1, got -1$"], _run_did_nothing("r_epochs")),
+    *[Row(f"{table} config with {key} = {value}",
+          _train("store", None, "--config", f"{{t_train_{key}}}") if table == "train" else
+          lambda c: ["evaluate", "--checkpoint", c.teacher, "--store", c.store, "--out", "{out}/s.npz",
+                     "--config", c.t_evaluate_batch_size],
+          lambda c, k=key, t=table: [_line(c, f"t_{t}_{k}"), re.escape(f"[{t}] {k} must ")], _shared_inputs_intact)
+      for table, key, value in TOML_RANGES],
     # outputs
     Row("train --out below a regular file", _train("store", None, "--out", "{a_file}/sub"),
         lambda c: [re.escape(f"{c.a_file}/sub"), "cannot be written: .* is a file, not a folder"],

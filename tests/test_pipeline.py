@@ -1,6 +1,7 @@
 """The staged pipeline on real data: tiny networks really train on a real synthetic store."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -104,6 +105,53 @@ def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path
     assert whole.keys() == again.keys()
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     assert len(metrics.read_text().splitlines()) == 8
+
+
+def test_a_finished_run_extended_with_more_epochs_equals_a_longer_run(synth_store, tmp_path):
+    """plateau continues from last.pth (the same weights as one longer run); onecycle refuses, saying why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.stages.train import TrainConfig
+
+    schedules = {"plateau": dict(scheduler="plateau", lr_patience=0), "onecycle": dict(scheduler="onecycle")}
+    tomls = {name: tmp_path / f"{name}.toml" for name in schedules}
+    for name, path in tomls.items():
+        path.write_text(tiny_train_toml().replace('scheduler = "none"', "".join(
+            f"{key} = {value!r}\n".replace("'", '"') for key, value in schedules[name].items())))
+
+    def train_cli(schedule, out, epochs):
+        return run_cli("train", "--config", str(tomls[schedule]), "--stream", "rgb", "--store",
+                       str(synth_store.store), "--out", str(tmp_path / out), "--epochs", str(epochs), check=False)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(train_cli, "plateau", "extended", 2)
+        for schedule, out, epochs in (("plateau", "whole", 3), ("onecycle", "cycle", 1)):
+            config = TrainConfig(**{**TINY_TRAIN, **schedules[schedule], "stream": "rgb", "epochs": epochs})
+            train(config, TrainPaths(store=synth_store.store, out=tmp_path / out))
+        assert first.result().returncode == 0, first.result().stderr
+        extended, refused, fewer = pool.map(lambda job: train_cli(*job), [
+            ("plateau", "extended", 3), ("onecycle", "cycle", 2), ("plateau", "whole", 2)])
+
+    assert extended.returncode == 0, extended.stderr
+    assert "extending rgb from 2 to 3 epochs" in extended.stdout and "resuming rgb from epoch 2" in extended.stdout
+    whole, again = _final_weights(tmp_path / "whole"), _final_weights(tmp_path / "extended")
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+    assert load_checkpoint(tmp_path / "extended" / "last.pth").epoch == 3
+    rates = [[json.loads(line)["lr"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in ("whole", "extended")]
+    assert rates[0] == rates[1] and len(set(rates[0])) > 1  # the plateau scheduler's state was carried over
+    manifest = json.loads((tmp_path / "extended" / "manifest.json").read_text())
+    assert manifest["config"]["epochs"] == 3
+    assert [(e["from_epochs"], e["to_epochs"], e["at_epoch"]) for e in manifest["extended"]] == [(2, 3, 2)]
+
+    assert refused.returncode == 2 and refused.stderr.splitlines() == [
+        f"error: {tmp_path / 'cycle' / 'last.pth'}: was written by a 1-epoch run; scheduler 'onecycle' sets its "
+        "learning rates from the total number of epochs, so it cannot be extended to 2 (extendable: plateau, step, "
+        "none); use a new --out folder"]
+    assert load_checkpoint(tmp_path / "cycle" / "last.pth").epoch == 1
+    assert fewer.returncode == 2 and fewer.stderr.splitlines() == [
+        f"error: {tmp_path / 'whole' / 'last.pth'}: holds 3 trained epochs, more than the 2 asked for; ask for at "
+        "least as many, or use a new --out folder"]
 
 
 def test_run_twice_runs_nothing_the_second_time(tmp_path):

@@ -130,7 +130,8 @@ def test_attention_needs_a_checkpoint_with_sta(tiny_run, tmp_path):
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
     result = run_cli("report", str(tmp_path), check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path}: holds no fused/report.json: not a finished `mars-sta run` folder"
+    assert result.stderr.strip() == (f"error: {tmp_path}: holds neither fused/report.json nor detection/report.json: "
+                                     "not a finished `mars-sta run` or demo folder")
 
 
 def test_without_matplotlib_the_commands_say_how_to_install_it(tiny_run, tmp_path):

@@ -188,16 +188,12 @@ def save_train_checkpoint(out: Path, payload: dict[str, Any], is_best: bool, opt
                                  "scheduler": scheduler.state_dict() if scheduler else None, "rng": rng_state()})
 
 
-def load_train_checkpoint(path: Path, run_key: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          scheduler: Any) -> tuple[int, float]:
+def restore_train_state(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: Any) -> tuple[int, float]:
     """Restore a run from its ``last.pth`` (weights, optimizer, scheduler, random number generators) and return
-    the epoch to start from and the best validation accuracy so far; a file of another config or other inputs
-    (another ``run_key``) is refused."""
-    checkpoint = load_checkpoint(path)
+    the epoch to start from and the best validation accuracy so far. Whether the file belongs to this run (its
+    ``run_key``) is the training stage's to decide before."""
     state = checkpoint.payload
-    if state.get("run_key") != run_key:
-        raise InputError(path, "was written by another config or other inputs; use a new --out folder or delete it "
-                               "to start over")
     model.load_state_dict(checkpoint.state_dict)
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:

@@ -17,17 +17,43 @@ from flow.errors import InputError
 
 ConfigT = TypeVar("ConfigT")
 
+# The tables a config file may hold, and the sub-tables of those that have them: one file serves every stage
+# (``run`` reads it whole, ``train --config`` its ``[train]``), so a name no stage reads is a misspelling that would
+# otherwise be ignored without a word. ``[train.<stream>]`` overrides ``[train]`` for one stream.
+TRAIN_STREAMS = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+TABLES: dict[str, tuple[str, ...] | None] = {
+    "synth": None, "data": None, "extract": None, "train": TRAIN_STREAMS, "evaluate": None, "fuse": None,
+    "detection": ("synth", "train", "detect", "rc3d", "rc3d_detect")}
+
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file, reporting a missing file or a syntax error as one line."""
+    """Parse a config file, reporting a missing file, a syntax error or an unknown table as one line."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            tables = tomllib.load(handle)
     except FileNotFoundError:
         raise InputError(path, "config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"not valid TOML ({exc})") from None
+    check_tables(path, tables)
+    return tables
+
+
+def check_tables(path: str | Path, tables: Mapping[str, Any], known: Mapping[str, Any] = TABLES) -> None:
+    """Refuse a table that no stage reads (``[trian]``, ``[train.flwo]``) and a value outside any table."""
+    for name, table in tables.items():
+        if name not in known:
+            raise InputError(path, f"unknown table [{name}] (known: {', '.join(sorted(known))})")
+        if not isinstance(table, dict):
+            raise InputError(path, f"'{name}' must be a table ([{name}]), got {type(table).__name__}")
+        subtables = known[name]
+        for key, value in table.items() if subtables is not None else ():
+            if key in subtables and not isinstance(value, dict):
+                raise InputError(path, f"[{name}.{key}] must be a table, got {type(value).__name__}")
+            if key not in subtables and isinstance(value, dict):
+                listed = ", ".join(f"[{name}.{sub}]" for sub in subtables)
+                raise InputError(path, f"unknown table [{name}.{key}] (known: {listed})")
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
@@ -89,10 +115,17 @@ def check_one_of(**values: tuple[Any, tuple[Any, ...]]) -> None:
 
 
 def check_at_least(**values: tuple[float, float]) -> None:
-    """Refuse ``name=(value, minimum)`` pairs whose value lies below the minimum."""
+    """Refuse ``name=(value, minimum)`` pairs whose value lies below the minimum (or is ``nan``, which TOML has)."""
     for name, (value, minimum) in values.items():
-        if value < minimum:
+        if not value >= minimum:
             raise InputError(None, f"{name} must be at least {minimum}, got {value}")
+
+
+def check_above(**values: tuple[float, float]) -> None:
+    """Refuse ``name=(value, bound)`` pairs whose value is not greater than the bound (a rate of 0 learns nothing)."""
+    for name, (value, bound) in values.items():
+        if not value > bound:
+            raise InputError(None, f"{name} must be greater than {bound}, got {value}")
 
 
 def build_config(
@@ -100,14 +133,26 @@ def build_config(
     values: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     source: str | Path | None = None,
+    table: str | None = None,
 ) -> ConfigT:
     """Make ``cls`` from TOML ``values`` then ``overrides`` (CLI options; ``None`` means "not given").
 
-    Keys may use dashes or underscores. Unknown keys and wrong types raise InputError naming ``source``.
+    Keys may use dashes or underscores. Unknown keys, wrong types and values the dataclass refuses raise InputError
+    naming ``source``, and ``table`` (``[train]``) when given, so the line says where in the file to look.
     """
+    try:
+        return _build(cls, values or {}, overrides or {}, source)
+    except InputError as exc:
+        if table and exc.path == (None if source is None else str(source)):
+            raise InputError(exc.path, f"{table} {exc.problem}") from None
+        raise
+
+
+def _build(cls: type[ConfigT], values: Mapping[str, Any], overrides: Mapping[str, Any],
+           source: str | Path | None) -> ConfigT:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
-    for origin, mapping in ((source, values or {}), ("option", overrides or {})):
+    for origin, mapping in ((source, values), ("option", overrides)):
         for key, value in mapping.items():
             name = key.replace("-", "_")
             if name not in fields:
@@ -136,9 +181,7 @@ def load_config(
         values = read_toml(path)
         if table is not None:
             values = values.get(table, {})
-            if not isinstance(values, dict):
-                raise InputError(path, f"[{table}] must be a table")
-    return build_config(cls, values, overrides, source=path)
+    return build_config(cls, values, overrides, source=path, table=f"[{table}]" if path and table else None)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

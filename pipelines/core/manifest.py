@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["config_hash", "file_sha256", "fingerprint", "library_versions", "stage_manifest"]
+__all__ = ["config_hash", "file_sha256", "fingerprint", "library_versions", "stage_key", "stage_manifest"]
 
 _LIBRARIES = ("mars-sta", "torch", "numpy", "opencv-contrib-python-headless", "opencv-contrib-python", "h5py",
               "scikit-learn", "click")
@@ -54,7 +54,16 @@ def config_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def stage_manifest(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str | Path]) -> dict[str, Any]:
+def stage_key(stage: str, config: Mapping[str, Any], fingerprints: Mapping[str, str],
+              unkeyed: tuple[str, ...] = ()) -> str:
+    """The key of one stage run: its config (but the ``unkeyed`` entries, which may change without making it
+    another run) and its inputs' fingerprints."""
+    keyed = {name: value for name, value in config.items() if name not in unkeyed}
+    return config_hash({"stage": stage, "config": keyed, "inputs": dict(fingerprints)})
+
+
+def stage_manifest(stage: str, config: Mapping[str, Any], inputs: Mapping[str, str | Path],
+                   unkeyed: tuple[str, ...] = ()) -> dict[str, Any]:
     """The manifest of one stage run: what it was asked to do, on which inputs, with which software."""
     fingerprints = {name: fingerprint(p) for name, p in inputs.items() if p is not None and Path(p).exists()}
     return {
@@ -62,7 +71,7 @@ def stage_manifest(stage: str, config: Mapping[str, Any], inputs: Mapping[str, s
         "config": dict(config),
         "inputs": {name: str(p) for name, p in inputs.items() if p is not None},
         "input_fingerprints": fingerprints,
-        "key": config_hash({"stage": stage, "config": dict(config), "inputs": fingerprints}),
+        "key": stage_key(stage, config, fingerprints, unkeyed),
         "versions": library_versions(),
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -91,6 +91,8 @@ class SynthConfig:
             raise ValueError(f"motion_window must be between 0 and frames - 1 = {self.frames - 1}")
         if self.distractor < 0:
             raise ValueError("distractor must be 0 or more")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be greater than 0, got {self.fps}")
 
     @property
     def class_names(self) -> list[str]:
@@ -230,11 +232,24 @@ def _sprite(rng: np.random.Generator, hue: float, radius: float) -> tuple[np.nda
     r = max(8.0, 1.25 * radius)  # rendered a little larger than shown, so the warp mostly shrinks it
     side = 2 * int(math.ceil(r)) + 4
     c = (side - 1) / 2
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) - c
+    rgb = _texture(rng, hue, r, x, y)
+    mask = _silhouette(rng, r, side, c)
+    marker_angle = rng.uniform(0, 2 * math.pi)
+    mx, my = c + 0.5 * r * math.cos(marker_angle), c + 0.5 * r * math.sin(marker_angle)
+    ring = (x + c - mx) ** 2 + (y + c - my) ** 2
+    rgb[ring <= (0.3 * r) ** 2] = 30.0
+    rgb[ring <= (0.18 * r) ** 2] = 250.0
+    alpha = mask.astype(np.float32)[..., None] / 255
+    return np.dstack([rgb * alpha, alpha]), r
+
+
+def _texture(rng: np.random.Generator, hue: float, r: float, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Stripes, checker or blotches in a bright and a dark variant of ``hue`` (float32 RGB, 0..255)."""
     saturation = rng.uniform(170, 255)
     hsv = np.uint8([[[hue, saturation, 235], [hue, saturation, 105]]])
     bright, dark = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0].astype(np.float32)
-
-    y, x = np.mgrid[0:side, 0:side].astype(np.float32) - c
+    side = x.shape[0]
     pattern = int(rng.integers(3))
     if pattern == 0:  # stripes
         theta, period = rng.uniform(0, math.pi), r * rng.uniform(0.5, 0.9)
@@ -245,37 +260,32 @@ def _sprite(rng: np.random.Generator, hue: float, radius: float) -> tuple[np.nda
     else:  # blotches
         blobs = cv2.resize(rng.random((4, 4)).astype(np.float32), (side, side), interpolation=cv2.INTER_CUBIC)
         on = blobs > np.median(blobs)
-    rgb = np.where(on[..., None], bright, dark)
+    return np.where(on[..., None], bright, dark)
 
+
+def _silhouette(rng: np.random.Generator, r: float, side: int, c: float) -> np.ndarray:
+    """An anti-aliased uint8 mask: ellipse, rectangle, polygon or star, drawn with 1/16-pixel precision."""
     mask = np.zeros((side, side), np.uint8)
     shape = int(rng.integers(4))
-    shift = 4  # draw with 1/16-pixel precision
-    centre = (int(c * 16), int(c * 16))
+    shift = 4
     if shape == 0:
         axes = (int(r * 16), int(r * rng.uniform(0.6, 1.0) * 16))
-        cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, -1, cv2.LINE_AA, shift)
-    else:
-        if shape == 1:  # rectangle
-            w, h = r * rng.uniform(0.75, 0.95), r * rng.uniform(0.5, 0.8)
-            corners = [(-w, -h), (w, -h), (w, h), (-w, h)]
-        elif shape == 2:  # polygon
-            angles = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(5, 9))))
-            radii = r * rng.uniform(0.7, 1.0, angles.size)
-            corners = list(zip(radii * np.cos(angles), radii * np.sin(angles)))
-        else:  # star
-            angles = np.arange(10) * math.pi / 5
-            radii = r * np.where(np.arange(10) % 2 == 0, 1.0, 0.5)
-            corners = list(zip(radii * np.cos(angles), radii * np.sin(angles)))
-        points = ((np.array(corners) + c) * 16).astype(np.int32)
-        cv2.fillPoly(mask, [points], 255, cv2.LINE_AA, shift)
-
-    marker_angle = rng.uniform(0, 2 * math.pi)
-    mx, my = c + 0.5 * r * math.cos(marker_angle), c + 0.5 * r * math.sin(marker_angle)
-    ring = (x + c - mx) ** 2 + (y + c - my) ** 2
-    rgb[ring <= (0.3 * r) ** 2] = 30.0
-    rgb[ring <= (0.18 * r) ** 2] = 250.0
-    alpha = mask.astype(np.float32)[..., None] / 255
-    return np.dstack([rgb * alpha, alpha]), r
+        cv2.ellipse(mask, (int(c * 16), int(c * 16)), axes, 0, 0, 360, 255, -1, cv2.LINE_AA, shift)
+        return mask
+    if shape == 1:  # rectangle
+        w, h = r * rng.uniform(0.75, 0.95), r * rng.uniform(0.5, 0.8)
+        corners = [(-w, -h), (w, -h), (w, h), (-w, h)]
+    elif shape == 2:  # polygon
+        angles = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(5, 9))))
+        radii = r * rng.uniform(0.7, 1.0, angles.size)
+        corners = list(zip(radii * np.cos(angles), radii * np.sin(angles)))
+    else:  # star
+        angles = np.arange(10) * math.pi / 5
+        radii = r * np.where(np.arange(10) % 2 == 0, 1.0, 0.5)
+        corners = list(zip(radii * np.cos(angles), radii * np.sin(angles)))
+    points = ((np.array(corners) + c) * 16).astype(np.int32)
+    cv2.fillPoly(mask, [points], 255, cv2.LINE_AA, shift)
+    return mask
 
 
 def _trajectory(

@@ -1,7 +1,7 @@
 """Fixed-length clips of sliding windows, read from the flow store by frame range and normalised as for training.
 
 A window of any length becomes ``frames`` grid indices spread over it (S-CNN's sampling); RGB frame k and flow k
-share grid position k. Frames larger than ``size`` are centre-cropped to a square and resized.
+share grid position k, so a MARS clip (``rgb+flow``) stacks the student's RGB and the teacher's flow channels. Frames larger than ``size`` are centre-cropped to a square and resized.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ def fps_of(store: FlowStore, video: str) -> float:
 
 
 class WindowClips:
-    """Clips (C, T, size, size) float32 of windows of the store's videos, for one stream (``rgb`` or ``flow``)."""
+    """Clips (C, T, size, size) float32 of windows of the store's videos, of one clip kind: ``rgb``, ``flow`` or
+    ``rgb+flow`` (what a stream spec's ``train_clips`` / ``test_clips`` names)."""
 
-    def __init__(self, store: FlowStore, stream: str, frames: int, size: int, normalization: str,
+    def __init__(self, store: FlowStore, kind: str, frames: int, size: int, normalization: str,
                  cache_videos: bool = True) -> None:
-        self.store, self.stream, self.frames, self.size = store, stream, frames, size
+        self.store, self.kind, self.frames, self.size = store, kind, frames, size
         self.normalization = Normalization.named(normalization, store.bound)
         self.cache_videos = cache_videos
         self._cache: dict[str, np.ndarray] = {}
@@ -49,4 +50,4 @@ class WindowClips:
 
     def _range(self, video: str, first: int, stop: int) -> np.ndarray:
         """Grid positions ``first:stop`` normalised, (n, size, size, C) float32."""
-        return read_grid(self.store, video, self.stream, first, stop, self.size, self.normalization)
+        return read_grid(self.store, video, self.kind, first, stop, self.size, self.normalization)

@@ -3,8 +3,8 @@
 
 Layout under ``--out``: ``data/`` (videos, the THUMOS'14 folder ``data/annotations/`` and ``data/annotations.json``),
 ``store/``, ``features/<model>/`` (R-C3D's cached backbone maps), ``detection/<model>/`` (checkpoints,
-``detections.json``), ``detection/report.json``:
-``{"tiou": [...], "rows": [{"model", "mAP": [...], "per_class": {...}}]}``, and ``detection/report.md`` / ``.html``.
+``detections.json``), ``detection/report.json`` (the summary of ``pipelines.detection.summary`` with the seed, the
+time taken and, under ``tiou_high`` / ``mAP_high``, mAP at tIoU 0.3-0.7), and ``detection/report.md`` / ``.html``.
 STA-S-CNN reuses S-CNN's proposal network (the paper inserts STA into the localization network only), so the two
 differ only where STA is. R-C3D trains its heads on features cached from S-CNN's localization network, STA-R-C3D
 on STA-S-CNN's, so those two differ only by STA in the shared backbone.
@@ -12,7 +12,6 @@ on STA-S-CNN's, so those two differ only by STA in the shared backbone.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,11 +26,14 @@ from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, evaluate_detections, format_table, read_detections
 from pipelines.detection.rc3d import RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
+from pipelines.detection.pipeline import share_proposal
 from pipelines.detection.report import write_detection_report
 from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.detection.summary import summarize
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from flow.atomic import write_json_atomic
 from pipelines.inference.features import FeaturesConfig, build_features
+from flow.errors import InputError
 
 DEMO_CONFIG = "detection-demo.toml"
 MODELS = ("s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d")
@@ -61,9 +63,12 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     out = Path(out)
     config_path = Path(config_path) if config_path else detection_demo_config()
     tables = read_toml(config_path)
-    synth = build_config(UntrimmedConfig, tables.get("synth", {}), {"seed": seed}, source=config_path)
-    extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+    if "synth" in tables:
+        raise InputError(config_path, "[synth] writes trimmed clips; the detection demo's videos come from "
+                                      "[detection.synth]")
     detection = tables.get("detection", {})
+    synth = build_config(UntrimmedConfig, detection.get("synth", {}), {"seed": seed}, source=config_path)
+    extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
     train = build_config(DetectorConfig, detection.get("train", {}), {"seed": seed}, source=config_path)
     test = build_config(DetectConfig, detection.get("detect", {}), source=config_path)
     rc3d = build_config(RC3DConfig, detection.get("rc3d", {}), {"seed": seed}, source=config_path)
@@ -75,12 +80,12 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     log(f"data: {summary.extracted + summary.skipped} untrimmed videos in {out / 'store'} "
         f"({time.perf_counter() - started:.0f} s)")
     truth = {subset: read_annotations(out / "data" / "annotations.json", subset) for subset in ("val", "test")}
-    rows = []
+    high: dict[str, list[float]] = {}
     for model in MODELS:
         folder = out / "detection" / model
         if model in ("s-cnn", "sta-s-cnn"):
             config = train if model == "sta-s-cnn" else dataclasses.replace(train, sta=None)
-            _share_proposal(out / "detection" / MODELS[0], folder)
+            share_proposal(out / "detection" / MODELS[0], folder)
             train_detector(config, out / "store", truth["val"], folder, log=log, progress=False)
             detect(folder, out / "store", sorted(truth["test"].videos), folder / "detections.json", test, log=log,
                    progress=False)
@@ -88,11 +93,13 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
             _rc3d_on_scnn(out, model, rc3d, rc3d_test, train, truth, log)
         result = evaluate_detections(read_detections(folder / "detections.json"), truth["test"],
                                      [*DEFAULT_TIOU, *HIGH_TIOU[3:]])
+        high[model] = result.mAP[2:]
         log(f"{model}:\n{format_table(result)}")
-        rows.append({"model": model, "mAP": result.mAP[:len(DEFAULT_TIOU)], "mAP_high": result.mAP[2:],
-                     "per_class": {k: v[:len(DEFAULT_TIOU)] for k, v in result.per_class.items()}})
-    report = {"tiou": list(DEFAULT_TIOU), "tiou_high": list(HIGH_TIOU), "rows": rows, "seed": seed,
-              "protocol": "activitynet", "seconds": round(time.perf_counter() - started, 1)}
+    folders = {model: out / "detection" / model for model in MODELS}
+    report = {**summarize(folders, truth["test"], out / "store", DEFAULT_TIOU, "activitynet"), "seed": seed,
+              "seconds": round(time.perf_counter() - started, 1), "tiou_high": list(HIGH_TIOU)}
+    for row in report["rows"]:
+        row["mAP_high"] = high[row["model"]]
     write_json_atomic(out / "detection" / "report.json", report)
     pages = write_detection_report(out)
     log(format_rows(report))
@@ -105,14 +112,6 @@ def format_rows(report: dict[str, Any]) -> str:
     header = "model       " + "  ".join(f"{t:>5.1f}" for t in report["tiou"])
     lines = [f"{row['model']:<11} " + "  ".join(f"{100 * v:5.1f}" for v in row["mAP"]) for row in report["rows"]]
     return "\n".join(["mAP (%) at tIoU", header, *lines, f"({report['seconds']:.0f} s)"])
-
-
-def _share_proposal(source: Path, target: Path) -> None:
-    """Give STA-S-CNN the proposal network S-CNN trained (its resume key ignores ``sta``, so it is kept as is)."""
-    if source == target or (target / "proposal.pth").exists() or not (source / "proposal.pth").exists():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "proposal.pth", target / "proposal.pth")
 
 
 def _rc3d_on_scnn(out: Path, model: str, config: RC3DConfig, test: RC3DDetectConfig, scnn_config: DetectorConfig,

@@ -15,7 +15,8 @@ from flow.atomic import atomic_output, write_json_atomic
 from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.checkpoint import model_from_checkpoint
-from pipelines.core.config import config_to_dict
+from pipelines.core.config import check_at_least, config_to_dict
+from pipelines.core.stream_specs import stream_spec
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.scnn import detector_config_of
 from pipelines.detection.windows import clip_indices, sliding_windows, temporal_nms
@@ -35,6 +36,7 @@ class DetectConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.proposal_threshold <= 1 or not 0 <= self.nms_threshold <= 1:
             raise InputError(None, "proposal_threshold and nms_threshold must be in [0, 1]")
+        check_at_least(batch_size=(self.batch_size, 1))
 
 
 def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, config: DetectConfig = DetectConfig(),
@@ -58,7 +60,8 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
     missing = [v for v in videos if v not in store]
     if missing:
         raise InputError(store_path, f"{len(missing)} video(s) to detect in are not in the store, e.g. {missing[0]!r}")
-    clips = WindowClips(store, trained.stream, trained.frames, trained.size, trained.normalization, False)
+    clips = WindowClips(store, stream_spec(trained.stream).test_clips, trained.frames, trained.size,
+                        trained.normalization, False)
     classes = loc_payload["classes"]
     started = time.perf_counter()
     results, timelines = {}, {}

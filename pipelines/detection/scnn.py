@@ -8,9 +8,15 @@ window's tIoU. The paper puts STA into the localization network only, so ``sta``
 ``train_detector`` trains both networks on one annotation subset (THUMOS'14 trains on ``val``) and writes
 ``proposal.pth`` and ``localization.pth``, each in the project's checkpoint format with exact resume: each epoch's
 window sample and order come from ``(seed, epoch)``, and the optimizer and RNG states are saved every epoch.
+
+Streams are those of recognition: ``flow``, ``rgb``, and ``mars``, whose networks read RGB only and are trained
+with MARS's loss against a trained flow detector (the teacher): each network's pooled features are pulled towards
+those of the teacher's network of the same role on the flow of the same window. Under torchrun every rank trains
+its share of each batch (DistributedDataParallel) and only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -22,13 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipelines.core.config import config_to_dict
+from pipelines.core.config import check_above, check_at_least, config_to_dict
+from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, init_distributed, rank_device
+from pipelines.core.stream_specs import stream_spec
 from pipelines.detection.annotations import Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
@@ -36,7 +45,7 @@ from pipelines.core.device import resolve_device
 from pipelines.core.manifest import config_hash, fingerprint, stage_manifest
 
 NETWORKS = ("proposal", "localization")
-STREAMS = ("rgb", "flow")
+STREAMS = ("rgb", "flow", "mars")
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class DetectorConfig:
     """Settings of ``train-detector`` (TOML table ``[detection.train]``); windows and labels follow S-CNN."""
 
     arch: str = "tiny_resnet"
-    stream: str = "flow"  # rgb or flow
+    stream: str = "flow"  # rgb, flow, or mars (RGB at test time, distilled from a flow detector: --teacher)
     sta: str | None = None  # STA in the localization network (STA-S-CNN); None is plain S-CNN
     frames: int = 16  # every window is sampled to a clip of this many frames (S-CNN: 16)
     size: int = 32  # clip side, pixels
@@ -59,6 +68,9 @@ class DetectorConfig:
     background_ratio: float = 1.0  # background windows drawn per action window each epoch
     epochs: int = 8
     batch_size: int = 32
+    accumulate: int = 1  # micro-batches per optimizer step, per process
+    alpha: float = 50.0  # MARS's feature-matching weight (mars stream)
+    mse_normalize: bool = False  # divide MARS's MSE by the teacher features' mean square
     lr: float = 0.002
     weight_decay: float = 0.01
     normalization: str = "unit"  # "unit" for tiny networks from scratch, "mars" for MARS's input scale
@@ -71,6 +83,11 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.stream not in STREAMS:
             raise InputError(None, f"detection stream must be one of {', '.join(STREAMS)}, not {self.stream!r}")
+        check_at_least(frames=(self.frames, 1), size=(self.size, 1), epochs=(self.epochs, 1),
+                       batch_size=(self.batch_size, 1), weight_decay=(self.weight_decay, 0), seed=(self.seed, 0),
+                       background_ratio=(self.background_ratio, 0), overlap_weight=(self.overlap_weight, 0),
+                       accumulate=(self.accumulate, 1), alpha=(self.alpha, 0))
+        check_above(lr=(self.lr, 0), overlap_alpha=(self.overlap_alpha, 0))
         if not 0 <= self.window_overlap < 1 or not self.window_lengths or min(self.window_lengths) < 1:
             raise InputError(None, "window_lengths must be positive and window_overlap in [0, 1)")
         for low, high in ((self.proposal_negative, self.proposal_positive),
@@ -122,7 +139,8 @@ def overlap_loss(logits: torch.Tensor, labels: torch.Tensor, overlaps: torch.Ten
 
 
 def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations, out: Path,
-                   log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, progress: bool = True,
+                   teacher: Path | None = None) -> dict[str, Any]:
     """Train the proposal and the localization network; returns the paths of both checkpoints.
 
     Args:
@@ -130,16 +148,25 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
         store_path: the flow store of the annotated videos.
         truth: the annotations of ``config.subset``, already read.
         out: folder for ``proposal.pth``, ``localization.pth``, ``manifest.json``.
-        log: where progress lines go.
+        log: where progress lines go (the main process only).
         progress: show a progress bar.
+        teacher: a flow detector's folder (``train-detector`` output), required by the ``mars`` stream only.
+
+    Returns ``{network: path}`` on the main process, ``{}`` on the others.
     """
+    _check_teacher(config, teacher)
     store = FlowStore(store_path)
     truth.check_videos(store)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = stage_manifest("train-detector", config_to_dict(config), {"store": store_path, "annotations":
-                                                                         truth.source})
-    clips = WindowClips(store, config.stream, config.frames, config.size, config.normalization, config.cache_videos)
     device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = rank_device(device, context)
+    say = log if context.is_main else (lambda message: None)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = stage_manifest("train-detector", config_to_dict(config), {
+        "store": store_path, "annotations": truth.source,
+        **{f"teacher_{n}": teacher / f"{n}.pth" for n in NETWORKS if teacher is not None}})
+    clips = WindowClips(store, stream_spec(config.stream).train_clips, config.frames, config.size,
+                        config.normalization, config.cache_videos)
     thresholds = {"proposal": (config.proposal_positive, config.proposal_negative),
                   "localization": (config.localization_positive, config.localization_negative)}
     windows = {network: training_windows(store, truth, config, *thresholds[network]) for network in NETWORKS}
@@ -147,21 +174,35 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
         if not (found.labels > 0).any():
             raise InputError(truth.source, f"no window reaches tIoU {thresholds[network][0]} with the {truth.subset} "
                                            f"ground truth (window lengths {list(config.window_lengths)})")
-    paths = {network: _train_network(network, config, windows[network], clips, truth.classes, device, out,
-                                     _resume_key(network, manifest, store), log, progress) for network in NETWORKS}
-    write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {
-        k: str(v) for k, v in paths.items()}})
-    return {k: str(v) for k, v in paths.items()}
+    paths = {}
+    for network in NETWORKS:
+        run = _Training(network, config, windows[network], clips, truth.classes, device, context, say, progress)
+        paths[network] = _train_network(run, out, _resume_key(network, manifest, store), teacher)
+    if context.is_main:
+        write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "processes":
+                                                  context.world_size, "outputs": {k: str(v) for k, v in paths.items()}})
+    return {k: str(v) for k, v in paths.items()} if context.is_main else {}
+
+
+def _check_teacher(config: DetectorConfig, teacher: Path | None) -> None:
+    """A mars detector needs a flow detector to learn from; the other streams must not be given one."""
+    if config.stream == "mars" and teacher is None:
+        raise InputError(None, "the mars stream needs --teacher (a folder written by train-detector --stream flow)")
+    if config.stream != "mars" and teacher is not None:
+        raise InputError(teacher, "--teacher is only used by --stream mars")
 
 
 def _resume_key(network: str, manifest: dict[str, Any], store: FlowStore) -> str:
     """What a checkpoint must have been trained with to be resumed: the config but its epoch count (the LR is
-    constant, so a finished run can be extended), the annotations, and the store's video files and preprocessing
-    (not its manifest, which every rerun of extract-flow rewrites). The proposal network does not depend on STA,
-    so a plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
+    constant, so a finished run can be extended), the annotations, the teacher, and the store's video files and
+    preprocessing (not its manifest, which every rerun of extract-flow rewrites). The proposal network does not
+    depend on STA, so a plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
     ignored = {"epochs": None, **({"sta": None} if network == "proposal" else {})}
-    inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
+    found = manifest["input_fingerprints"]
+    inputs = {"annotations": found.get("annotations"), "preprocessing": store.preprocessing,
               "videos": fingerprint(store.root / VIDEOS)}
+    if f"teacher_{network}" in found:
+        inputs["teacher"] = found[f"teacher_{network}"]
     return config_hash({**manifest["config"], **ignored, "network": network, "inputs": inputs})
 
 
@@ -170,33 +211,89 @@ def build_network(network: str, config: DetectorConfig, num_classes: int) -> tor
     from mars_sta import build_model, load_pretrained
 
     model = build_model(config.arch, num_classes=2 if network == "proposal" else num_classes + 1,
-                        in_channels=3 if config.stream == "rgb" else 2, sample_size=config.size,
+                        in_channels=stream_spec(config.stream).in_channels, sample_size=config.size,
                         sample_duration=config.frames, sta=config.sta if network == "localization" else None)
     if config.pretrained:
         load_pretrained(model, config.pretrained)
     return model
 
 
-def _train_network(network: str, config: DetectorConfig, windows: WindowSet, clips: WindowClips,
-                   classes: list[str], device: torch.device, out: Path, key: str, log: Callable[[str], None],
-                   progress: bool) -> Path:
+def load_teacher(path: Path, config: DetectorConfig, classes: list[str], device: torch.device) -> torch.nn.Module:
+    """The frozen flow network a MARS detector network distils from: same classes, architecture and clip shape."""
+    if not path.is_file():
+        raise InputError(path, "not found: --teacher must be a folder written by train-detector --stream flow")
+    checkpoint = load_checkpoint(path)
+    if checkpoint.spec.name != "flow":
+        raise InputError(path, f"teacher must be a flow-stream detector, got stream {checkpoint.stream!r}")
+    trained = detector_config_of(checkpoint.payload)
+    if checkpoint.classes != list(classes):
+        raise InputError(path, "teacher was trained on other classes than these annotations'")
+    if (trained.arch, trained.frames, trained.size) != (config.arch, config.frames, config.size):
+        raise InputError(path, f"teacher is {trained.arch} on {trained.frames}x{trained.size}px clips, this detector "
+                               f"{config.arch} on {config.frames}x{config.size}px: MARS matches features of one shape")
+    teacher = checkpoint.build_model()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher.to(device).eval()
+
+
+class _Network(torch.nn.Module):
+    """Logits and pooled features from one forward, so DistributedDataParallel sees every use of the weights."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.forward_features(x)
+        return self.net.forward_head(features), features
+
+
+@dataclass
+class _Training:
+    """One network's training: what each step reads, where it runs, and who reports."""
+
+    network: str
+    config: DetectorConfig
+    windows: WindowSet
+    clips: WindowClips
+    classes: list[str]
+    device: torch.device
+    context: DistContext
+    log: Callable[[str], None]
+    progress: bool
+    teacher: torch.nn.Module | None = None
+
+
+def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) -> Path:
     """Train one network epoch by epoch, checkpointing each; a rerun resumes from the last finished epoch."""
+    config, network = run.config, run.network
     torch.manual_seed(config.seed + NETWORKS.index(network))
-    model = build_network(network, config, len(classes)).to(device)
+    model = build_network(network, config, len(run.classes)).to(run.device)
+    if teacher is not None:
+        run.teacher = load_teacher(teacher / f"{network}.pth", config, run.classes, run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     path = out / f"{network}.pth"
     first = _resume(path, key, model, optimizer)
+    student: torch.nn.Module = _Network(model)
+    if run.context.active:
+        student = DistributedDataParallel(student, device_ids=[run.device.index] if run.device.type == "cuda"
+                                          else None)
     for epoch in range(first, config.epochs):
         started = time.perf_counter()
         model.train()
-        order = _epoch_sample(windows, network, config, epoch)
-        losses = []
-        for batch in tqdm(np.array_split(order, max(1, -(-len(order) // config.batch_size))), disable=not progress,
-                          desc=f"{network} {epoch + 1}/{config.epochs}", leave=False):
-            losses.append(_step(network, model, optimizer, windows, clips, batch, config, device))
-        _save(path, network, model, optimizer, config, classes, epoch, key)
-        log(f"{network} epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.3f} on {len(order)} windows "
-            f"in {time.perf_counter() - started:.1f} s")
+        order = _epoch_sample(run.windows, network, config, epoch)
+        parts = run.context.world_size * config.accumulate
+        batches = np.array_split(order, max(1, min(-(-len(order) // config.batch_size), len(order) // parts)))
+        losses = [_step(run, student, optimizer, batch, (epoch, step)) for step, batch in enumerate(tqdm(
+            batches, disable=not run.progress or not run.context.is_main, leave=False,
+            desc=f"{network} {epoch + 1}/{config.epochs}"))]
+        total, count = all_reduce_sum([float(np.sum(losses)), float(len(losses))], run.context, run.device)
+        if run.context.is_main:
+            _save(path, network, model, optimizer, config, run.classes, epoch, key)
+        barrier(run.context)
+        run.log(f"{network} epoch {epoch + 1}/{config.epochs}: loss {total / count:.3f} on {len(order)} windows "
+                f"in {time.perf_counter() - started:.1f} s")
     return path
 
 
@@ -210,21 +307,55 @@ def _epoch_sample(windows: WindowSet, network: str, config: DetectorConfig, epoc
     return rng.permutation(chosen)
 
 
-def _step(network: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, windows: WindowSet,
-          clips: WindowClips, batch: np.ndarray, config: DetectorConfig, device: torch.device) -> float:
-    inputs = torch.stack([clips.clip(windows.videos[i], *windows.spans[i]) for i in batch]).to(device)
-    labels = torch.as_tensor(windows.labels[batch], device=device)
-    logits = model(inputs)
-    if network == "proposal":
-        loss = F.cross_entropy(logits, (labels > 0).long())
-    else:
-        overlaps = torch.as_tensor(windows.overlaps[batch], dtype=torch.float32, device=device)
-        loss = F.cross_entropy(logits, labels) + config.overlap_weight * overlap_loss(
-            logits, labels, overlaps, config.overlap_alpha)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def _step(run: _Training, student: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: np.ndarray,
+          position: tuple[int, int]) -> float:
+    """One optimizer step on ``batch``, cut into processes × accumulate micro-batches; this rank takes its own.
+
+    Dropout is seeded by (seed, network, epoch, step, micro-batch), so one process with ``accumulate = 2``
+    computes the same gradient as two processes, micro-batch for micro-batch, and a resumed run the same as one
+    that never stopped.
+    """
+    accumulate, context = run.config.accumulate, run.context
+    parts = np.array_split(batch, context.world_size * accumulate)
+    first = context.rank * accumulate
+    mine = parts[first:first + accumulate]
+    total = 0.0
+    for index, part in enumerate(mine):
+        torch.manual_seed(_micro_batch_seed(run.config.seed, NETWORKS.index(run.network), *position, first + index))
+        last = index == len(mine) - 1
+        with contextlib.nullcontext() if last or not context.active else student.no_sync():
+            loss = _loss(run, student, part)
+            (loss / accumulate).backward()
+        total += float(loss.detach())
     optimizer.step()
-    return float(loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    return total / len(mine)
+
+
+def _micro_batch_seed(seed: int, network: int, epoch: int, step: int, part: int) -> int:
+    return (seed * 1_000_003 + network * 100_003 + epoch * 10_007 + step * 101 + part) % (2**63)
+
+
+def _loss(run: _Training, student: torch.nn.Module, part: np.ndarray) -> torch.Tensor:
+    """Softmax loss (proposal: action or not), S-CNN's overlap loss (localization), MARS's MSE (mars stream)."""
+    from mars_sta import MARSLoss
+
+    config, windows = run.config, run.windows
+    clips = torch.stack([run.clips.clip(windows.videos[i], *windows.spans[i]) for i in part]).to(run.device)
+    labels = torch.as_tensor(windows.labels[part], device=run.device)
+    targets = labels if run.network == "localization" else (labels > 0).long()
+    in_channels = stream_spec(config.stream).in_channels
+    logits, features = student(clips[:, :in_channels].contiguous())
+    if run.teacher is None:
+        loss = F.cross_entropy(logits, targets)
+    else:
+        with torch.no_grad():
+            target = run.teacher.forward_features(clips[:, in_channels:].contiguous())
+        loss = MARSLoss(config.alpha, normalize=config.mse_normalize)(logits, targets, features, target).total
+    if run.network == "localization":
+        overlaps = torch.as_tensor(windows.overlaps[part], dtype=torch.float32, device=run.device)
+        loss = loss + config.overlap_weight * overlap_loss(logits, labels, overlaps, config.overlap_alpha)
+    return loss
 
 
 def _save(path: Path, network: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

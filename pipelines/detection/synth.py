@@ -57,6 +57,8 @@ class UntrimmedConfig:
             raise ValueError(f"classes must be between 2 and {len(ALL_CLASSES)}, not {self.classes}")
         if min(self.val_videos, self.test_videos) < 1:
             raise ValueError("val_videos and test_videos must be at least 1")
+        if self.size < 8 or not self.fps > 0:
+            raise ValueError(f"size must be at least 8 and fps greater than 0, got {self.size} and {self.fps}")
         low, high = self.frames
         if not 2 <= low <= high or self.action_frames[0] < 2 or self.instances[0] < 0:
             raise ValueError("frames must be a range of at least 2, action_frames at least 2, instances >= 0")

@@ -71,16 +71,20 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
         len(frames), size, size, frames.shape[3])
 
 
-def read_grid(store: FlowStore, video: str, stream: str, first: int, stop: int, size: int,
+def read_grid(store: FlowStore, video: str, kind: str, first: int, stop: int, size: int,
               normalization: Normalization) -> np.ndarray:
-    """Grid positions ``first:stop`` of one stream (``rgb`` or ``flow``), normalised: (n, size, size, C) float32."""
-    if stream == "rgb":
+    """Grid positions ``first:stop`` of one clip kind (``rgb``, ``flow`` or ``rgb+flow``: RGB then flow channels),
+    normalised: (n, size, size, C) float32."""
+    parts = []
+    if "rgb" in kind.split("+"):
         raw = store.frames(video, first, stop).astype(np.float32)
-        data = (raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale
-    else:
-        data = (store.flow_codes(video, first, stop).astype(np.float32) - normalization.flow_center) \
-            * normalization.flow_scale
-    return fit_frames(data, size)
+        parts.append((raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale)
+    if "flow" in kind.split("+"):
+        codes = store.flow_codes(video, first, stop).astype(np.float32)
+        parts.append((codes - normalization.flow_center) * normalization.flow_scale)
+    if not parts:
+        raise ValueError(f"unknown clip kind {kind!r} (rgb, flow or rgb+flow)")
+    return fit_frames(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1), size)
 
 
 def buffers(grid_length: int, stride: int, buffer: int) -> list[tuple[int, int]]:

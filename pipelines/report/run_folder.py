@@ -40,9 +40,10 @@ class RunFolder:
     """A pipeline run folder: the fused report, the training runs in split and fusion order, the flow store."""
 
     root: Path
-    report: dict[str, Any]
+    report: dict[str, Any] | None  # fused/report.json; None for a folder that only detected actions
     trainings: list[TrainingRun] = field(default_factory=list)
     store: Path | None = None
+    detection: dict[str, Any] | None = None  # detection/report.json, when the run or demo detected actions
 
     def score_file(self, split: int, stream: str, subset: str = "test") -> Path:
         return self.root / f"split{split}" / "scores" / f"{stream}-{subset}.npz"
@@ -101,15 +102,21 @@ def _store(root: Path, trainings: list[TrainingRun]) -> Path | None:
 
 
 def open_run_folder(root: str | Path) -> RunFolder:
-    """Read a run folder; refuses a folder without a fused report (the run has not finished)."""
+    """Read a run folder; refuses a folder with neither a fused nor a detection report (nothing has finished)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "no such run folder")
-    report_path = root / "fused" / "report.json"
-    if not report_path.is_file():
-        raise InputError(root, "holds no fused/report.json: not a finished `mars-sta run` folder")
-    report = read_json(report_path)
-    if not isinstance(report, dict) or not {"rows", "best", "classes"} <= set(report):
+    report_path, detection_path = root / "fused" / "report.json", root / "detection" / "report.json"
+    if not report_path.is_file() and not detection_path.is_file():
+        raise InputError(root, "holds neither fused/report.json nor detection/report.json: not a finished "
+                               "`mars-sta run` or demo folder")
+    report = read_json(report_path) if report_path.is_file() else None
+    if report is not None and (not isinstance(report, dict) or not {"rows", "best", "classes"} <= set(report)):
         raise InputError(report_path, "is not a fusion report (needs rows, best and classes)")
+    detection = read_json(detection_path) if detection_path.is_file() else None
+    if detection is not None and (not isinstance(detection, dict) or
+                                  not {"tiou", "rows", "classes", "pr_tiou"} <= set(detection)):
+        raise InputError(detection_path, "is not a detection summary (needs tiou, rows, classes and pr_tiou)")
     trainings = _trainings(root)
-    return RunFolder(root=root, report=report, trainings=trainings, store=_store(root, trainings))
+    return RunFolder(root=root, report=report, trainings=trainings, store=_store(root, trainings),
+                     detection=detection)

@@ -3,7 +3,8 @@
 The page holds the fused top-1 table (per split and mean), per-class accuracy and the confusion matrix of each
 split's best fusion, the training curves of every stream, the STA weights of a few test videos (curves, channel ×
 frame maps, frames with their temporal weights), colour-coded flow of a sample video, the parameter and compute
-profile of the run's networks and its manifests. Images are embedded as base64 PNG; the PNGs (and the attention
+profile of the run's networks and its manifests; and, when the folder detected actions (``detection/report.json``),
+the detection section. A folder that only detected actions gets that section alone. Images are embedded as base64 PNG; the PNGs (and the attention
 weights as JSON) are also kept in ``<name>_files/`` beside the page. Every file is written atomically.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from flow.atomic import write_text_atomic
 from pipelines.report import figures, html_page
+from pipelines.report.detection_section import detection_section
 from pipelines.report.sections import manifest_section, profile_section
 from pipelines.report.tables import best_model, describe_fusion, top1_grid
 from pipelines.report.run_folder import RunFolder, TrainingRun, open_run_folder
@@ -189,7 +191,7 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None, videos:
     out.parent.mkdir(parents=True, exist_ok=True)
     images = _Images(out.with_name(f"{out.stem}_files"), out.parent)
     images.folder.mkdir(parents=True, exist_ok=True)
-    sections = [
+    sections = [] if run.report is None else [
         ("Results", _results_section(run)),
         ("Best fusion per split", _best_section(run, images)),
         ("Training", _training_section(run, images)),
@@ -198,11 +200,14 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None, videos:
         ("Parameters and compute", profile_section(run)),
         ("Manifest", manifest_section(run)),
     ]
+    if run.detection is not None:
+        sections.append(("Temporal action detection", detection_section(run.detection, images.figure)))
     try:
         version = metadata.version("mars-sta")
     except metadata.PackageNotFoundError:
         version = "source checkout"
-    dataset = run.report.get("dataset") or "dataset not named"
+    dataset = (run.report or {}).get("dataset") or ("temporal detection" if run.report is None else
+                                                     "dataset not named")
     subtitle = (f"{dataset}, run folder {run.root.resolve()}; written "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} by mars-sta {version}")
     images.remove_stale()

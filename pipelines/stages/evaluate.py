@@ -41,7 +41,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         parse_protocol(self.protocol)
-        check_at_least(batch_size=(self.batch_size, 1))
+        check_at_least(batch_size=(self.batch_size, 1), split=(self.split, 1))
 
 
 def parse_protocol(protocol: str) -> tuple[str, int | None, int]:

@@ -244,6 +244,24 @@ def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseCon
     rows += _mean_rows(rows, splits)
     learned_on = {str(split): results[split]["learned_on"] for split in splits if results[split]["learned_on"]}
 
+    roles = [_role(s, splits, config, learned_on) for s in all_scores]
+    report = {
+        "dataset": config.dataset,
+        "protocol": all_scores[0].protocol,
+        "classes": classes,
+        "fusion": _fusion_method(config, results, splits, learned_on),
+        "rows": rows,
+        "best": {str(split): results[split]["best"] for split in splits},
+        "notes": _notes(all_scores, roles, splits, learned_on),
+        "manifest": _fuse_manifest(config, all_scores, roles),
+    }
+    write_report(out_dir, report)
+    return report
+
+
+def _fusion_method(config: FuseConfig, results: dict[int, dict[str, Any]], splits: list[int],
+                   learned_on: dict[str, str]) -> dict[str, Any]:
+    """How the scores were combined: method, logits or softmax, the weights per split and how they were learned."""
     fusion: dict[str, Any] = {
         "method": config.method,
         "scores": "softmax" if config.softmax else "logits",
@@ -253,7 +271,11 @@ def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseCon
         fusion["learned_on"] = learned_on
         fusion["learner"] = ("mixture weights by expectation-maximisation" if config.softmax
                              else "multinomial logistic regression, one non-negative coefficient per stream")
-    roles = [_role(s, splits, config, learned_on) for s in all_scores]
+    return fusion
+
+
+def _fuse_manifest(config: FuseConfig, all_scores: list[Scores], roles: list[str]) -> dict[str, Any]:
+    """The stage manifest, with each score file's hash, stream, split, subset and role in the fusion."""
     manifest = stage_manifest("fuse", dataclasses.asdict(config), {str(s.path.resolve()): s.path for s in all_scores})
     manifest["versions"].update(_scipy_version(config))
     manifest["score_files"] = [
@@ -261,18 +283,7 @@ def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseCon
          "stream": s.stream, "split": s.split, "subset": s.subset, "videos": s.num_videos, "role": role}
         for s, role in zip(all_scores, roles)
     ]
-    report = {
-        "dataset": config.dataset,
-        "protocol": all_scores[0].protocol,
-        "classes": classes,
-        "fusion": fusion,
-        "rows": rows,
-        "best": {str(split): results[split]["best"] for split in splits},
-        "notes": _notes(all_scores, roles, splits, learned_on),
-        "manifest": manifest,
-    }
-    write_report(out_dir, report)
-    return report
+    return manifest
 
 
 def _notes(all_scores: list[Scores], roles: list[str], splits: list[int], learned_on: dict[str, str]) -> list[str]:

@@ -1,9 +1,11 @@
-"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse.
+"""``mars-sta run CONFIG.toml``: extract -> train flow -> train rgb -> train mars (and sta-mars) -> evaluate -> fuse,
+then, with a ``[detection]`` table, the detection stages (``pipelines.detection.pipeline``).
 
 Each stage writes ``stage.json`` with the key of its config and input fingerprints when it finishes. A rerun skips
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
 finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
-later one; ``force`` reruns the named stages only.
+later one; ``force`` reruns the named stages only. Every stage's config, for every stream and split, is built (and
+so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction.
 
 Layout of the run folder::
 
@@ -13,6 +15,9 @@ Layout of the run folder::
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
     OUT/fused/                      report.json, report.md, confusion matrices
+    OUT/detection/                  store/, <model>/ (checkpoints, detections.json), report.json
+
+A file with a ``[detection]`` table and no ``[data]`` table runs the detection stages only.
 """
 from __future__ import annotations
 
@@ -27,15 +32,18 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import build_config, config_to_dict, read_toml
+from pipelines.core.config import (TRAIN_STREAMS, build_config, check_one_of,
+                                   config_to_dict, read_toml)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.streams import stream_name
+from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
+from pipelines.detection.pipeline import DetectionPlan, plan_detection, run_detection
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
-TRAIN_ORDER = ("flow", "sta-flow", "rgb", "sta-rgb", "mars", "sta-mars")
+TRAIN_ORDER = TRAIN_STREAMS
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
-STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse")
+STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse", *DETECTION_STAGES)
 TEACHERS = ("flow", "sta-flow")
 
 
@@ -52,6 +60,18 @@ class DataConfig:
     teacher: str = "flow"  # the flow stream MARS streams distil from: flow, or sta-flow as the STA-MARS authors
     dataset: str = "dataset"  # name printed in reports
 
+    def __post_init__(self) -> None:
+        """Split numbers, known stream names, and the teacher stream wherever a MARS stream distils from it."""
+        if not all(type(split) is int and split >= 1 for split in self.splits_to_run):
+            raise InputError(None, f"splits_to_run must list split numbers (1, 2, ...), got {self.splits_to_run}")
+        for stream in self.streams:
+            if stream not in TRAIN_ORDER:
+                raise InputError(None, f"unknown stream {stream!r} in streams (known: {', '.join(TRAIN_ORDER)})")
+        check_one_of(teacher=(self.teacher, TEACHERS))
+        if {"mars", "sta-mars"} & set(self.streams) and self.teacher not in self.streams:
+            raise InputError(None, f"mars streams distil from the {self.teacher} stream (teacher), which streams "
+                                   "does not list")
+
 
 @dataclass
 class RunPlan:
@@ -64,39 +84,98 @@ class RunPlan:
     data: DataConfig
     tables: dict[str, Any]
     source: Path | None = None
+    recognition: bool = True  # the recognition stages run (a [data] table, or no [detection] table)
+    detection: DetectionPlan | None = None
 
 
 def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, Any] | None = None,
               base: Path | None = None) -> RunPlan:
     """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
     ``base/run``."""
+    from flow.extract import ExtractConfig
+
     tables = read_toml(config_path)
-    known = {"synth", "data", "extract", "train", "evaluate", "fuse"}
-    for key in tables:
-        if key not in known:
-            raise InputError(config_path, f"unknown table [{key}] (known: {', '.join(sorted(known))})")
-    data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path)
+    recognition = "data" in tables or "detection" not in tables
+    if not recognition and "synth" in tables:
+        raise InputError(config_path, "[synth] writes the trimmed recognition dataset, which a file without [data] "
+                                      "does not use; untrimmed videos come from [detection.synth]")
+    data = build_config(DataConfig, tables.get("data", {}), overrides, source=config_path, table="[data]")
     base = Path(base) if base else config_path.parent
     out = Path(out) if out else base / "run"
     videos = (base / data.videos).resolve()
     splits = (base / data.splits).resolve() if data.splits else None
     store = (base / data.store).resolve() if data.store else out / "store"
-    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path)
+    detection = None
+    if "detection" in tables:
+        extract = build_config(ExtractConfig, tables.get("extract", {}), source=config_path)
+        detection = plan_detection(tables["detection"], config_path, base, out, extract)
+    return RunPlan(out=out, videos=videos, splits=splits, store=store, data=data, tables=tables, source=config_path,
+                   recognition=recognition, detection=detection)
 
 
 def _train_config(plan: RunPlan, stream: str, split: int):
     """[train] holds settings shared by every stream; [train.<stream>] overrides them for one stream (and
-    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune."""
-    from pipelines.stages.train import TrainConfig, stream_values
+    [train.mars] applies to sta-mars too). ``pretrained`` in a stream's table names the checkpoint to fine-tune.
+    The architecture, its STA spec and the pretrained file are checked here too, not when the stream trains."""
+    from pipelines.stages.train import TrainConfig, pretrained_path, stream_values, train_table_label
 
-    values = {**stream_values(plan.tables.get("train", {}), stream), "stream": stream.removeprefix("sta-"),
-              "split": split}
+    table = plan.tables.get("train", {})
+    label = train_table_label(table, stream)
+    values = {**stream_values(table, stream), "stream": stream.removeprefix("sta-"), "split": split}
     if stream.startswith("sta-"):
         values.setdefault("sta", plan.data.sta)
-    pretrained = values.pop("pretrained", None)
-    if pretrained is not None:
-        pretrained = (plan.source.parent / pretrained).resolve() if plan.source else Path(pretrained)
-    return build_config(TrainConfig, values, source=plan.source), pretrained
+    pretrained = pretrained_path(values, plan.source, label)
+    config = build_config(TrainConfig, values, source=plan.source, table=label)
+    _check_model(config, plan.source, label)
+    return config, pretrained
+
+
+def _check_model(config, source: Path | None, label: str) -> None:
+    """An architecture the registry has, and an STA spec it can take."""
+    from mars_sta import model_entry, parse_sta
+
+    try:
+        entry = model_entry(config.arch)
+        spec = parse_sta(config.sta)
+        if spec is not None:
+            spec.resolve(entry.default_sta_stage, entry.stages, config.arch)
+    except ValueError as exc:
+        raise InputError(source, f"{label} {exc}") from None
+
+
+@dataclass
+class StageConfigs:
+    """Every stage's config, built (and so checked) from the plan before the first stage runs."""
+
+    synth: Any  # SynthConfig, or None without a [synth] table
+    extract: Any  # ExtractConfig
+    train: dict[tuple[str, int], tuple[Any, Path | None]]  # (stream, split) -> (TrainConfig, pretrained)
+    evaluate: dict[tuple[int, str], Any]  # (split, subset) -> EvaluateConfig
+    fuse: Any  # FuseConfig
+
+
+def stage_configs(plan: RunPlan) -> StageConfigs:
+    """Check the whole config file, every stage's table for every stream and split, so a bad value stops the run
+    before its first stage rather than after hours of extraction."""
+    from flow.extract import ExtractConfig
+    from pipelines.data.synth import SynthConfig
+    from pipelines.stages.evaluate import EvaluateConfig
+    from pipelines.stages.fuse import FuseConfig
+
+    source, tables = plan.source, plan.tables
+    synth = build_config(SynthConfig, tables["synth"], source=source, table="[synth]") if "synth" in tables else None
+    if synth is None and not plan.videos.exists():
+        raise InputError(plan.videos, "videos folder not found")
+    fuse = build_config(FuseConfig, tables.get("fuse", {}), source=source, table="[fuse]")
+    splits = plan.data.splits_to_run
+    streams = sorted(plan.data.streams, key=TRAIN_ORDER.index)
+    return StageConfigs(
+        synth=synth, fuse=fuse,
+        extract=build_config(ExtractConfig, tables.get("extract", {}), source=source, table="[extract]"),
+        train={(stream, split): _train_config(plan, stream, split) for split in splits for stream in streams},
+        evaluate={(split, subset): build_config(EvaluateConfig, {**tables.get("evaluate", {}), "split": split,
+                                                                 "subset": subset}, source=source, table="[evaluate]")
+                  for split in splits for subset in (["test", "val"] if fuse.learn_weights else ["test"])})
 
 
 class Runner:
@@ -145,90 +224,85 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
         log: receives one line per stage.
         progress: show progress bars.
     """
+    configs = stage_configs(plan) if plan.recognition else None
     runner = Runner(plan, from_stage, force, log)
     plan.out.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
-        return _run_locked(plan, runner, log, progress)
+        return _run_locked(plan, configs, runner, log, progress)
 
 
-def _run_locked(plan: RunPlan, runner: Runner, log: Callable[[str], None], progress: bool) -> dict[str, Any]:
-    from flow.extract import ExtractConfig, extract_flow
-    from pipelines.stages.evaluate import EvaluateConfig, evaluate
-    from pipelines.stages.fuse import FuseConfig, fuse
-    from pipelines.stages.train import TrainPaths, train
+def _run_locked(plan: RunPlan, configs: StageConfigs | None, runner: Runner, log: Callable[[str], None],
+                progress: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"report": None}
+    if configs is not None:
+        result["report"] = _run_recognition(plan, configs, runner, log, progress)
+    if plan.detection is not None:
+        result["detection"] = run_detection(plan.detection, runner.stage, log, progress)
+    return {**result, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
 
-    _check_streams(plan)
 
-    if "synth" in plan.tables:
-        from pipelines.data.synth import SynthConfig, generate
+def _run_recognition(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
+                     progress: bool) -> dict[str, Any]:
+    """Extract, train every stream of every split, evaluate, fuse; returns the fused report."""
+    from flow.extract import extract_flow
+    from pipelines.stages.fuse import fuse
 
-        synth_config = build_config(SynthConfig, plan.tables["synth"], source=plan.source)
+    if configs.synth is not None:
+        from pipelines.data.synth import generate
 
         def make_dataset() -> dict[str, Any]:
             shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
-            return _synth_summary(generate(plan.videos.parent, synth_config))
+            return _synth_summary(generate(plan.videos.parent, configs.synth))
 
-        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(synth_config)},
+        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(configs.synth)},
                      make_dataset)
-    extract_config = build_config(ExtractConfig, plan.tables.get("extract", {}), source=plan.source)
-    if not plan.videos.exists():
-        raise InputError(plan.videos, "videos folder not found")
     runner.stage("extract", "extract flow",
-                 {"config": config_to_dict(extract_config), "videos": fingerprint(plan.videos)},
-                 lambda: _summary(extract_flow(extract_config, plan.videos, plan.store, progress=progress)))
+                 {"config": config_to_dict(configs.extract), "videos": fingerprint(plan.videos)},
+                 lambda: _summary(extract_flow(configs.extract, plan.videos, plan.store, progress=progress)))
     store_key = fingerprint(plan.store / "manifest.json")
+    score_files = [path for split in plan.data.splits_to_run
+                   for path in _run_split(plan, configs, runner, split, store_key, log, progress)]
 
-    evaluate_values = plan.tables.get("evaluate", {})
-    fuse_config = build_config(FuseConfig, plan.tables.get("fuse", {}), source=plan.source)
+    fuse_key = {"config": config_to_dict(configs.fuse), "scores": [fingerprint(p) for p in score_files]}
+    fuse_config = dataclasses.replace(configs.fuse, dataset=configs.fuse.dataset or plan.data.dataset)
+    return runner.stage("fuse", "fuse scores", fuse_key, lambda: fuse(score_files, plan.out / "fused", fuse_config))
+
+
+def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int, store_key: str,
+               log: Callable[[str], None], progress: bool) -> list[Path]:
+    """Train every stream of one split (teachers first), then score each; returns the score files."""
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.train import TrainPaths, train
+
+    split_dir = plan.out / f"split{split}"
+    checkpoints: dict[str, Path] = {}
+    for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
+        config, pretrained = configs.train[stream, split]
+        name = stream_name(config.stream, config.sta)
+        folder = split_dir / STREAM_STAGES[stream]
+        teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+        paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
+                           pretrained=pretrained)
+        key = {"config": config_to_dict(config), "store": store_key,
+               "teacher": fingerprint(teacher) if teacher else None,
+               "pretrained": fingerprint(pretrained) if pretrained else None,
+               "splits": fingerprint(plan.splits) if plan.splits else None}
+        runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
+                     lambda c=config, p=paths: train(c, p, progress=log))
+        checkpoints[stream] = folder / "best.pth"
+
     score_files: list[Path] = []
-    for split in plan.data.splits_to_run:
-        split_dir = plan.out / f"split{split}"
-        checkpoints: dict[str, Path] = {}
-        for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
-            config, pretrained = _train_config(plan, stream, split)
-            name = stream_name(config.stream, config.sta)
-            folder = split_dir / STREAM_STAGES[stream]
-            teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
-            paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
-                               pretrained=pretrained)
-            key = {"config": config_to_dict(config), "store": store_key,
-                   "teacher": fingerprint(teacher) if teacher else None,
-                   "pretrained": fingerprint(pretrained) if pretrained else None,
-                   "splits": fingerprint(plan.splits) if plan.splits else None}
-            runner.stage(STREAM_STAGES[stream], f"train {name} (split {split})", key,
-                         lambda c=config, p=paths: train(c, p, progress=log))
-            checkpoints[stream] = folder / "best.pth"
-
-        subsets = ["test", "val"] if fuse_config.learn_weights else ["test"]
-        for stream, path in checkpoints.items():
-            for subset in subsets:
-                config = build_config(EvaluateConfig, {**evaluate_values, "split": split, "subset": subset},
-                                      source=plan.source)
-                out = split_dir / "scores" / f"{stream}-{subset}.npz"
-                key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
-                runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
-                             lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
-                                                                      progress=progress, log=log))
-                score_files.append(out)
-
-    fuse_key = {"config": config_to_dict(fuse_config), "scores": [fingerprint(p) for p in score_files]}
-    fuse_config = dataclasses.replace(fuse_config, dataset=fuse_config.dataset or plan.data.dataset)
-    report = runner.stage("fuse", "fuse scores", fuse_key,
-                          lambda: fuse(score_files, plan.out / "fused", fuse_config))
-    return {"report": report, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
-
-
-def _check_streams(plan: RunPlan) -> None:
-    """Known stream names, and the teacher stream wherever a MARS stream distils from it."""
-    for stream in plan.data.streams:
-        if stream not in STREAM_STAGES:
-            raise InputError(plan.source, f"unknown stream {stream!r} in [data] streams "
-                                          f"(known: {', '.join(STREAM_STAGES)})")
-    if plan.data.teacher not in TEACHERS:
-        raise InputError(plan.source, f"[data] teacher {plan.data.teacher!r}: expected one of {', '.join(TEACHERS)}")
-    if {"mars", "sta-mars"} & set(plan.data.streams) and plan.data.teacher not in plan.data.streams:
-        raise InputError(plan.source, f"mars streams distil from the {plan.data.teacher} stream (teacher), "
-                                      "which [data] streams does not list")
+    subsets = ["test", "val"] if configs.fuse.learn_weights else ["test"]
+    for stream, path in checkpoints.items():
+        for subset in subsets:
+            config = configs.evaluate[split, subset]
+            out = split_dir / "scores" / f"{stream}-{subset}.npz"
+            key = {"config": config_to_dict(config), "checkpoint": fingerprint(path), "store": store_key}
+            runner.stage("evaluate", f"evaluate {stream} (split {split}, {subset})", key,
+                         lambda c=config, p=path, o=out: evaluate(c, p, plan.store, o, plan.splits,
+                                                                  progress=progress, log=log))
+            score_files.append(out)
+    return score_files
 
 
 def _synth_summary(info: dict[str, Any]) -> dict[str, Any]:

@@ -31,17 +31,18 @@ from torch.utils.data import DataLoader, Subset
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
 from pipelines.core import checkpoint as ckpt
-from pipelines.core.config import check_at_least, check_one_of, config_to_dict
+from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import DistContext, all_reduce_sum, barrier, batch_plan, init_distributed, rank_device
 from pipelines.core.lock import folder_lock
-from pipelines.core.manifest import stage_manifest
+from pipelines.core.manifest import stage_key, stage_manifest
 from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
 from pipelines.core.streams import stream_name
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
+EXTENDABLE_SCHEDULES = ("plateau", "step", "none")  # learning rates that do not depend on the total of epochs
 NORMALIZATIONS = ("mars", "unit")
 
 
@@ -55,14 +56,22 @@ class TrainConfig:
                      scheduler=(self.scheduler, SCHEDULERS), normalization=(self.normalization, NORMALIZATIONS),
                      amp=(self.amp, tuple(AMP_DTYPES)))
         check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
-                       size=(self.size, 1), batch_size=(self.batch_size or 1, 1), workers=(self.workers, 0),
-                       lr_patience=(self.lr_patience, 0))
+                       size=(self.size, 1), workers=(self.workers, 0), lr_patience=(self.lr_patience, 0),
+                       split=(self.split, 1), seed=(self.seed, 0), momentum=(self.momentum, 0),
+                       dampening=(self.dampening, 0), alpha=(self.alpha, 0),
+                       batch_size=(1 if self.batch_size is None else self.batch_size, 1),  # None: MARS's
+                       weight_decay=(0 if self.weight_decay is None else self.weight_decay, 0))
+        check_above(attention_lr_mult=(self.attention_lr_mult, 0), lr=(1 if self.lr is None else self.lr, 0))
         if not 0 <= self.val_fraction < 1:
             raise InputError(None, f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if not 0 < self.warmup_fraction < 1:
+            raise InputError(None, f"warmup_fraction must lie in (0, 1), got {self.warmup_fraction}")
         if self.scheduler == "step" and not self.lr_milestones:
             raise InputError(None, "scheduler 'step' needs lr_milestones (epochs after which lr drops tenfold)")
-        if self.attention_lr_mult <= 0:
-            raise InputError(None, f"attention_lr_mult must be positive, got {self.attention_lr_mult}")
+        _check_list("lr_milestones", self.lr_milestones, "epochs (integers >= 1)",
+                    lambda v: type(v) is int and v >= 1)
+        _check_list("crop_scales", self.crop_scales, "scales in (0, 1]",
+                    lambda v: type(v) in (int, float) and 0 < v <= 1)
 
     stream: str = "rgb"  # flow | rgb | mars; "sta-" is added to the name when ``sta`` is set
     arch: str = "resnext101"  # a registry name (mars-sta models)
@@ -102,6 +111,12 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
 
 
+def _check_list(name: str, values: list | None, what: str, ok: Callable[[Any], bool]) -> None:
+    """A list option (TOML array) is either absent or a non-empty list of allowed items."""
+    if values is not None and not (values and all(ok(v) for v in values)):
+        raise InputError(None, f"{name} must be a non-empty list of {what}, got {values}")
+
+
 @dataclass
 class TrainPaths:
     store: Path
@@ -119,6 +134,26 @@ def stream_values(train_table: dict[str, Any], stream: str) -> dict[str, Any]:
     return {**shared, **train_table.get(base, {}), **train_table.get(stream, {})}
 
 
+def train_table_label(train_table: dict[str, Any], stream: str) -> str:
+    """Where a stream's values come from, for messages: ``[train]``, then the stream's own tables it has."""
+    own = [f"[train.{name}]" for name in dict.fromkeys((stream.removeprefix("sta-"), stream)) if name in train_table]
+    return "+".join(["[train]", *own])
+
+
+def pretrained_path(values: dict[str, Any], path: Path, label: str) -> Path | None:
+    """Take ``pretrained`` out of a stream's values: a checkpoint path relative to the config file, which must
+    exist (a missing file found only when the stream starts training would waste every stage before it)."""
+    pretrained = values.pop("pretrained", None)
+    if pretrained is None:
+        return None
+    if not isinstance(pretrained, str):
+        raise InputError(path, f"{label} 'pretrained' must be str, got {type(pretrained).__name__} {pretrained!r}")
+    resolved = (Path(path).parent / pretrained).resolve()
+    if not resolved.is_file():
+        raise InputError(path, f"{label} pretrained: {resolved}: checkpoint not found")
+    return resolved
+
+
 def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[TrainConfig, Path | None]:
     """``mars-sta train --config X.toml``: the file's ``[train]`` table for the stream being trained, then options.
 
@@ -128,13 +163,15 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[Tra
     if path is None:
         return build_config(TrainConfig, {}, overrides), None
     table = read_toml(path).get("train", {})
-    stream = overrides.get("stream") or table.get("stream") or TrainConfig.stream
+    stream = overrides.get("stream") or table.get("stream")
+    if stream not in tuple(STREAM_SPECS):  # the config refuses an unknown one, once built
+        stream = TrainConfig.stream
     if overrides.get("sta") or table.get("sta"):
         stream = f"sta-{stream}"
+    label = train_table_label(table, stream)
     values = stream_values(table, stream)
-    pretrained = values.pop("pretrained", None)
-    config = build_config(TrainConfig, values, overrides, source=path)
-    return config, (Path(path).parent / pretrained).resolve() if pretrained else None
+    pretrained = pretrained_path(values, path, label)
+    return build_config(TrainConfig, values, overrides, source=path, table=label), pretrained
 
 
 def _defaults(config: TrainConfig, fine_tuning: bool) -> TrainConfig:
@@ -412,9 +449,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
         raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
     start_epoch, best_acc = 0, -math.inf
     if last_path.exists():
-        start_epoch, best_acc = ckpt.load_train_checkpoint(last_path, run.manifest["key"], run.model, run.optimizer,
-                                                           run.scheduler)
-        say(f"resuming {run.name} from epoch {start_epoch}")
+        start_epoch, best_acc = _resume(run, last_path, say)
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
         if metrics_path.exists() else []
     if context.is_main:
@@ -439,6 +474,51 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
             f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
     return {"stream": run.name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
             "last": str(last_path), "metrics": str(metrics_path)}
+
+
+def _resume(run: _Run, last_path: Path, say: Callable[[str], None]) -> tuple[int, float]:
+    """Continue the run ``last.pth`` holds: the same config and inputs, or the same with more epochs where the
+    schedule allows (the manifest then lists the extension). Returns the epoch to start at and the best accuracy."""
+    checkpoint = ckpt.load_checkpoint(last_path)
+    config, planned = run.config, checkpoint.train_config.get("epochs")
+    if checkpoint.payload.get("run_key") != run.manifest["key"]:
+        same_but_epochs = isinstance(planned, int) and planned >= 1 and checkpoint.payload.get("run_key") == \
+            stage_key("train", {**config_to_dict(config), "epochs": planned}, run.manifest["input_fingerprints"])
+        if same_but_epochs:
+            raise InputError(last_path, f"was written by a {planned}-epoch run; scheduler '{config.scheduler}' sets "
+                                        f"its learning rates from the total number of epochs, so it cannot be "
+                                        f"extended to {config.epochs} (extendable: "
+                                        f"{', '.join(EXTENDABLE_SCHEDULES)}); use a new --out folder")
+        raise InputError(last_path, "was written by another config or other inputs; use a new --out folder or "
+                                    "delete it to start over")
+    if checkpoint.epoch > config.epochs:
+        raise InputError(last_path, f"holds {checkpoint.epoch} trained epochs, more than the {config.epochs} asked "
+                                    "for; ask for at least as many, or use a new --out folder")
+    extended = _previous_extensions(last_path.parent)
+    if planned != config.epochs:
+        extended.append({"from_epochs": planned, "to_epochs": config.epochs, "at_epoch": checkpoint.epoch,
+                         "written": run.manifest["written"]})
+        say(f"{'extending' if config.epochs > planned else 'shortening'} {run.name} from {planned} to "
+            f"{config.epochs} epochs")
+    if extended:
+        run.manifest["extended"] = extended
+    say(f"resuming {run.name} from epoch {checkpoint.epoch}")
+    return ckpt.restore_train_state(checkpoint, run.model, run.optimizer, run.scheduler)
+
+
+def _previous_extensions(out: Path) -> list[dict[str, Any]]:
+    """The extensions the folder's manifest lists already, so that a later one adds to the record."""
+    try:
+        extended = json.loads((out / "manifest.json").read_text()).get("extended", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return list(extended) if isinstance(extended, list) else []
+
+
+def _unkeyed(config: TrainConfig) -> tuple[str, ...]:
+    """Config entries that may change without making a ``last.pth`` another run's: the number of epochs, where
+    the schedule does not depend on it, so a finished run can be continued with more."""
+    return ("epochs",) if config.scheduler in EXTENDABLE_SCHEDULES else ()
 
 
 def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
@@ -469,7 +549,7 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     name = stream_name(config.stream, config.sta)
     manifest = stage_manifest("train", config_to_dict(config), {
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
-        "pretrained": paths.pretrained, "teacher": paths.teacher})
+        "pretrained": paths.pretrained, "teacher": paths.teacher}, unkeyed=_unkeyed(config))
     manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
                     processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
     return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,

@@ -1,0 +1,186 @@
+"""The ``[detection]`` table of ``mars-sta run``: untrimmed data -> flow -> detectors -> detections -> mAP.
+
+Read and checked whole before the run's first stage, so a typo in the last table stops the run before hours of
+training. Each step is one cached stage of the run (the runner's ``stage``), keyed by its config and the
+fingerprints of its inputs, and resumable: extraction skips finished videos and ``train-detector`` resumes after
+its last finished epoch. Layout: ``OUT/detection/store`` (unless ``store`` says), ``OUT/detection/<model>/``
+(checkpoints, ``detections.json``), ``OUT/detection/teacher-flow/`` (the flow detector a ``mars`` stream distils
+from) and ``OUT/detection/report.json`` (``pipelines.detection.summary``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flow.errors import InputError
+from flow.extract import ExtractConfig, extract_flow
+from flow.atomic import write_json_atomic
+from pipelines.core.config import build_config, config_to_dict
+from pipelines.core.manifest import fingerprint
+from pipelines.detection.annotations import read_annotations
+from pipelines.detection.detect import DetectConfig, detect
+from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
+from pipelines.detection.rc3d import RC3DConfig
+from pipelines.detection.rc3d_detect import RC3DDetectConfig
+from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.detection.summary import summarize
+from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+
+MODELS = {"s-cnn": False, "sta-s-cnn": True}  # detector variant -> STA in its localization network
+STAGES = ("detection-synth", "detection-extract", "train-detector", "detect", "eval-detection")
+TABLES = ("synth", "train", "detect", "rc3d", "rc3d_detect")  # rc3d tables: checked here, used by the demo and
+# train-detector --detector rc3d (run trains S-CNN models only)
+TEACHER = "teacher-flow"
+Stage = Callable[[str, str, dict[str, Any], Callable[[], Any]], Any]
+
+
+@dataclass(frozen=True)
+class DetectionRunConfig:
+    """The keys of ``[detection]`` itself; paths are relative to the TOML file (to ``--out`` for the demo)."""
+
+    videos: str = "data/videos"  # untrimmed videos ([detection.synth] writes them here when present)
+    annotations: str = "data/annotations.json"  # THUMOS'14 folder or ActivityNet-style JSON
+    store: str | None = None  # default OUT/detection/store
+    models: tuple[str, ...] = ("s-cnn", "sta-s-cnn")  # each trained, run on the test subset and evaluated
+    test_subset: str = "test"  # detected and evaluated ([detection.train] subset is trained on)
+    tiou: tuple[float, ...] = DEFAULT_TIOU
+    protocol: str = "activitynet"  # or thumos14
+    timeline_videos: int = 3  # test videos drawn as timelines in the report
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models or len(set(self.models)) < len(self.models):
+            raise InputError(None, f"models {list(self.models)}: give distinct names among "
+                                   f"{', '.join(MODELS)}")
+        if not self.tiou or not all(0 < t <= 1 for t in self.tiou):
+            raise InputError(None, f"tiou {list(self.tiou)}: thresholds must lie in (0, 1]")
+        if self.protocol not in PROTOCOLS:
+            raise InputError(None, f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if self.timeline_videos < 0:
+            raise InputError(None, "timeline_videos must be at least 0")
+
+
+@dataclass
+class DetectionPlan:
+    """Everything the detection stages will do, checked and resolved to absolute paths."""
+
+    config: DetectionRunConfig
+    out: Path
+    videos: Path
+    annotations: Path
+    store: Path
+    synth: UntrimmedConfig | None
+    extract: ExtractConfig
+    train: dict[str, DetectorConfig]  # in training order; the flow teacher first when the stream is mars
+    detect: DetectConfig
+
+
+def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
+                   extract: ExtractConfig) -> DetectionPlan:
+    """Check the whole ``[detection]`` table of ``source``; every problem is one line naming the file and key."""
+    if not isinstance(table, dict):
+        raise InputError(source, "[detection] must be a table")
+    tables = {key: value for key, value in table.items() if isinstance(value, dict)}
+    for key in tables:
+        if key not in TABLES:
+            raise InputError(source, f"unknown table [detection.{key}] (known: {', '.join(TABLES)})")
+    keys = {key: value for key, value in table.items() if key not in tables}
+    config = _named(DetectionRunConfig, keys, source, "[detection]")
+    synth = _named(UntrimmedConfig, tables["synth"], source, "[detection.synth]") if "synth" in tables else None
+    base_train = _named(DetectorConfig, tables.get("train", {}), source, "[detection.train]")
+    for key, cls in (("rc3d", RC3DConfig), ("rc3d_detect", RC3DDetectConfig)):
+        if key in tables:  # not run here, but a file `run` accepts must be right everywhere
+            _named(cls, tables[key], source, f"[detection.{key}]")
+    if "sta-s-cnn" in config.models and not base_train.sta:
+        raise InputError(source, "[detection.train] sta: name where STA goes (e.g. 'layer3') for sta-s-cnn")
+    train = {model: dataclasses.replace(base_train, sta=base_train.sta if MODELS[model] else None)
+             for model in config.models}
+    if base_train.stream == "mars":
+        train = {TEACHER: dataclasses.replace(base_train, stream="flow", sta=None), **train}
+    plan = DetectionPlan(config=config, out=out / "detection", videos=(base / config.videos).resolve(),
+                         annotations=(base / config.annotations).resolve(),
+                         store=(base / config.store).resolve() if config.store else out / "detection" / "store",
+                         synth=synth, extract=extract, train=train,
+                         detect=_named(DetectConfig, tables.get("detect", {}), source, "[detection.detect]"))
+    if synth is None:
+        for key, path in (("videos", plan.videos), ("annotations", plan.annotations)):
+            if not path.exists():
+                raise InputError(source, f"[detection] {key}: {path} not found (or add [detection.synth])")
+    return plan
+
+
+def _named(cls: type, values: dict[str, Any], source: Path, table: str) -> Any:
+    """``build_config`` with the table's name in front of the problem."""
+    try:
+        return build_config(cls, values, source=source)
+    except InputError as exc:
+        raise InputError(source, f"{table} {exc.problem}") from None
+
+
+def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] = print,
+                  progress: bool = True) -> dict[str, Any]:
+    """Every detection stage through the runner's cached ``stage``; returns the report's summary."""
+    if plan.synth is not None:
+        def make_videos() -> dict[str, Any]:
+            shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
+            info = generate_untrimmed(plan.videos.parent, plan.synth)
+            return {"videos": info["videos"], "instances": info["instances"]}
+
+        stage("detection-synth", "generate the untrimmed synthetic videos", {"config": config_to_dict(plan.synth)},
+              make_videos)
+    stage("detection-extract", "extract flow of the untrimmed videos",
+          {"config": config_to_dict(plan.extract), "videos": fingerprint(plan.videos)},
+          lambda: dataclasses.asdict(extract_flow(plan.extract, plan.videos, plan.store, progress=progress)))
+    inputs = {"store": fingerprint(plan.store / "manifest.json"), "annotations": fingerprint(plan.annotations)}
+    folders = {}
+    for model, config in plan.train.items():
+        folders[model] = _train_stage(plan, stage, model, config, inputs, log, progress)
+    folders.pop(TEACHER, None)
+    test = read_annotations(plan.annotations, plan.config.test_subset)
+    for model, folder in folders.items():
+        key = {**inputs, "config": config_to_dict(plan.detect), "subset": plan.config.test_subset,
+               "model": [fingerprint(folder / f"{n}.pth") for n in ("proposal", "localization")]}
+        stage("detect", f"detect with {model}", key,
+              lambda f=folder: detect(f, plan.store, sorted(test.videos), f / "detections.json", plan.detect,
+                                      log=log, progress=progress))
+    key = {**inputs, "config": config_to_dict(plan.config),
+           "detections": [fingerprint(folder / "detections.json") for folder in folders.values()]}
+    return stage("eval-detection", "evaluate detections", key, lambda: _evaluate(plan, folders, test))
+
+
+def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: DetectorConfig, inputs: dict[str, Any],
+                 log: Callable[[str], None], progress: bool) -> Path:
+    """Train one detector; STA-S-CNN takes S-CNN's proposal network, a mars detector the flow teacher."""
+    folder = plan.out / model
+    teacher = plan.out / TEACHER if config.stream == "mars" else None
+    if model == "sta-s-cnn" and "s-cnn" in plan.train:
+        share_proposal(plan.out / "s-cnn", folder)
+    key = {**inputs, "config": config_to_dict(config),
+           "teacher": [fingerprint(teacher / f"{n}.pth") for n in ("proposal", "localization")] if teacher else None}
+
+    def train() -> dict[str, str]:
+        truth = read_annotations(plan.annotations, config.subset)
+        return train_detector(config, plan.store, truth, folder, log=log, progress=progress, teacher=teacher)
+
+    stage("train-detector", f"train detector {model} ({config.stream})", key, train)
+    return folder
+
+
+def _evaluate(plan: DetectionPlan, folders: dict[str, Path], test) -> dict[str, Any]:
+    summary = summarize(folders, test, plan.store, plan.config.tiou, plan.config.protocol,
+                        plan.config.timeline_videos)
+    write_json_atomic(plan.out / "report.json", summary)
+    return {"report": str(plan.out / "report.json"),
+            "mAP": {row["model"]: [round(v, 4) for v in row["mAP"]] for row in summary["rows"]}}
+
+
+def share_proposal(source: Path, target: Path) -> None:
+    """Give STA-S-CNN the proposal network S-CNN trained (its resume key ignores ``sta``, so it is kept as is)."""
+    if source == target or (target / "proposal.pth").exists() or not (source / "proposal.pth").exists():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "proposal.pth", target / "proposal.pth")
