@@ -47,13 +47,19 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
               help="Folder for proposal.pth, localization.pth and manifest.json (rerun to resume).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file whose [detection.train] table sets any of these options (options given here win).")
+@click.option("--detector", type=click.Choice(["scnn", "rc3d"]), default="scnn", show_default=True,
+              help="S-CNN (proposal + localization networks) or R-C3D (table [detection.rc3d]).")
+@click.option("--mode", type=click.Choice(["end-to-end", "heads"]),
+              help="R-C3D: fine-tune the backbone, or train the heads on --features.  [default: end-to-end]")
+@click.option("--features", type=click.Path(file_okay=False, path_type=Path),
+              help="R-C3D heads mode: a feature store computed with --pretrained (mars-sta features).")
 @click.option("--subset", help="Annotation subset to train on.  [default: val]")
 @click.option("--arch", help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
 @click.option("--stream", type=click.Choice(["rgb", "flow", "mars"]),
-              help="Input stream; mars reads RGB only and distils from --teacher.  [default: flow]")
+              help="Input stream; mars reads RGB only and distils from --teacher (S-CNN).  [default: flow]")
 @click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
               help="Flow detector (a train-detector folder) the mars stream distils from.")
-@click.option("--sta", help="STA in the localization network (STA-S-CNN), e.g. 'layer3'.")
+@click.option("--sta", help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
 @click.option("--pretrained", help="Recognition checkpoint both networks start from.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
@@ -68,28 +74,35 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes on this machine: relaunches itself under torchrun (DistributedDataParallel).")
 def train_detector_command(store: Path, annotations_path: Path, out: Path, config_path: Path | None,
-                           teacher: Path | None, no_progress: bool, nproc: int, **options) -> None:
-    """Train S-CNN's proposal and localization networks (STA-S-CNN with --sta) on annotated untrimmed videos.
+                           detector: str, features: Path | None, teacher: Path | None, no_progress: bool,
+                           nproc: int, **options) -> None:
+    """Train a detector on annotated untrimmed videos: S-CNN's proposal and localization networks (STA-S-CNN with
+    --sta) or R-C3D (STA-R-C3D with --sta).
 
     \b
-    Several GPUs or machines: torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
+    Several GPUs or machines (S-CNN): torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
     """
     if nproc > 1:
+        if detector == "rc3d":
+            raise click.UsageError("--nproc is for S-CNN; R-C3D trains in one process")
         from cli.launch import relaunch_under_torchrun
 
         relaunch_under_torchrun(nproc)
     from pipelines.detection.stages import train_detector_stage
 
     paths = train_detector_stage(store, annotations_path, out, config_path, options, log=click.echo,
-                                 progress=not no_progress, teacher=teacher)
+                                 progress=not no_progress, detector=detector, features=features, teacher=teacher)
     if paths:
-        click.echo(f"detector: {paths['proposal']}, {paths['localization']}")
+        shown = [paths["proposal"], paths["localization"]] if detector == "scnn" else list(paths.values())
+        click.echo(f"detector: {', '.join(map(str, shown))}")
 
 
 @click.command("detect")
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder written by train-detector.")
-@click.option("--store", required=True, type=click.Path(path_type=Path), help="Flow store holding the videos.")
+@click.option("--store", type=click.Path(path_type=Path), help="Flow store holding the videos.")
+@click.option("--features", type=click.Path(file_okay=False, path_type=Path),
+              help="R-C3D: run only the heads, on this feature store of the model's backbone.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Results JSON to write (ActivityNet's results format).")
 @click.option("--annotations", "annotations_path", type=click.Path(path_type=Path),
@@ -99,16 +112,38 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
               help="TOML file whose [detection.detect] table sets any of these options.")
 @click.option("--proposal-threshold", type=float, help="Keep windows the proposal network scores at least this.")
 @click.option("--nms-threshold", type=float, help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).")
+@click.option("--score-threshold", type=float, help="R-C3D: drop class probabilities below this.  [default: 0.005]")
 @click.option("--batch-size", type=int)
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def detect_command(model_dir: Path, store: Path, out: Path, annotations_path: Path | None, subset: str,
-                   config_path: Path | None, no_progress: bool, **options) -> None:
-    """Detect actions with a trained detector: windows, proposal filter, localization scores, per-class NMS."""
+def detect_command(model_dir: Path, store: Path | None, features: Path | None, out: Path,
+                   annotations_path: Path | None, subset: str, config_path: Path | None, no_progress: bool,
+                   **options) -> None:
+    """Detect actions with a trained S-CNN (windows, proposal filter, localization scores) or R-C3D (end to end,
+    or its heads on --features), then per-class NMS."""
     from pipelines.detection.stages import detect_stage
 
     detect_stage(model_dir, store, out, annotations_path, subset, config_path, options, log=click.echo,
-                 progress=not no_progress)
+                 progress=not no_progress, features=features)
+
+
+@click.command("features")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint of this project whose network is a 3D ResNet (recognition, detector, rc3d.pth).")
+@click.option("--store", required=True, type=click.Path(path_type=Path), help="Flow store of the videos.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Feature store folder (rerun to resume; another checkpoint recomputes it).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file whose [features] table sets any of these options.")
+@click.option("--stride", type=int, help="Grid frames between sampled frames.  [default: 1]")
+@click.option("--layer", help="A backbone stage (layer3) or pool (last stage averaged over space).  [default: pool]")
+@click.option("--buffer", type=int, help="Sampled frames per backbone pass.  [default: 768]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, **options) -> None:
+    """Cache a backbone's feature sequence of every video of STORE (per-video HDF5 files renamed into place)."""
+    from pipelines.inference.features import features_stage
+
+    features_stage(checkpoint, store, out, config_path, options, log=click.echo)
 
 
 def detection_demo(out: Path, seed: int, config_path: Path | None) -> None:
@@ -133,5 +168,5 @@ def synth_untrimmed(out_dir: Path, options: dict) -> None:
                f"and {out_dir / 'annotations.json'} in {time.perf_counter() - started:.1f} s")
 
 
-commands: list[click.Command] = [eval_detection, train_detector_command, detect_command]
+commands: list[click.Command] = [eval_detection, train_detector_command, detect_command, features_command]
 

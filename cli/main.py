@@ -95,6 +95,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     \b
     Typical order:  synth | extract-flow  ->  train --stream flow  ->  train --stream rgb|mars
                     ->  evaluate  ->  fuse        (or all at once: run CONFIG.toml, demo)
+    Detection:      synth --untrimmed  ->  extract-flow  ->  [features]  ->  train-detector
+                    ->  detect  ->  eval-detection        (demo --task detection)
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug

@@ -128,7 +128,7 @@ def run(config_path, out, from_stage, force, splits_to_run) -> None:
 @click.option("--seed", type=COUNT, default=0, show_default=True, help="Seed of the synthetic data and training.")
 @click.option("--config", "config_path", type=EXISTING_FILE, help="Another demo config (default configs/demo.toml).")
 @click.option("--task", type=click.Choice(["recognition", "detection"]), default="recognition", show_default=True,
-              help="detection: untrimmed videos, S-CNN and STA-S-CNN, mAP (configs/detection-demo.toml).")
+              help="detection: untrimmed videos, S-CNN, STA-S-CNN, R-C3D, STA-R-C3D (configs/detection-demo.toml).")
 def demo(out, seed, config_path, task) -> None:
     """The whole pipeline on the embedded synthetic dataset, ending with the fused top-1 table."""
     from pipelines.stages.demo import run_demo

@@ -6,7 +6,7 @@ import pytest
 from conftest import run_cli
 
 COMMANDS = ["synth", "extract-flow", "merge-stores", "verify-store", "train", "evaluate", "fuse", "run", "demo",
-            "profile", "models", "report", "attention", "import-frames", "predict", "export"]
+            "profile", "models", "report", "attention", "import-frames", "predict", "export", "features"]
 
 
 def test_every_command_has_help():

@@ -12,6 +12,7 @@ from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.scnn import overlap_loss
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
+from pipelines.inference.features import FeatureStore
 
 TINY = ["--frames", "4", "--size", "24", "--batch-size", "8", "--seed", "1", "--device", "cpu", "--no-progress"]
 
@@ -117,20 +118,27 @@ def test_detection_demo_layout(tmp_path):
         'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
         'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
         'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
-        'proposal_threshold = 0.0\ndevice = "cpu"\n')
+        'proposal_threshold = 0.0\ndevice = "cpu"\n[detection.rc3d]\nstride = 4\nbuffer = 16\n'
+        'anchor_scales = [2, 4]\nproposal_hidden = 8\nhidden = 16\nepochs = 1\ndevice = "cpu"\n'
+        '[detection.rc3d_detect]\ndevice = "cpu"\n')
     out = tmp_path / "demo"
     run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
     report = json.loads((out / "detection" / "report.json").read_text())
     assert report["tiou"] == [0.1, 0.2, 0.3, 0.4, 0.5]
-    assert [row["model"] for row in report["rows"]] == ["s-cnn", "sta-s-cnn"]
-    assert all(len(row["mAP"]) == 5 for row in report["rows"])
-    for model in ("s-cnn", "sta-s-cnn"):
+    assert [row["model"] for row in report["rows"]] == ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]
+    assert all(len(row["mAP"]) == 5 and len(row["mAP_high"]) == 5 for row in report["rows"])
+    for model in ("s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"):
         assert json.loads((out / "detection" / model / "detections.json").read_text())["results"]
     assert (out / "data" / "annotations" / "left_test.txt").exists() and (out / "data" / "annotations.json").exists()
     plain, sta = (load_checkpoint(out / "detection" / m / "proposal.pth").payload for m in ("s-cnn", "sta-s-cnn"))
     assert all(torch.equal(plain["state_dict"][k], sta["state_dict"][k]) for k in plain["state_dict"])
     assert load_checkpoint(out / "detection" / "sta-s-cnn" / "localization.pth").payload["stream"] == "sta-flow"
     assert "| sta-s-cnn |" in (out / "detection" / "report.md").read_text()
+    sta_rc3d = load_checkpoint(out / "detection" / "sta-r-c3d" / "rc3d.pth").payload
+    assert sta_rc3d["stream"] == "sta-flow" and load_checkpoint(out / "detection" / "r-c3d" / "rc3d.pth").payload[
+        "stream"] == "flow"
+    assert FeatureStore(out / "features" / "sta-r-c3d").manifest["checkpoint"].endswith(
+        "sta-s-cnn/localization.pth")
     assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
     assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2
     again = run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))

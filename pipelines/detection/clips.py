@@ -5,7 +5,6 @@ share grid position k, so a MARS clip (``rgb+flow``) stacks the student's RGB an
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 
@@ -13,6 +12,7 @@ from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.data.clips import Normalization
 from pipelines.detection.windows import clip_indices
+from pipelines.inference.features import read_grid
 
 
 def fps_of(store: FlowStore, video: str) -> float:
@@ -50,24 +50,4 @@ class WindowClips:
 
     def _range(self, video: str, first: int, stop: int) -> np.ndarray:
         """Grid positions ``first:stop`` normalised, (n, size, size, C) float32."""
-        norm = self.normalization
-        parts = []
-        if "rgb" in self.kind.split("+"):
-            raw = self.store.frames(video, first, stop).astype(np.float32)
-            parts.append((raw - np.float32(norm.rgb_mean)) * norm.rgb_scale)
-        if "flow" in self.kind.split("+"):
-            codes = self.store.flow_codes(video, first, stop).astype(np.float32)
-            parts.append((codes - norm.flow_center) * norm.flow_scale)
-        return _fit(np.concatenate(parts, axis=-1), self.size)
-
-
-def _fit(frames: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, resized to ``size`` when the frames are not already that size."""
-    height, width = frames.shape[1:3]
-    if height == width == size:
-        return frames
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    cropped = frames[:, top:top + side, left:left + side]
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in cropped]).reshape(
-        len(frames), size, size, frames.shape[3])
+        return read_grid(self.store, video, self.kind, first, stop, self.size, self.normalization)

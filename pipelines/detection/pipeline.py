@@ -24,13 +24,16 @@ from pipelines.core.manifest import fingerprint
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
+from pipelines.detection.rc3d import RC3DConfig
+from pipelines.detection.rc3d_detect import RC3DDetectConfig
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.summary import summarize
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True}  # detector variant -> STA in its localization network
 STAGES = ("detection-synth", "detection-extract", "train-detector", "detect", "eval-detection")
-TABLES = ("synth", "train", "detect")
+TABLES = ("synth", "train", "detect", "rc3d", "rc3d_detect")  # rc3d tables: checked here, used by the demo and
+# train-detector --detector rc3d (run trains S-CNN models only)
 TEACHER = "teacher-flow"
 Stage = Callable[[str, str, dict[str, Any], Callable[[], Any]], Any]
 
@@ -89,6 +92,9 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
     config = _named(DetectionRunConfig, keys, source, "[detection]")
     synth = _named(UntrimmedConfig, tables["synth"], source, "[detection.synth]") if "synth" in tables else None
     base_train = _named(DetectorConfig, tables.get("train", {}), source, "[detection.train]")
+    for key, cls in (("rc3d", RC3DConfig), ("rc3d_detect", RC3DDetectConfig)):
+        if key in tables:  # not run here, but a file `run` accepts must be right everywhere
+            _named(cls, tables[key], source, f"[detection.{key}]")
     if "sta-s-cnn" in config.models and not base_train.sta:
         raise InputError(source, "[detection.train] sta: name where STA goes (e.g. 'layer3') for sta-s-cnn")
     train = {model: dataclasses.replace(base_train, sta=base_train.sta if MODELS[model] else None)

@@ -5,11 +5,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.config import build_config, read_toml
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
+from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
+from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.inference.features import FeatureStore
 
 
 def detection_table(path: Path | None, name: str) -> dict[str, Any]:
@@ -21,19 +25,41 @@ def detection_table(path: Path | None, name: str) -> dict[str, Any]:
 
 def train_detector_stage(store: Path, annotations: Path, out: Path, config_path: Path | None,
                          options: Mapping[str, Any], log: Callable[[str], None] = print,
-                         progress: bool = True, teacher: Path | None = None) -> dict[str, str]:
-    """``train-detector``: read the config and the annotations of its subset, then train both networks."""
-    config = build_config(DetectorConfig, detection_table(config_path, "train"), options, source=config_path,
+                         progress: bool = True, detector: str = "scnn", features: Path | None = None,
+                         teacher: Path | None = None) -> dict[str, str]:
+    """``train-detector``: read the config and the annotations of its subset, then train S-CNN's two networks
+    (distilling from ``teacher`` on the mars stream) or R-C3D (``detector="rc3d"``, table ``[detection.rc3d]``;
+    heads-only on ``features``)."""
+    given = {k: v for k, v in options.items() if v is not None}  # options of the other detector stay unset
+    if detector == "rc3d":
+        if teacher is not None:
+            raise InputError(None, "--teacher is for S-CNN's mars stream (R-C3D reads rgb or flow)")
+        config = build_config(RC3DConfig, detection_table(config_path, "rc3d"), given, source=config_path,
+                              table="[detection.rc3d]")
+        return train_rc3d(config, store, read_annotations(annotations, config.subset), out, features, log=log)
+    if features is not None:
+        raise InputError(None, "--features is for --detector rc3d (S-CNN reads clips from the flow store)")
+    config = build_config(DetectorConfig, detection_table(config_path, "train"), given, source=config_path,
                           table="[detection.train]")
     truth = read_annotations(annotations, config.subset)
     return train_detector(config, store, truth, out, log=log, progress=progress, teacher=teacher)
 
 
-def detect_stage(model_dir: Path, store: Path, out: Path, annotations: Path | None, subset: str,
+def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Path | None, subset: str,
                  config_path: Path | None, options: Mapping[str, Any], log: Callable[[str], None] = print,
-                 progress: bool = True) -> dict[str, Any]:
-    """``detect``: the videos of an annotation subset (or the whole store), scored and written as results JSON."""
-    config = build_config(DetectConfig, detection_table(config_path, "detect"), options, source=config_path,
+                 progress: bool = True, features: Path | None = None) -> dict[str, Any]:
+    """``detect``: the videos of an annotation subset (or the whole store), scored and written as results JSON.
+    A folder with ``rc3d.pth`` is R-C3D (table ``[detection.rc3d_detect]``), end to end or on ``features``."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if (model_dir / MODEL).is_file():
+        config = build_config(RC3DDetectConfig, detection_table(config_path, "rc3d_detect"), given,
+                              source=config_path, table="[detection.rc3d_detect]")
+        videos = (sorted(read_annotations(annotations, subset).videos) if annotations is not None else
+                  FeatureStore(features).video_ids() if features is not None else FlowStore(store).video_ids())
+        return detect_rc3d(model_dir, videos, out, config, store, features, log=log)
+    if store is None:
+        raise InputError(None, "S-CNN reads clips from the flow store: give --store")
+    config = build_config(DetectConfig, detection_table(config_path, "detect"), given, source=config_path,
                           table="[detection.detect]")
     with FlowStore(store) as opened:
         if annotations is None:

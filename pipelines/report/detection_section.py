@@ -31,12 +31,15 @@ def _label(row: dict[str, Any]) -> str:
 
 def markdown_tables(summary: dict[str, Any]) -> str:
     """mAP (%) per detector and tIoU as in Table VI, then per-class AP (%) of every detector."""
-    def table(first: str, rows: dict[str, list[float]]) -> list[str]:
-        return ([f"| {first} | " + " | ".join(f"{t:g}" for t in summary["tiou"]) + " |",
-                 "|---|" + "---|" * len(summary["tiou"])] +
+    def table(first: str, rows: dict[str, list[float]], tiou: list[float] = summary["tiou"]) -> list[str]:
+        return ([f"| {first} | " + " | ".join(f"{t:g}" for t in tiou) + " |", "|---|" + "---|" * len(tiou)] +
                 [f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in values) + " |" for name, values in rows.items()])
 
     lines = ["## Detection mAP (%)", "", *table("model", {row["model"]: row["mAP"] for row in summary["rows"]})]
+    if "tiou_high" in summary:  # the demo's second table, tIoU 0.3-0.7 (later papers' range)
+        lines += ["", "## Detection mAP (%) at tIoU 0.3-0.7", "",
+                  *table("model", {row["model"]: row["mAP_high"] for row in summary["rows"] if "mAP_high" in row},
+                         summary["tiou_high"])]
     for row in summary["rows"]:
         lines += ["", f"### Per-class AP (%), {row['model']}", "", *table("class", row["per_class"])]
     return "\n".join(lines) + "\n"
@@ -52,6 +55,11 @@ def detection_section(summary: dict[str, Any], embed: Embed) -> str:
              html_page.table(headers, [[_label(row), *(f"{100 * v:.1f}" for v in row["mAP"])]
                                        for row in summary["rows"]],
                              [i == best for i in range(len(summary["rows"]))])]
+    if "tiou_high" in summary:
+        parts += [html_page.paragraph("mAP (%) at tIoU 0.3-0.7, the range later papers report."),
+                  html_page.table(["model", *(f"{t:g}" for t in summary["tiou_high"])],
+                                  [[_label(row), *(f"{100 * v:.1f}" for v in row["mAP_high"])]
+                                   for row in summary["rows"] if "mAP_high" in row])]
     parts.append("<details><summary>Per-class AP (%)</summary>")
     parts += [html_page.table(["model", "class", *headers[1:]],
                               [[row["model"], label, *(f"{100 * ap:.1f}" for ap in row["per_class"].get(label, []))]

@@ -1,0 +1,171 @@
+"""R-C3D's network (Xu, Das, Saenko, ICCV 2017): a shared 3D backbone, a proposal subnet, temporal RoI pooling
+and a classification subnet, in plain torch.
+
+The backbone is any registered 3D ResNet (with STA where its ``sta`` spec says); ``backbone_map`` runs it over a
+long buffer of frames up to one stage and keeps time and space::
+
+    buffer (N, C_in, T, H, W)
+      │  stem + stages up to ``layer``
+      ▼  feature map (N, C, L, h, w)                     L = T / temporal stride of the backbone
+      │  proposal subnet: Conv3d 3×3×3 + ReLU, max over (h, w), two 1×1 convs
+      ▼  anchor scores (N, L·A, 2), anchor offsets (N, L·A, 2)      A = number of anchor scales
+      │  proposals [start, end) in feature steps  →  temporal RoI pooling to (time, h', w') bins
+      ▼  pooled (R, C, 4, 2, 2)
+      │  classification subnet: two fully connected layers
+      ▼  class logits (R, K + 1), per-class offsets (R, K + 1, 2)
+
+Segments are ``[start, end)`` in feature steps. Offsets are R-C3D's (as Faster R-CNN's boxes): centre shift over
+the anchor's length and log of the length ratio. The network knows nothing of files, labels or NMS: those live in
+``pipelines.detection.rc3d``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+POOL = "pool"  # the last stage's map averaged over space: the pooled features, kept in time
+
+
+def backbone_map(model: nn.Module, clip: torch.Tensor, layer: str) -> torch.Tensor:
+    """The feature map (N, C, L, h, w) of a registered 3D ResNet after stage ``layer`` (no fc); ``"pool"`` is the
+    last stage averaged over space (h = w = 1), the features ``fc`` reads before they are pooled over time."""
+    names = getattr(model, "stage_names", None)
+    if names is None or layer not in (*names, POOL):
+        raise ValueError(f"layer {layer!r} is not a stage of this backbone (stages: {names}, or {POOL!r})")
+    x = model.maxpool(model.relu(model.bn1(model.conv1(clip))))
+    last = len(names) if layer == POOL else names.index(layer) + 1
+    for name in names[:last]:
+        x = getattr(model, name)(x)
+    return x.mean(dim=(3, 4), keepdim=True) if layer == POOL else x
+
+
+def make_anchors(length: int, scales: Sequence[float]) -> torch.Tensor:
+    """Anchors (length · A, 2) as [start, end): at every feature step t one per scale s, centred at t + 0.5.
+
+    Step-major order: anchor ``t · A + a`` is scale ``a`` at step ``t``, the order the proposal subnet's outputs
+    are flattened in.
+    """
+    centres = torch.arange(length, dtype=torch.float32)[:, None] + 0.5
+    half = torch.as_tensor(scales, dtype=torch.float32)[None, :] / 2
+    return torch.stack([centres - half, centres + half], dim=-1).reshape(-1, 2)
+
+
+def encode_segments(segments: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Offsets (dc, dl) that move ``anchors`` onto ``segments``: dc = Δcentre / length, dl = log(length ratio)."""
+    anchor_length = anchors[:, 1] - anchors[:, 0]
+    length = segments[:, 1] - segments[:, 0]
+    centre_shift = (segments.sum(1) - anchors.sum(1)) / 2
+    return torch.stack([centre_shift / anchor_length, torch.log(length / anchor_length)], dim=1)
+
+
+def decode_segments(offsets: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``encode_segments``: segments (n, 2) from anchors and offsets (n, 2)."""
+    anchor_length = anchors[:, 1] - anchors[:, 0]
+    centre = anchors.sum(1) / 2 + offsets[:, 0] * anchor_length
+    half = anchor_length * torch.exp(offsets[:, 1].clamp(max=10.0)) / 2
+    return torch.stack([centre - half, centre + half], dim=1)
+
+
+def temporal_roi_pool(feature_map: torch.Tensor, rois: torch.Tensor, output: Sequence[int]) -> torch.Tensor:
+    """Max-pool each segment of one buffer's map (C, L, h, w) into ``output`` = (time, h', w') bins.
+
+    Space is max-pooled to (h', w') once for the whole map; then time bin b of a segment [s, e) takes the steps
+    from floor(s + b·(e − s)/bins) to ceil(s + (b + 1)·(e − s)/bins), at least one, clipped to the map (as
+    R-C3D's RoI pooling rounds bins outward). Returns (R, C, time, h', w'); gradients reach the maxima.
+    """
+    bins, height, width = output
+    length = feature_map.shape[1]
+    spatial = nn.functional.adaptive_max_pool3d(feature_map, (length, height, width))  # (C, L, h', w')
+    fraction = torch.arange(bins + 1, dtype=rois.dtype, device=rois.device) / bins
+    edges = rois[:, :1] + fraction[None, :] * (rois[:, 1:] - rois[:, :1])  # (R, bins + 1)
+    first = edges[:, :-1].floor().clamp(0, length - 1).long()
+    last = torch.maximum(edges[:, 1:].ceil().long(), first + 1).clamp(max=length)
+    widest = int((last - first).max()) if len(rois) else 1
+    # each bin reads its own steps, the widest bin's count of them, repeating its last step where it is narrower
+    steps = torch.minimum(first[..., None] + torch.arange(widest, device=rois.device), last[..., None] - 1)
+    return spatial[:, steps].amax(dim=3).permute(1, 0, 2, 3, 4)  # (C, R, bins, k, h', w') -> (R, C, bins, h', w')
+
+
+class ProposalSubnet(nn.Module):
+    """R-C3D's proposal subnet: 3×3×3 conv and ReLU, max over space, then per step and anchor scale an
+    action/background score pair and a (dc, dl) offset pair.
+
+    Args:
+        channels: channels of the backbone map.
+        hidden: channels of the 3×3×3 conv (R-C3D: 512).
+        anchors: anchor scales per step.
+    """
+
+    def __init__(self, channels: int, hidden: int, anchors: int) -> None:
+        super().__init__()
+        self.anchors = anchors
+        self.conv = nn.Conv3d(channels, hidden, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.score = nn.Conv1d(hidden, 2 * anchors, 1)
+        self.offset = nn.Conv1d(hidden, 2 * anchors, 1)
+
+    def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, L, h, w) → scores (N, L·A, 2) and offsets (N, L·A, 2), step-major as ``make_anchors``."""
+        x = self.relu(self.conv(feature_map)).amax(dim=(3, 4))  # (N, hidden, L)
+        n, _, length = x.shape
+        scores = self.score(x).view(n, self.anchors, 2, length).permute(0, 3, 1, 2).reshape(n, -1, 2)
+        offsets = self.offset(x).view(n, self.anchors, 2, length).permute(0, 3, 1, 2).reshape(n, -1, 2)
+        return scores, offsets
+
+
+class ClassificationSubnet(nn.Module):
+    """R-C3D's classification subnet: two fully connected layers, then K + 1 class logits and per-class offsets.
+
+    Args:
+        features: size of one flattened pooled RoI (C · time · h' · w').
+        hidden: width of the fully connected layers (R-C3D: 4096).
+        num_classes: K + 1, background included.
+        dropout: dropout after each hidden layer (R-C3D: 0.5).
+    """
+
+    def __init__(self, features: int, hidden: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.body = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.score = nn.Linear(hidden, num_classes)
+        self.offset = nn.Linear(hidden, 2 * num_classes)
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, C, time, h', w') → logits (R, K + 1) and offsets (R, K + 1, 2)."""
+        x = self.body(pooled.flatten(1))
+        return self.score(x), self.offset(x).view(-1, self.num_classes, 2)
+
+
+class RC3DHeads(nn.Module):
+    """Everything of R-C3D above the shared backbone map: the proposal and the classification subnet.
+
+    Args:
+        channels: channels of the backbone map the heads read.
+        num_classes: K + 1, background included.
+        anchor_scales: anchor lengths in feature steps (R-C3D on THUMOS'14: 2 to 16).
+        pool: temporal RoI pooling output (time, h', w'); R-C3D: (4, 2, 2).
+        proposal_hidden: channels of the proposal subnet's conv.
+        hidden: width of the classification subnet's fully connected layers.
+        dropout: dropout in the classification subnet.
+    """
+
+    def __init__(self, *, channels: int, num_classes: int, anchor_scales: Sequence[float],
+                 pool: Sequence[int] = (4, 2, 2), proposal_hidden: int = 512, hidden: int = 4096,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        self.anchor_scales = tuple(float(s) for s in anchor_scales)
+        self.pool = tuple(int(p) for p in pool)
+        self.proposal = ProposalSubnet(channels, proposal_hidden, len(self.anchor_scales))
+        pooled = channels * self.pool[0] * self.pool[1] * self.pool[2]
+        self.classification = ClassificationSubnet(pooled, hidden, num_classes, dropout)
+
+    def anchors(self, length: int) -> torch.Tensor:
+        return make_anchors(length, self.anchor_scales)
+
+    def classify(self, feature_map: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits and offsets of ``rois`` (R, 2) on one buffer's map (C, L, h, w)."""
+        return self.classification(temporal_roi_pool(feature_map, rois, self.pool))

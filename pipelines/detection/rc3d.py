@@ -1,0 +1,362 @@
+"""STA-R-C3D: R-C3D's proposal and classification subnets over a shared registry backbone (STA where ``sta``
+says), trained end to end from the flow store or heads-only on a feature store, and its test.
+
+A video is cut into buffers (``pipelines.inference.features.buffers``); each buffer is one training sample and is
+detected in on its own, as R-C3D does with its 768-frame buffers. Both modes see the same buffers: heads-only
+training reads the maps ``features`` cached from the frozen backbone, end to end computes them with gradients.
+``DIR/rc3d.pth`` holds the backbone (as the ``state_dict`` of a registry network, so ``features --checkpoint``
+reads it too) and the heads, with optimizer and RNG states for exact resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from flow.atomic import write_json_atomic
+from flow.errors import InputError
+from flow.store import VIDEOS, FlowStore
+from mars_sta.rc3d import RC3DHeads, backbone_map
+from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pipelines.core.config import check_at_least, check_choices, config_to_dict
+from pipelines.core.device import resolve_device
+from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
+from pipelines.data.clips import Normalization
+from pipelines.detection.annotations import Annotations
+from pipelines.detection.clips import fps_of
+from pipelines.detection.rc3d_targets import anchor_targets, proposals, roi_targets, sample_losses
+from pipelines.inference.features import BackboneInput, FeatureStore, buffers
+
+MODEL = "rc3d.pth"
+THUMOS_SCALES = (2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)  # anchor lengths, feature steps
+
+
+@dataclass(frozen=True)
+class RC3DConfig:
+    """Settings of ``train-detector --detector rc3d`` (TOML table ``[detection.rc3d]``); defaults are R-C3D's."""
+
+    mode: Literal["end-to-end", "heads"] = "end-to-end"  # heads: backbone frozen, maps read from --features
+    arch: str = "tiny_resnet"
+    stream: Literal["rgb", "flow"] = "flow"
+    sta: str | None = None  # STA in the shared backbone (STA-R-C3D)
+    size: int = 32  # frame side the backbone reads
+    normalization: str = "unit"
+    pretrained: str | None = None  # checkpoint the backbone starts from (heads: the features' checkpoint)
+    layer: str | None = None  # backbone stage the heads read; None: the last
+    stride: int = 1  # grid frames between sampled frames
+    buffer: int = 768  # sampled frames per buffer (R-C3D: 768)
+    anchor_scales: tuple[float, ...] = THUMOS_SCALES
+    anchor_positive: float = 0.7
+    anchor_negative: float = 0.3
+    anchor_batch: int = 256
+    anchor_fraction: float = 0.5
+    anchor_sigma: float = 3.0
+    train_pre_nms: int = 12000
+    train_post_nms: int = 2000
+    test_pre_nms: int = 6000
+    test_post_nms: int = 300
+    proposal_nms: float = 0.7
+    min_length: float = 1.0  # proposals shorter than this many feature steps are dropped
+    roi_positive: float = 0.5
+    roi_negative: tuple[float, float] = (0.1, 0.5)
+    roi_batch: int = 128
+    roi_fraction: float = 0.25
+    offset_stds: tuple[float, float] = (0.1, 0.2)
+    pool: tuple[int, int, int] = (4, 2, 2)
+    proposal_hidden: int = 512
+    hidden: int = 4096
+    dropout: float = 0.5
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.0001
+    weight_decay: float = 0.0005
+    epochs: int = 5
+    subset: str = "val"
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1), epochs=(self.epochs, 0),
+                       anchor_batch=(self.anchor_batch, 1), roi_batch=(self.roi_batch, 1), size=(self.size, 1))
+        numbers = (*self.anchor_scales, *self.roi_negative, *self.offset_stds, *self.pool)
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+            raise InputError(None, "anchor_scales, roi_negative, offset_stds and pool must hold numbers")
+        if (not self.anchor_scales or min(self.anchor_scales) <= 0 or len(self.pool) != 3 or min(self.pool) < 1
+                or len(self.roi_negative) != 2 or len(self.offset_stds) != 2 or min(self.offset_stds) <= 0):
+            raise InputError(None, "anchor_scales and offset_stds must be positive, roi_negative a pair and pool "
+                                   "three positive bin counts")
+        if not 0 <= self.anchor_negative <= self.anchor_positive <= 1 or not (
+                0 <= self.roi_negative[0] <= self.roi_negative[1] <= self.roi_positive <= 1):
+            raise InputError(None, "negative and positive tIoU thresholds must satisfy 0 <= negative <= positive <= 1")
+
+
+def rc3d_config_of(payload: dict[str, Any]) -> RC3DConfig:
+    """The RC3DConfig an ``rc3d.pth`` was trained with."""
+    values = json.loads(payload["rc3d_config"])
+    tuples = {k: tuple(values[k]) for k in ("anchor_scales", "roi_negative", "offset_stds", "pool")}
+    return dataclasses.replace(RC3DConfig(), **{**values, **tuples})
+
+
+class RC3D:
+    """A backbone, its input, the layer the heads read, and the heads: what training and detection share."""
+
+    def __init__(self, backbone: torch.nn.Module, reads: BackboneInput, heads: RC3DHeads) -> None:
+        self.backbone, self.reads, self.heads = backbone, reads, heads
+
+    def to(self, device: torch.device) -> RC3D:
+        self.backbone.to(device)
+        self.heads.to(device)
+        return self
+
+    def parameters(self, mode: str) -> list[torch.nn.Parameter]:
+        return [*self.heads.parameters(), *(self.backbone.parameters() if mode == "end-to-end" else [])]
+
+    def buffer_map(self, store: FlowStore, video: str, first: int, stop: int, device: torch.device
+                   ) -> torch.Tensor:
+        """One buffer's map (C, L, h, w), computed by the backbone (with gradients when it trains)."""
+        clip = self.reads.buffer_clip(store, video, first, stop)[None].to(device)
+        return backbone_map(self.backbone, clip, self.reads.layer)[0]
+
+
+def build_rc3d(config: RC3DConfig, num_classes: int, store: FlowStore) -> RC3D:
+    """The backbone from the registry (``config.sta``; weights from ``config.pretrained``) and fresh heads.
+
+    Args:
+        config: the R-C3D settings.
+        num_classes: K, the action classes (the heads add background).
+        store: the flow store, for its flow bound (input normalization).
+    """
+    from mars_sta import build_model, load_pretrained
+
+    backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=3 if config.stream == "rgb" else 2,
+                           sample_size=config.size, sample_duration=16, sta=config.sta)
+    if config.pretrained:
+        load_pretrained(backbone, config.pretrained)
+    layer = config.layer or backbone.stage_names[-1]
+    reads = BackboneInput(config.stream, config.size, Normalization.named(config.normalization, store.bound),
+                          config.stride, config.buffer, layer)
+    with torch.no_grad():
+        probe = backbone_map(backbone.eval(), torch.zeros(1, backbone.conv1.in_channels, 1, config.size,
+                                                          config.size), layer)
+    heads = RC3DHeads(channels=probe.shape[1], num_classes=num_classes + 1, anchor_scales=config.anchor_scales,
+                      pool=config.pool, proposal_hidden=config.proposal_hidden, hidden=config.hidden,
+                      dropout=config.dropout)
+    return RC3D(backbone, reads, heads)
+
+
+@dataclass
+class Buffer:
+    """One training sample: a buffer of a video, its ground truth in the buffer's feature steps and class ids."""
+
+    video: str
+    first: int  # sampled steps [first, stop)
+    stop: int
+    chunk: int  # which buffer of the video
+    truth: np.ndarray
+    classes: np.ndarray
+
+
+def training_buffers(store: FlowStore, truth: Annotations, reads: BackboneInput, steps_per_feature: float
+                     ) -> list[Buffer]:
+    """Every buffer of every annotated video that overlaps its ground truth, segments clipped to the buffer."""
+    found = []
+    for video in sorted(truth.videos):
+        frames = truth.in_frames(video, fps_of(store, video))
+        segments = np.array([(a, b) for a, b, _ in frames], np.float64).reshape(-1, 2)
+        labels = np.array([k for *_, k in frames], np.int64)
+        for chunk, (first, stop) in enumerate(buffers(store.num_frames(video) - 1, reads.stride, reads.buffer)):
+            span = np.array([first, stop], np.float64) / steps_per_feature
+            steps = segments / (reads.stride * steps_per_feature) - span[0]
+            inside = (steps[:, 1] > 0) & (steps[:, 0] < span[1] - span[0])
+            if inside.any():
+                found.append(Buffer(video, first, stop, chunk, steps[inside].clip(0, span[1] - span[0]),
+                                    labels[inside]))
+    return found
+
+
+def temporal_stride(model: RC3D) -> float:
+    """Sampled steps per feature step (the backbone's temporal stride), measured on a probe buffer."""
+    steps = min(model.reads.buffer, 16)
+    with torch.no_grad():
+        probe = torch.zeros(1, model.backbone.conv1.in_channels, steps, model.reads.size, model.reads.size,
+                            device=next(model.backbone.parameters()).device)
+        return steps / backbone_map(model.backbone.eval(), probe, model.reads.layer).shape[2]
+
+
+def buffer_losses(model: RC3D, feature_map: torch.Tensor, sample: Buffer, config: RC3DConfig,
+                  rng: np.random.Generator) -> torch.Tensor:
+    """The four R-C3D losses of one buffer, summed with weight 1 each."""
+    length = feature_map.shape[1]
+    anchors = model.heads.anchors(length)
+    scores, offsets = model.heads.proposal(feature_map[None])
+    anchor_sample = anchor_targets(anchors.numpy(), sample.truth, length, config.anchor_positive,
+                                   config.anchor_negative, config.anchor_batch, config.anchor_fraction, rng)
+    rpn_cls, rpn_reg = sample_losses(scores[0], offsets[0], anchor_sample, config.anchor_sigma)
+    rois, _ = proposals(scores[0], offsets[0], anchors, length, config.train_pre_nms, config.train_post_nms,
+                        config.proposal_nms, config.min_length)
+    rois = np.concatenate([rois, sample.truth]) if len(sample.truth) else rois
+    roi_sample = roi_targets(rois, sample.truth, sample.classes, config.roi_positive, config.roi_negative,
+                             config.roi_batch, config.roi_fraction, config.offset_stds, rng)
+    if not len(roi_sample.indices):
+        return rpn_cls + rpn_reg
+    chosen = torch.as_tensor(rois[roi_sample.indices], dtype=torch.float32, device=feature_map.device)
+    logits, class_offsets = model.heads.classify(feature_map, chosen)
+    shifted = dataclasses.replace(roi_sample, indices=np.arange(len(roi_sample.indices)))
+    cls, reg = sample_losses(logits, class_offsets, shifted, 1.0)
+    return rpn_cls + rpn_reg + cls + reg
+
+
+def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Path, features: Path | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train R-C3D on one annotation subset; writes ``out/rc3d.pth`` every epoch and resumes from it.
+
+    Args:
+        config: the R-C3D settings (``mode`` end-to-end or heads).
+        store_path: the flow store of the annotated videos (fps, lengths; frames when end to end).
+        truth: the annotations of ``config.subset``.
+        out: folder for ``rc3d.pth`` and ``manifest.json``.
+        features: the feature store heads-only training reads (built from ``config.pretrained``).
+        log: where progress lines go.
+    """
+    store = FlowStore(store_path)
+    truth.check_videos(store)
+    torch.manual_seed(config.seed)
+    model = build_rc3d(config, len(truth.classes), store)
+    cache = _heads_features(config, model, features, store) if config.mode == "heads" else None
+    device = resolve_device(config.device)
+    model.to(device)
+    samples = training_buffers(store, truth, model.reads, temporal_stride(model))
+    if not samples:
+        raise InputError(truth.source, f"no buffer of the {truth.subset} videos holds ground truth")
+    optimizer = _optimizer(config, model.parameters(config.mode))
+    manifest = stage_manifest("train-detector", {"detector": "rc3d", **config_to_dict(config)},
+                              {"store": store_path, "annotations": truth.source, "features": features})
+    key = _resume_key(config, manifest, store, features)
+    out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
+        started, losses = time.perf_counter(), []
+        model.heads.train()
+        model.backbone.train(config.mode == "end-to-end")
+        for index in np.random.default_rng([config.seed, epoch]).permutation(len(samples)):
+            losses.append(_step(model, samples[index], cache, store, config, optimizer, device,
+                                np.random.default_rng([config.seed, epoch, int(index)])))
+        _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
+        log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.3f} on "
+            f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
+    write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {"rc3d": str(
+        out / MODEL)}})
+    return {"rc3d": str(out / MODEL)}
+
+
+def _optimizer(config: RC3DConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """R-C3D's SGD with momentum 0.9, or AdamW for small networks trained from scratch."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _step(model: RC3D, sample: Buffer, cache: dict[str, tuple[torch.Tensor, list[int]]] | None, store: FlowStore,
+          config: RC3DConfig, optimizer: torch.optim.Optimizer, device: torch.device,
+          rng: np.random.Generator) -> float:
+    """One buffer forward and backward: its map from the cache (heads) or the backbone (end to end)."""
+    if cache is None:
+        feature_map = model.buffer_map(store, sample.video, sample.first, sample.stop, device)
+    else:
+        whole, bounds = cache[sample.video]
+        feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(device)
+    loss = buffer_losses(model, feature_map, sample, config, rng)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore
+                    ) -> dict[str, tuple[torch.Tensor, list[int]]]:
+    """The cached maps heads-only training reads, after checking they come from this backbone and input."""
+    if features is None or config.pretrained is None:
+        raise InputError(None, "mode 'heads' trains on cached features: give --features FEATS and --pretrained, "
+                               "the checkpoint they were computed with")
+    cache = FeatureStore(features)
+    recorded = cache.manifest
+    wanted = {"checkpoint_sha256": file_sha256(config.pretrained), "arch": config.arch,
+              "sta": model.backbone.build_kwargs["sta"], "layer": model.reads.layer, "stride": config.stride,
+              "buffer": config.buffer, "size": config.size, "normalization": vars(model.reads.normalization),
+              "preprocessing": store.preprocessing}
+    found = {**recorded, "sta": recorded.get("model_kwargs", {}).get("sta"),
+             "normalization": {k: tuple(v) if isinstance(v, list) else v
+                               for k, v in recorded.get("normalization", {}).items()}}
+    differ = [name for name, value in wanted.items() if found.get(name) != value]
+    if differ:
+        raise InputError(features, f"was computed with another {', '.join(differ)} than this training asks for; "
+                                   "rebuild it with mars-sta features")
+    return {video: cache.read(video)[:2] for video in cache.video_ids()}
+
+
+def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None) -> str:
+    """Config but its epoch count, the annotations, the bytes of the checkpoint the backbone starts from, the
+    features' key (not their folder, whose manifest every rerun of ``features`` rewrites), and the store's video
+    files and preprocessing."""
+    inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
+              "videos": fingerprint(store.root / VIDEOS),
+              "pretrained": file_sha256(config.pretrained) if config.pretrained else None,
+              "features": FeatureStore(features).manifest["key"] if features is not None else None}
+    return config_hash({**manifest["config"], "epochs": None, "inputs": inputs})
+
+
+def _save(path: Path, model: RC3D, optimizer: torch.optim.Optimizer, config: RC3DConfig, classes: list[str],
+          epoch: int, key: str, features: Path | None) -> None:
+    reads = model.reads
+    save_checkpoint(path, {
+        "arch": model.backbone.arch, "model_kwargs": dict(model.backbone.build_kwargs),
+        "state_dict": model.backbone.state_dict(), "stream": ("sta-" if config.sta else "") + config.stream,
+        "classes": list(classes), "train_config": {"normalization": config.normalization},
+        "heads": model.heads.state_dict(), "heads_kwargs": json.dumps(_heads_kwargs(model.heads)),
+        "reads": json.dumps({**dataclasses.asdict(reads), "normalization": vars(reads.normalization)}),
+        "rc3d_config": json.dumps(config_to_dict(config)), "features_checkpoint_sha256":
+            file_sha256(config.pretrained) if features is not None else "",
+        "optimizer": optimizer.state_dict(), "epoch": epoch, "rng": rng_state(), "run_key": key})
+
+
+def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
+    return {"channels": heads.proposal.conv.in_channels, "num_classes": heads.classification.num_classes,
+            "anchor_scales": list(heads.anchor_scales), "pool": list(heads.pool),
+            "proposal_hidden": heads.proposal.conv.out_channels,
+            "hidden": heads.classification.score.in_features,
+            "dropout": heads.classification.body[2].p}
+
+
+def _resume(path: Path, key: str, model: RC3D, optimizer: torch.optim.Optimizer) -> int:
+    """The first epoch still to train: after the checkpoint's, when it was written by the same config and inputs."""
+    if not path.is_file():
+        return 0
+    payload = load_checkpoint(path).payload
+    if payload.get("run_key") != key:
+        raise InputError(path, "was trained with another config or other inputs; use another --out or delete it")
+    model.backbone.load_state_dict(payload["state_dict"])
+    model.heads.load_state_dict(payload["heads"])
+    optimizer.load_state_dict(payload["optimizer"])
+    restore_rng_state(payload["rng"])
+    return int(payload["epoch"]) + 1
+
+
+def load_rc3d(path: Path) -> tuple[RC3D, dict[str, Any]]:
+    """A trained R-C3D (eval mode) and its checkpoint's payload."""
+    checkpoint = load_checkpoint(path)
+    payload = checkpoint.payload
+    if "heads" not in payload:
+        raise InputError(path, "is not an R-C3D checkpoint (no heads)")
+    reads = json.loads(payload["reads"])
+    normalization = Normalization(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in reads.pop("normalization").items()})
+    heads = RC3DHeads(**json.loads(payload["heads_kwargs"]))
+    heads.load_state_dict(payload["heads"])
+    model = RC3D(checkpoint.build_model(), BackboneInput(normalization=normalization, **reads), heads.eval())
+    return model, payload

@@ -1,0 +1,146 @@
+"""R-C3D's test: per buffer, proposals → RoI pooling → class scores and per-class offsets → per-class NMS.
+
+The maps come from the backbone (end to end, from the flow store) or from a feature store computed with the same
+backbone; both are ``pipelines.inference.features.video_map`` and give the same detections.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flow.atomic import write_json_atomic
+from flow.errors import InputError
+from flow.store import FlowStore
+from mars_sta.rc3d import decode_segments
+from pipelines.core.config import config_to_dict
+from pipelines.core.device import resolve_device
+from pipelines.core.manifest import file_sha256, stage_manifest
+from pipelines.detection.clips import fps_of
+from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of
+from pipelines.detection.rc3d_targets import proposals
+from pipelines.detection.windows import temporal_nms
+from pipelines.inference.features import FeatureStore, video_map
+
+
+@dataclass(frozen=True)
+class RC3DDetectConfig:
+    """Settings of ``detect`` for an R-C3D model (TOML table ``[detection.rc3d_detect]``)."""
+
+    nms_threshold: float = 0.3  # per-class NMS (R-C3D: 0.3, or 0.1 below the evaluation tIoU)
+    score_threshold: float = 0.005  # class probabilities below it are not detections
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.nms_threshold <= 1 or not 0 <= self.score_threshold <= 1:
+            raise InputError(None, "nms_threshold and score_threshold must be in [0, 1]")
+
+
+@torch.no_grad()
+def buffer_detections(model: RC3D, feature_map: torch.Tensor, trained: RC3DConfig, config: RC3DDetectConfig
+                      ) -> list[tuple[float, float, int, float]]:
+    """``(start, end, class index, score)`` in feature steps of one buffer's map (C, L, h, w)."""
+    length = feature_map.shape[1]
+    scores, offsets = model.heads.proposal(feature_map[None])
+    rois, _ = proposals(scores[0], offsets[0], model.heads.anchors(length), length, trained.test_pre_nms,
+                        trained.test_post_nms, trained.proposal_nms, trained.min_length)
+    if not len(rois):
+        return []
+    roi_tensor = torch.as_tensor(rois, dtype=torch.float32, device=feature_map.device)
+    logits, class_offsets = model.heads.classify(feature_map, roi_tensor)
+    probability = logits.float().softmax(dim=1).cpu()
+    stds = torch.as_tensor(trained.offset_stds, dtype=torch.float32)
+    found = []
+    for label in range(1, probability.shape[1]):
+        segments = decode_segments(class_offsets[:, label].float().cpu() * stds, roi_tensor.cpu()).clamp(0, length)
+        score = probability[:, label].numpy()
+        keep = np.flatnonzero(score >= config.score_threshold)
+        segments = segments.numpy().astype(np.float64)[keep]
+        for index in temporal_nms(segments, score[keep], config.nms_threshold):
+            found.append((segments[index, 0], segments[index, 1], label - 1, float(score[keep][index])))
+    return found
+
+
+def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetectConfig = RC3DDetectConfig(),
+                store_path: Path | None = None, features: Path | None = None,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Detect actions with ``model_dir/rc3d.pth``, end to end from the flow store or on cached features.
+
+    Args:
+        model_dir: folder written by ``train-detector --detector rc3d``.
+        videos: ids to detect in.
+        out: results JSON to write (ActivityNet's format).
+        config: thresholds and device.
+        store_path: the flow store (end to end); not read when ``features`` is given.
+        features: a feature store computed with this model's backbone: only the heads run.
+        log: where the summary line goes.
+    """
+    device = resolve_device(config.device)
+    model, payload = load_rc3d(model_dir / MODEL)
+    model.to(device)
+    trained = rc3d_config_of(payload)
+    source = _map_source(model, model_dir / MODEL, payload, store_path, features, device)
+    missing = [v for v in videos if v not in source[0]]
+    if missing:
+        raise InputError(features or store_path, f"{len(missing)} video(s) to detect in are not in it, e.g. "
+                                                 f"{missing[0]!r}")
+    started, results = time.perf_counter(), {}
+    for video in videos:
+        feature_map, bounds, frames_per_step, fps, grid = source[1](video)
+        results[video] = _video_detections(model, feature_map.to(device), bounds, trained, config,
+                                           frames_per_step, fps, grid, payload["classes"])
+    manifest = stage_manifest("detect", {"detector": "rc3d", **config_to_dict(config)},
+                              {"model": model_dir / MODEL, "store": store_path, "features": features})
+    write_json_atomic(out, {"version": "VERSION 1.3", "results": results,
+                            "external_data": {"used": False, "details": "mars-sta R-C3D", "manifest": manifest}})
+    count = sum(map(len, results.values()))
+    log(f"{count} detections in {len(videos)} videos in {time.perf_counter() - started:.1f} s -> {out}")
+    return {"detections": count, "videos": len(videos), "seconds": time.perf_counter() - started}
+
+
+def _map_source(model: RC3D, path: Path, payload: dict[str, Any], store_path: Path | None, features: Path | None,
+                device: torch.device):
+    """(what holds the videos, video -> (map, buffer bounds, grid frames per feature step, fps, grid length))."""
+    if features is not None:
+        cache = FeatureStore(features)
+        recorded = cache.manifest
+        if recorded["checkpoint_sha256"] not in (payload.get("features_checkpoint_sha256"), file_sha256(path)):
+            raise InputError(features, "was computed with another backbone than this model's; run mars-sta "
+                                       f"features --checkpoint {path}")
+        if (recorded["layer"], recorded["stride"], recorded["buffer"]) != (
+                model.reads.layer, model.reads.stride, model.reads.buffer):
+            raise InputError(features, "was computed with another layer, stride or buffer than this model reads")
+
+        def cached(video: str):
+            feature_map, bounds, attrs = cache.read(video)
+            return feature_map, bounds, float(attrs["feature_stride"]), float(attrs["fps"]), int(attrs["grid_length"])
+        return cache, cached
+    if store_path is None:
+        raise InputError(None, "give --store (end to end) or --features (heads on cached features)")
+    store = FlowStore(store_path)
+
+    def computed(video: str):
+        feature_map, bounds = video_map(model.backbone, store, video, model.reads, device)
+        first_steps = min(model.reads.buffer, -(-(store.num_frames(video) - 1) // model.reads.stride))
+        return (feature_map, bounds, model.reads.stride * first_steps / bounds[1], fps_of(store, video),
+                store.num_frames(video) - 1)
+    return store, computed
+
+
+def _video_detections(model: RC3D, feature_map: torch.Tensor, bounds: list[int], trained: RC3DConfig,
+                      config: RC3DDetectConfig, frames_per_step: float, fps: float, grid: int,
+                      classes: list[str]) -> list[dict[str, Any]]:
+    """Every buffer's detections in seconds, best first."""
+    found = []
+    for first, stop in zip(bounds[:-1], bounds[1:]):
+        for start, end, label, score in buffer_detections(model, feature_map[:, first:stop], trained, config):
+            begin, finish = (min((first + x) * frames_per_step, grid) / fps for x in (start, end))
+            if finish > begin:
+                found.append({"label": classes[label], "score": round(score, 6),
+                              "segment": [round(begin, 3), round(finish, 3)]})
+    return sorted(found, key=lambda d: -d["score"])

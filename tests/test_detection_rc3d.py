@@ -1,0 +1,181 @@
+"""R-C3D parts by hand (anchors, offsets, labels, RoI pooling) and the real features / train-detector / detect CLI:
+heads on cached features against end to end, a killed features run, a changed checkpoint, bad options."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from mars_sta import build_model
+from mars_sta.rc3d import ProposalSubnet, decode_segments, encode_segments, make_anchors, temporal_roi_pool
+from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.detection.rc3d_targets import anchor_targets, roi_targets
+from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.inference.features import FeatureStore
+
+HEADS = ["--detector", "rc3d", "--mode", "heads", "--sta", "layer3", "--size", "24", "--seed", "1", "--device",
+         "cpu"]
+RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_scales = [2, 4, 8]\n'
+             'proposal_hidden = 16\nhidden = 32\noptimizer = "adamw"\nlr = 0.001\n')
+
+
+def test_anchors_and_offsets_by_hand():
+    anchors = make_anchors(2, (2, 4))
+    assert anchors.tolist() == [[-0.5, 1.5], [-1.5, 2.5], [0.5, 2.5], [-0.5, 3.5]]
+    segments = torch.tensor([[1.0, 3.0], [0.0, 4.0]])
+    base = torch.tensor([[0.0, 2.0], [1.0, 2.0]])
+    offsets = encode_segments(segments, base)
+    # centre 2 vs 1 over length 2; centre 2 vs 1.5 over length 1; lengths 2/2 and 4/1
+    assert torch.allclose(offsets, torch.tensor([[0.5, 0.0], [0.5, math.log(4.0)]]))
+    assert torch.allclose(decode_segments(offsets, base), segments)
+
+
+def test_anchor_labels_and_targets_by_hand():
+    anchors = make_anchors(4, (2,)).numpy()  # [-0.5,1.5] [0.5,2.5] [1.5,3.5] [2.5,4.5]: only 1 and 2 inside [0, 4]
+    rng = np.random.default_rng(0)
+    exact = anchor_targets(anchors, np.array([[0.5, 2.5]]), 4, 0.7, 0.3, 8, 0.5, rng)
+    assert exact.indices.tolist() == [1] and exact.labels.tolist() == [1]  # anchor 2 at tIoU 1/3: ignored
+    assert np.allclose(exact.targets, [[0.0, 0.0]])
+    # tIoU 0.4 with anchor 1 (below 0.7, but the segment's best anchor), 0.5/2.3 with anchor 2 (background)
+    best = anchor_targets(anchors, np.array([[1.2, 2.0]]), 4, 0.7, 0.3, 8, 0.5, rng)
+    assert best.indices.tolist() == [1, 2] and best.labels.tolist() == [1, 0]
+    assert np.allclose(best.targets, [[(1.6 - 1.5) / 2, math.log(0.8 / 2)]])
+    rois = np.array([[0.0, 2.0], [0.0, 4.0], [3.0, 4.0], [1.5, 4.5]])  # tIoU 1, 0.5, 0, 0.125 with [0, 2]
+    sample = roi_targets(rois, np.array([[0.0, 2.0]]), np.array([1]), 0.5, (0.1, 0.5), 4, 0.5, (0.1, 0.2), rng)
+    assert sample.indices.tolist() == [0, 1, 3] and sample.labels.tolist() == [2, 2, 0]
+    assert np.allclose(sample.targets, [[0.0, 0.0], [-0.25 / 0.1, math.log(0.5) / 0.2]])
+
+
+def test_roi_pooling_shape_values_and_gradient():
+    feature_map = torch.randn(3, 8, 4, 4, requires_grad=True)
+    pooled = temporal_roi_pool(feature_map, torch.tensor([[0.0, 8.0], [2.0, 4.0]]), (4, 2, 2))
+    assert pooled.shape == (2, 3, 4, 2, 2)
+    spatial = torch.nn.functional.adaptive_max_pool3d(feature_map.detach(), (8, 2, 2))
+    assert torch.equal(pooled[0, :, 1], spatial[:, 2:4].amax(dim=1))  # bin 1 of [0, 8): steps 2 and 3
+    assert torch.equal(pooled[1, :, 0], spatial[:, 2])  # bins of [2, 4) are half a step: rounded out to one
+    pooled[1].sum().backward()
+    touched = feature_map.grad.abs().sum(dim=(0, 2, 3))
+    assert (touched[2:4] > 0).all() and (touched[[0, 1, 4, 5, 6, 7]] == 0).all()
+    scores, offsets = ProposalSubnet(3, 5, anchors=3)(feature_map.detach()[None])
+    assert scores.shape == offsets.shape == (1, 8 * 3, 2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rc3d")
+    generate_untrimmed(root / "data", UntrimmedConfig(classes=2, val_videos=3, test_videos=2, frames=(40, 56),
+                                                      action_frames=(8, 16), idle_frames=(0, 3), instances=(1, 2),
+                                                      size=24, seed=2))
+    run_cli("extract-flow", str(root / "data" / "videos"), "--out", str(root / "store"), "--short-side", "0",
+            "--preset", "cheap", "--workers", "1", "--no-progress")
+    for seed in (0, 1):
+        _backbone(root / f"backbone{seed}.pth", seed)
+    (root / "rc3d.toml").write_text(RC3D_TOML)
+    return root
+
+
+def _backbone(path, seed):
+    """A real tiny STA network with random weights, saved as a detector backbone checkpoint."""
+    torch.manual_seed(seed)
+    model = build_model("tiny_resnet", num_classes=3, in_channels=2, sample_size=24, sample_duration=4,
+                        sta="layer3")
+    save_checkpoint(path, {"arch": model.arch, "model_kwargs": dict(model.build_kwargs), "stream": "sta-flow",
+                           "state_dict": model.state_dict(), "classes": ["left", "right"],
+                           "train_config": {"normalization": "unit"}})
+
+
+def _features(data, out, checkpoint="backbone0.pth", **kwargs):
+    return run_cli("features", "--checkpoint", str(data / checkpoint), "--store", str(data / "store"), "--out",
+                   str(out), "--layer", "layer3", "--stride", "2", "--buffer", "16", "--device", "cpu", **kwargs)
+
+
+def _maps(folder):
+    store = FeatureStore(folder)
+    return {video: store.read(video)[0] for video in store.video_ids()}
+
+
+def _train_heads(data, out, epochs, features="feats"):
+    return run_cli("train-detector", "--store", str(data / "store"), "--annotations", str(data / "data" /
+                   "annotations.json"), "--out", str(out), "--config", str(data / "rc3d.toml"), *HEADS,
+                   "--pretrained", str(data / "backbone0.pth"), "--features", str(data / features), "--epochs",
+                   str(epochs))
+
+
+def test_heads_on_features_equal_end_to_end_and_resume_exactly(data):
+    _features(data, data / "feats")
+    assert not FeatureStore(data / "feats").verify()
+    _train_heads(data, data / "straight", 2)
+    _train_heads(data, data / "resumed", 1)
+    assert "epoch 1/2" not in _train_heads(data, data / "resumed", 2).stdout
+    a, b = (load_checkpoint(data / run / "rc3d.pth").payload for run in ("straight", "resumed"))
+    assert all(torch.equal(a["heads"][k], b["heads"][k]) for k in a["heads"])
+    found = {}
+    for name, source in (("cached", ["--features", str(data / "feats")]), ("e2e", ["--store", str(data / "store")])):
+        run_cli("detect", "--model", str(data / "straight"), *source, "--out", str(data / f"{name}.json"),
+                "--annotations", str(data / "data" / "annotations.json"), "--device", "cpu")
+        found[name] = json.loads((data / f"{name}.json").read_text())["results"]
+    assert sorted(found["cached"]) == ["video_test_0001", "video_test_0002"]
+    assert sum(map(len, found["cached"].values())) > 0 and found["cached"] == found["e2e"]
+
+
+def test_killed_features_run_resumes_to_the_same_store(data):
+    out = data / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "cli", "features", "--checkpoint", str(data / "backbone0.pth"),
+                                "--store", str(data / "store"), "--out", str(out), "--layer", "layer3", "--stride",
+                                "2", "--buffer", "16", "--device", "cpu"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while process.poll() is None and not list((out / "videos").glob("*.h5")) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted((out / "videos").glob("*.h5"))
+    finished[-1].unlink()  # and as if killed while writing the next one: a temporary left behind
+    (out / "videos" / (finished[-1].name + ".tmp-999999")).write_bytes(b"partial")
+    rerun = _features(data, out)
+    assert "computed" in rerun.stdout and not list((out / "videos").glob("*.tmp-*"))
+    a, b = _maps(data / "feats"), _maps(out)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[v], b[v]) for v in a)
+
+
+def test_changed_checkpoint_recomputes_and_stale_features_are_refused(data):
+    out = data / "changing"
+    _features(data, out)
+    before = _maps(out)
+    second = _features(data, out, checkpoint="backbone1.pth")
+    assert "another checkpoint or other settings; recomputing its 5 videos" in second.stdout
+    after = _maps(out)
+    assert sorted(before) == sorted(after) and not any(torch.equal(before[v], after[v]) for v in before)
+    with h5py.File(next((out / "videos").glob("*.h5")), "r") as handle:
+        assert handle.attrs["key"] == json.loads((out / "manifest.json").read_text())["key"]
+    result = run_cli("detect", "--model", str(data / "straight"), "--features", str(out), "--out",
+                     str(data / "stale.json"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "was computed with another backbone than this model's" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["features", "--checkpoint", "{data}/backbone0.pth", "--store", "{data}/store", "--out", "{data}/bad",
+      "--stride", "0"], "stride must be at least 1"),
+    (["features", "--checkpoint", "{data}/backbone0.pth", "--store", "{data}/store", "--out", "{data}/bad",
+      "--layer", "layer9"], "--layer 'layer9': expected pool or one of layer1, layer2, layer3"),
+    (["train-detector", "--detector", "rc3d", "--mode", "heads", "--store", "{data}/store", "--annotations",
+      "{data}/data/annotations.json", "--out", "{data}/bad"], "mode 'heads' trains on cached features"),
+    (["train-detector", "--detector", "rc3d", "--frames", "8", "--store", "{data}/store", "--annotations",
+      "{data}/data/annotations.json", "--out", "{data}/bad"], "unknown key 'frames'"),
+])
+def test_bad_options_are_one_line_errors(data, args, message):
+    result = run_cli(*[a.format(data=data) for a in args], check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr
