@@ -146,11 +146,11 @@ def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path
     features_stage(checkpoint, store, out, config_path, options, log=click.echo)
 
 
-def detection_demo(out: Path, seed: int, config_path: Path | None) -> None:
-    """``demo --task detection``."""
-    from pipelines.detection.demo import run_detection_demo
+def detection_demo(out: Path, seeds: tuple[int, ...], config_path: Path | None) -> None:
+    """``demo --task detection``, for one seed or several."""
+    from pipelines.stages.detection_demo import run_detection_demos
 
-    run_detection_demo(out, seed=seed, config_path=config_path, log=click.echo)
+    run_detection_demos(out, seeds, config_path=config_path, log=click.echo)
 
 
 def synth_untrimmed(out_dir: Path, options: dict) -> None:

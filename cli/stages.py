@@ -125,19 +125,25 @@ def run(config_path, out, from_stage, force, splits_to_run) -> None:
 
 @click.command()
 @click.option("--out", type=WRITABLE_FOLDER, default=Path("demo-out"), show_default=True, help="Where everything goes.")
-@click.option("--seed", type=COUNT, default=0, show_default=True, help="Seed of the synthetic data and training.")
+@click.option("--seed", "seeds", type=COUNT, multiple=True, default=[0], show_default=True,
+              help="Seed of the synthetic data and training. Detection: repeat it for Table VI as mean ± sd over "
+                   "seeds (each seed in OUT/seed-S).")
 @click.option("--config", "config_path", type=EXISTING_FILE, help="Another demo config (default configs/demo.toml).")
 @click.option("--task", type=click.Choice(["recognition", "detection"]), default="recognition", show_default=True,
               help="detection: untrimmed videos, S-CNN, STA-S-CNN, R-C3D, STA-R-C3D (configs/detection-demo.toml).")
-def demo(out, seed, config_path, task) -> None:
+def demo(out, seeds, config_path, task) -> None:
     """The whole pipeline on the embedded synthetic dataset, ending with the fused top-1 table."""
     from pipelines.stages.demo import run_demo
 
+    if len(set(seeds)) < len(seeds):
+        raise click.BadParameter(f"{', '.join(map(str, seeds))}: give each seed once", param_hint="--seed")
     if task == "detection":
         from cli.detection import detection_demo
-        return detection_demo(out, seed, config_path)
-
-    run_demo(out, seed=seed, config_path=config_path, log=click.echo)
+        return detection_demo(out, seeds, config_path)
+    if len(seeds) > 1:
+        raise click.BadParameter("the recognition demo takes one seed (benchmarks/demo_table.py runs several)",
+                                 param_hint="--seed")
+    run_demo(out, seed=seeds[0], config_path=config_path, log=click.echo)
 
 
 commands: list[click.Command] = [train, evaluate, run, demo]

@@ -7,11 +7,11 @@ long buffer of frames up to one stage and keeps time and space::
     buffer (N, C_in, T, H, W)
       │  stem + stages up to ``layer``
       ▼  feature map (N, C, L, h, w)                     L = T / temporal stride of the backbone
-      │  proposal subnet: Conv3d 3×3×3 + ReLU, max over (h, w), two 1×1 convs
+      │  proposal subnet: two Conv3d 3×3×3 (space stride 2) + ReLU, max over (h, w), two 1×1 convs
       ▼  anchor scores (N, L·A, 2), anchor offsets (N, L·A, 2)      A = number of anchor scales
       │  proposals [start, end) in feature steps  →  temporal RoI pooling to (time, h', w') bins
       ▼  pooled (R, C, 4, 2, 2)
-      │  classification subnet: two fully connected layers
+      │  classification subnet: a fully connected layer
       ▼  class logits (R, K + 1), per-class offsets (R, K + 1, 2)
 
 Segments are ``[start, end)`` in feature steps. Offsets are R-C3D's (as Faster R-CNN's boxes): centre shift over
@@ -90,26 +90,27 @@ def temporal_roi_pool(feature_map: torch.Tensor, rois: torch.Tensor, output: Seq
 
 
 class ProposalSubnet(nn.Module):
-    """R-C3D's proposal subnet: 3×3×3 conv and ReLU, max over space, then per step and anchor scale an
-    action/background score pair and a (dc, dl) offset pair.
+    """R-C3D's proposal subnet as its PyTorch port has it: two 3×3×3 convs (the second and first halving space)
+    with ReLU, max over space, then per step and anchor scale an action/background score pair and a (dc, dl)
+    offset pair.
 
     Args:
         channels: channels of the backbone map.
-        hidden: channels of the 3×3×3 conv (R-C3D: 512).
+        hidden: channels of the 3×3×3 convs (R-C3D: 512).
         anchors: anchor scales per step.
     """
 
     def __init__(self, channels: int, hidden: int, anchors: int) -> None:
         super().__init__()
         self.anchors = anchors
-        self.conv = nn.Conv3d(channels, hidden, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)
+        self.body = nn.Sequential(nn.Conv3d(channels, hidden, 3, stride=(1, 2, 2), padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv3d(hidden, hidden, 3, stride=(1, 2, 2), padding=1), nn.ReLU(inplace=True))
         self.score = nn.Conv1d(hidden, 2 * anchors, 1)
         self.offset = nn.Conv1d(hidden, 2 * anchors, 1)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, L, h, w) → scores (N, L·A, 2) and offsets (N, L·A, 2), step-major as ``make_anchors``."""
-        x = self.relu(self.conv(feature_map)).amax(dim=(3, 4))  # (N, hidden, L)
+        x = self.body(feature_map).amax(dim=(3, 4))  # (N, hidden, L)
         n, _, length = x.shape
         scores = self.score(x).view(n, self.anchors, 2, length).permute(0, 3, 1, 2).reshape(n, -1, 2)
         offsets = self.offset(x).view(n, self.anchors, 2, length).permute(0, 3, 1, 2).reshape(n, -1, 2)
@@ -117,20 +118,20 @@ class ProposalSubnet(nn.Module):
 
 
 class ClassificationSubnet(nn.Module):
-    """R-C3D's classification subnet: two fully connected layers, then K + 1 class logits and per-class offsets.
+    """R-C3D's classification subnet as its PyTorch port has it: one fully connected layer (C3D's fc6) with ReLU
+    and dropout, then K + 1 class logits and per-class offsets.
 
     Args:
         features: size of one flattened pooled RoI (C · time · h' · w').
-        hidden: width of the fully connected layers (R-C3D: 4096).
+        hidden: width of the fully connected layer (R-C3D: 4096).
         num_classes: K + 1, background included.
-        dropout: dropout after each hidden layer (R-C3D: 0.5).
+        dropout: dropout after the hidden layer (R-C3D: 0.5).
     """
 
     def __init__(self, features: int, hidden: int, num_classes: int, dropout: float) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.body = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.body = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.score = nn.Linear(hidden, num_classes)
         self.offset = nn.Linear(hidden, 2 * num_classes)
 
@@ -148,8 +149,8 @@ class RC3DHeads(nn.Module):
         num_classes: K + 1, background included.
         anchor_scales: anchor lengths in feature steps (R-C3D on THUMOS'14: 2 to 16).
         pool: temporal RoI pooling output (time, h', w'); R-C3D: (4, 2, 2).
-        proposal_hidden: channels of the proposal subnet's conv.
-        hidden: width of the classification subnet's fully connected layers.
+        proposal_hidden: channels of the proposal subnet's convs.
+        hidden: width of the classification subnet's fully connected layer.
         dropout: dropout in the classification subnet.
     """
 

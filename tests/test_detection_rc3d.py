@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,7 +20,10 @@ import torch
 from conftest import REPO, run_cli
 from mars_sta import build_model
 from mars_sta.rc3d import ProposalSubnet, decode_segments, encode_segments, make_anchors, temporal_roi_pool
+from flow.errors import InputError
 from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.core.config import build_config
+from pipelines.detection.rc3d import RC3DConfig
 from pipelines.detection.rc3d_targets import anchor_targets, roi_targets
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeatureStore
@@ -179,3 +184,13 @@ def test_bad_options_are_one_line_errors(data, args, message):
     result = run_cli(*[a.format(data=data) for a in args], check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"proposal_nms": 1.5}, "proposal_nms: NMS thresholds and fractions lie in [0, 1]"),
+    ({"roi_fraction": -0.1, "test_proposal_nms": 2}, "test_proposal_nms, roi_fraction: NMS thresholds"),
+    ({"min_length": -1}, "min_length: NMS thresholds and fractions lie in [0, 1], min_length is at least 0"),
+])
+def test_rc3d_ranges_are_checked(values, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        build_config(RC3DConfig, values, source=Path("run.toml"), table="[detection.rc3d]")

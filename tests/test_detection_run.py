@@ -1,5 +1,6 @@
-"""``mars-sta run`` with a [detection] table: cached detection stages (a mars stream with its flow teacher), the
-table checked whole before anything runs, and the report's detection section."""
+"""``mars-sta run`` with a [detection] table: cached detection stages (a mars stream with its flow teacher, R-C3D
+heads-only on the S-CNN networks or end to end), the table checked whole before anything runs, and the report's
+detection section."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from pipelines.stages.run import load_plan
 
 CONFIG = """
 [detection]
-models = ["s-cnn", "sta-s-cnn"]
+models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]
 tiou = [0.1, 0.5]
 timeline_videos = 1
 
@@ -47,6 +48,19 @@ device = "cpu"
 [detection.detect]
 proposal_threshold = 0.0
 device = "cpu"
+
+[detection.rc3d]
+mode = "heads"
+stride = 4
+buffer = 16
+anchor_scales = [2, 4]
+proposal_hidden = 8
+hidden = 16
+epochs = 1
+device = "cpu"
+
+[detection.rc3d_detect]
+device = "cpu"
 """
 
 
@@ -62,17 +76,26 @@ def test_run_trains_detects_and_evaluates_then_skips_everything_unchanged(run_di
     root, first = run_dir
     assert "[run]  train detector teacher-flow (flow)" in first.stdout
     assert "[run]  train detector sta-s-cnn (mars)" in first.stdout and "fuse" not in first.stdout
+    assert "[run]  cache the backbone features of sta-r-c3d" in first.stdout
+    assert "[run]  train detector sta-r-c3d (heads, rgb)" in first.stdout  # on the mars S-CNN's RGB network
     report = json.loads((root / "out" / "detection" / "report.json").read_text())
-    assert [(row["model"], row["stream"]) for row in report["rows"]] == [("s-cnn", "mars"), ("sta-s-cnn", "sta-mars")]
+    assert [(row["model"], row["stream"]) for row in report["rows"]] == [
+        ("s-cnn", "mars"), ("sta-s-cnn", "sta-mars"), ("r-c3d", "rgb"), ("sta-r-c3d", "sta-rgb")]
     assert report["tiou"] == [0.1, 0.5] and all(len(row["mAP"]) == 2 for row in report["rows"])
     assert set(report["rows"][0]["pr"]) <= {"left", "right"} and report["pr_tiou"] == 0.5
     timeline = report["timelines"][0]
     assert timeline["video"] == "video_test_0001" and timeline["truth"]
     assert list(timeline["sta"]) == ["sta-s-cnn"] and len(timeline["sta"]["sta-s-cnn"]) > 40
     again = run_cli("run", str(root / "run.toml"), "--out", str(root / "out"))
-    assert "[run]" not in again.stdout and "ran 0 stage(s), skipped 8" in again.stdout
+    assert "[run]" not in again.stdout and "ran 0 stage(s), skipped 14" in again.stdout
     forced = run_cli("run", str(root / "run.toml"), "--out", str(root / "out"), "--from", "eval-detection")
-    assert "ran 1 stage(s), skipped 7" in forced.stdout
+    assert "ran 1 stage(s), skipped 13" in forced.stdout
+    for model in ("r-c3d", "sta-r-c3d"):  # the report's mAP is the one eval-detection computes from the file
+        scored = run_cli("eval-detection", str(root / "out" / "detection" / model / "detections.json"),
+                         "--annotations", str(root / "data" / "annotations.json"), "--subset", "test",
+                         "--tiou", "0.1,0.5", "--json")
+        row = next(row for row in report["rows"] if row["model"] == model)
+        assert json.loads(scored.stdout)["mAP"] == pytest.approx(row["mAP"], abs=1e-4)
 
 
 def test_report_of_a_detection_run_has_the_detection_section(run_dir):
@@ -87,11 +110,18 @@ def test_report_of_a_detection_run_has_the_detection_section(run_dir):
 
 @pytest.mark.parametrize("edit, problem", [
     (("epochs = 1", "epochs = 'one'"), "[detection.train] 'epochs' must be int, got str 'one'"),
-    (('models = ["s-cnn", "sta-s-cnn"]', 'models = ["s-cnn", "r-cnn"]'),
-     "[detection] models ['s-cnn', 'r-cnn']: give distinct names among s-cnn, sta-s-cnn"),
+    (('models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]', 'models = ["s-cnn", "r-cnn"]'),
+     "[detection] models ['s-cnn', 'r-cnn']: give distinct names among s-cnn, sta-s-cnn, r-c3d, sta-r-c3d"),
+    (('models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]', 'models = ["s-cnn", "sta-r-c3d"]'),
+     "[detection.rc3d] mode 'heads' without pretrained reads the backbone of sta-s-cnn: add sta-s-cnn to "
+     "[detection] models or give pretrained"),
+    (('mode = "heads"', 'mode = "heads"\npretrained = "nowhere.pth"'),
+     "[detection.rc3d] pretrained: "),
+    (("anchor_scales = [2, 4]", "anchor_scales = []"), "[detection.rc3d] anchor_scales"),
     (('sta = "layer3"', ''), "[detection.train] sta: name where STA goes (e.g. 'layer3') for sta-s-cnn"),
     (("[detection.detect]", "[detection.detector]"), "unknown table [detection.detector] (known: [detection.synth]"),
     (("tiou = [0.1, 0.5]", "tiou = [0, 0.5]"), "[detection] tiou [0, 0.5]: thresholds must lie in (0, 1]"),
+    (("tiou = [0.1, 0.5]", "tiou = [[0.1], 0.5]"), "[detection] 'tiou' must hold float or int items, got list [0.1]"),
     (("[detection.synth]", "[synth]"), "[synth] writes the trimmed recognition dataset"),
 ])
 def test_detection_table_is_checked_whole_before_any_stage(tmp_path, edit, problem):
@@ -109,3 +139,35 @@ def test_missing_annotations_stop_the_run_before_it_starts(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"{config}: [detection] videos: {tmp_path / 'data' / 'videos'} not found" in result.stderr
     assert not (tmp_path / "out" / "stages").exists()
+
+
+def test_rc3d_rows_end_to_end_without_s_cnn(tmp_path):
+    config = tmp_path / "run.toml"
+    end_to_end = (CONFIG.replace('models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]', 'models = ["r-c3d", '
+                                 '"sta-r-c3d"]').replace('mode = "heads"', 'mode = "end-to-end"\nsize = 24')
+                  .replace('stream = "mars"', 'stream = "flow"'))
+    config.write_text(end_to_end.replace('sta = "layer3"', ''))
+    with pytest.raises(InputError, match=r"\[detection.rc3d\] sta: name where STA goes"):
+        load_plan(config, tmp_path / "out")
+    config.write_text(end_to_end)
+    result = run_cli("run", str(config), "--out", str(tmp_path / "out"))
+    assert "train detector sta-r-c3d (end-to-end, flow)" in result.stdout and "features" not in result.stdout
+    assert "teacher" not in result.stdout and "ran 7 stage(s)" in result.stdout
+    report = json.loads((tmp_path / "out" / "detection" / "report.json").read_text())
+    assert [(row["model"], row["stream"]) for row in report["rows"]] == [("r-c3d", "flow"), ("sta-r-c3d", "sta-flow")]
+    assert not (tmp_path / "out" / "detection" / "features").exists()
+
+
+def test_heads_only_backbone_from_a_checkpoint_sets_input_and_sta_by_it(run_dir, tmp_path):
+    root, _ = run_dir
+    backbone = root / "out" / "detection" / "s-cnn" / "localization.pth"  # a mars detector: RGB input, no STA
+    config = tmp_path / "run.toml"
+    edited = CONFIG.replace('mode = "heads"', f'mode = "heads"\npretrained = "{backbone}"')
+    config.write_text(edited.replace('models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]', 'models = ["r-c3d"]'))
+    planned = load_plan(config, tmp_path / "out").detection.rc3d["r-c3d"]
+    assert (planned.pretrained, planned.stream, planned.sta, planned.size) == (str(backbone), "rgb", None, 24)
+    config.write_text(edited.replace('models = ["s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]', 'models = ["sta-r-c3d"]'))
+    result = run_cli("run", str(config), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {config}: [detection.rc3d] pretrained: {backbone} has no STA, so heads-only it makes r-c3d, "
+        "not sta-r-c3d\n")

@@ -10,6 +10,7 @@ import torch
 from conftest import run_cli
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.scnn import overlap_loss
+from pipelines.detection.evaluation import segment_tiou
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
 from pipelines.inference.features import FeatureStore
@@ -42,6 +43,24 @@ def test_temporal_nms_keeps_the_best_of_each_cluster():
     segments = np.array([[0, 10], [1, 11], [20, 30], [2, 12]], float)
     kept = temporal_nms(segments, np.array([0.5, 0.9, 0.4, 0.8]), threshold=0.5)
     assert kept.tolist() == [1, 2]  # [0, 10] and [2, 12] overlap [1, 11] by 9/11 and 9/11
+
+
+def test_temporal_nms_equals_the_greedy_definition_on_random_segments():
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        starts = rng.integers(0, 50, 200).astype(float)
+        segments = np.stack([starts, starts + rng.integers(0, 12, 200)], axis=1)  # some of zero length
+        scores = rng.integers(0, 20, 200) / 20.0  # ties: the earlier index ranks first
+        threshold = rng.choice([0.0, 0.3, 0.7, 1.0])
+        expected: list[int] = []
+        for index in sorted(range(200), key=lambda i: -scores[i]):
+            with np.errstate(invalid="ignore"):
+                overlaps = [segment_tiou(segments[index], segments[[k]])[0] for k in expected]
+            if all(tiou <= threshold for tiou in overlaps):
+                expected.append(index)
+        assert temporal_nms(segments, scores, threshold).tolist() == expected
+        assert temporal_nms(segments, scores, threshold, limit=5).tolist() == expected[:5]
+    assert temporal_nms(np.zeros((0, 2)), np.zeros(0), 0.5).tolist() == []
 
 
 def test_overlap_loss_is_scnn_formula_and_pulls_the_score_to_the_overlap():
@@ -111,16 +130,19 @@ def test_changed_config_refuses_to_resume(data):
     assert "proposal.pth: was trained with another config" in result.stderr
 
 
+TINY_DEMO = (
+    '[detection.synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
+    'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
+    'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
+    'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
+    'proposal_threshold = 0.0\ndevice = "cpu"\n[detection.rc3d]\nstride = 4\nbuffer = 16\n'
+    'anchor_scales = [2, 4]\nproposal_hidden = 8\nhidden = 16\nepochs = 1\ndevice = "cpu"\n'
+    '[detection.rc3d_detect]\ndevice = "cpu"\n')
+
+
 def test_detection_demo_layout(tmp_path):
     config = tmp_path / "tiny-demo.toml"
-    config.write_text(
-        '[detection.synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'
-        'idle_frames = [0, 2]\ninstances = [1, 2]\nsize = 24\n[extract]\nshort_side = 0\npreset = "cheap"\n'
-        'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
-        'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
-        'proposal_threshold = 0.0\ndevice = "cpu"\n[detection.rc3d]\nstride = 4\nbuffer = 16\n'
-        'anchor_scales = [2, 4]\nproposal_hidden = 8\nhidden = 16\nepochs = 1\ndevice = "cpu"\n'
-        '[detection.rc3d_detect]\ndevice = "cpu"\n')
+    config.write_text(TINY_DEMO)
     out = tmp_path / "demo"
     run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
     report = json.loads((out / "detection" / "report.json").read_text())
@@ -137,9 +159,34 @@ def test_detection_demo_layout(tmp_path):
     sta_rc3d = load_checkpoint(out / "detection" / "sta-r-c3d" / "rc3d.pth").payload
     assert sta_rc3d["stream"] == "sta-flow" and load_checkpoint(out / "detection" / "r-c3d" / "rc3d.pth").payload[
         "stream"] == "flow"
-    assert FeatureStore(out / "features" / "sta-r-c3d").manifest["checkpoint"].endswith(
+    assert FeatureStore(out / "detection" / "features" / "sta-r-c3d").manifest["checkpoint"].endswith(
         "sta-s-cnn/localization.pth")
     assert (out / "detection" / "sta-s-cnn" / "sta_timelines.npz").exists()
     assert (out / "detection" / "report.html").read_text().count("data:image/png;base64") == 2
     again = run_cli("demo", "--task", "detection", "--out", str(out), "--seed", "3", "--config", str(config))
     assert "epoch" not in again.stdout  # a rerun resumes: extraction rewrites the store's manifest, nothing retrains
+
+
+def test_detection_demo_over_seeds_reports_mean_and_sd(tmp_path):
+    config = tmp_path / "tiny-demo.toml"
+    config.write_text(TINY_DEMO)
+    result = run_cli("demo", "--task", "detection", "--out", str(tmp_path / "demo"), "--seed", "3", "--seed", "4",
+                     "--config", str(config))
+    assert "mean ± sd over seeds 3, 4" in result.stdout
+    summary = json.loads((tmp_path / "demo" / "detection" / "report.json").read_text())
+    seeds = [json.loads((tmp_path / "demo" / f"seed-{s}" / "detection" / "report.json").read_text()) for s in (3, 4)]
+    assert summary["seeds"] == [3, 4] and [row["model"] for row in summary["rows"]] == [
+        "s-cnn", "sta-s-cnn", "r-c3d", "sta-r-c3d"]
+    for index, row in enumerate(summary["rows"]):
+        runs = np.array([report["rows"][index]["mAP"] for report in seeds])
+        assert row["mAP"] == pytest.approx(runs.mean(axis=0), abs=1e-4)
+        assert row["mAP_sd"] == pytest.approx(runs.std(axis=0, ddof=1), abs=1e-4)
+        assert row["per_seed"] == {"3": seeds[0]["rows"][index]["mAP"], "4": seeds[1]["rows"][index]["mAP"]}
+        assert len(row["mAP_high"]) == len(row["mAP_high_sd"]) == 5
+    assert "±" in (tmp_path / "demo" / "detection" / "report.md").read_text()
+    if (tmp_path / "demo" / "detection" / "report.html").exists():  # with matplotlib: the run report draws it too
+        run_cli("report", str(tmp_path / "demo"))
+        assert "mean ± sd over seeds 3, 4" in (tmp_path / "demo" / "report.html").read_text()
+    refused = run_cli("demo", "--task", "detection", "--out", str(tmp_path / "x"), "--seed", "3", "--seed", "3",
+                      check=False)
+    assert refused.returncode == 2 and "--seed" in refused.stderr and "Traceback" not in refused.stderr

@@ -132,9 +132,19 @@ def config_classes() -> dict[str, type]:
     from pipelines.stages.run import DataConfig
     from pipelines.data.synth import SynthConfig
     from pipelines.stages.train import TrainConfig
+    from pipelines.detection.detect import DetectConfig
+    from pipelines.detection.pipeline import DetectionRunConfig
+    from pipelines.detection.rc3d import RC3DConfig
+    from pipelines.detection.rc3d_detect import RC3DDetectConfig
+    from pipelines.detection.scnn import DetectorConfig
+    from pipelines.detection.synth import UntrimmedConfig
+    from pipelines.inference.features import FeaturesConfig
 
     return {"extract": ExtractConfig, "import": ImportConfig, "evaluate": EvaluateConfig, "fuse": FuseConfig,
-            "predict": PredictConfig, "data": DataConfig, "synth": SynthConfig, "train": TrainConfig}
+            "predict": PredictConfig, "data": DataConfig, "synth": SynthConfig, "train": TrainConfig,
+            "detection": DetectionRunConfig, "detection.synth": UntrimmedConfig, "detection.train": DetectorConfig,
+            "detection.detect": DetectConfig, "detection.rc3d": RC3DConfig, "detection.rc3d_detect": RC3DDetectConfig,
+            "features": FeaturesConfig}
 
 
 _TOML_SCALAR = st.one_of(st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True),

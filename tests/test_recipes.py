@@ -37,6 +37,8 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
     for folder in ("videos", "annotations"):
         (tmp_path / folder).mkdir()
         text = text.replace(f"/data/thumos14/{folder}", str(tmp_path / folder))
+    (tmp_path / "backbone.pth").write_bytes(b"")  # R-C3D end to end: a file where the checkpoint will be
+    text = text.replace("/models/RGB_Kinetics_16f.pth", str(tmp_path / "backbone.pth"))
     (tmp_path / "thumos14.toml").write_text(text)
     plan = load_plan(tmp_path / "thumos14.toml", tmp_path / "out")
     detection = plan.detection
@@ -46,3 +48,7 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
     assert plain.sta is None and sta.sta == "layer4:bn" and sta.subset == "val"
     assert (sta.window_lengths, sta.window_overlap, sta.frames) == ((16, 32, 64, 128, 256, 512), 0.75, 16)
     assert (sta.proposal_positive, sta.localization_positive, sta.overlap_alpha) == (0.7, 0.5, 0.25)
+    plain, sta = detection.rc3d["r-c3d"], detection.rc3d["sta-r-c3d"]
+    assert (plain.sta, sta.sta, sta.mode, sta.buffer, sta.stride) == (None, "layer4:bn", "end-to-end", 768, 1)
+    assert (sta.anchor_scales, sta.anchor_batch, sta.proposal_nms, sta.test_proposal_nms) == (
+        (2, 4, 5, 6, 8, 9, 10, 12, 14, 16), 64, 0.8, 0.9)

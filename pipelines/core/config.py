@@ -82,11 +82,29 @@ def _check_value(cls: type, field: dataclasses.Field, value: Any, source: str | 
     else:
         ok = isinstance(value, allowed)
     if not ok:
-        names = " or ".join(sorted({t.__name__.replace("NoneType", "none") for t in allowed}))
-        raise InputError(source, f"'{field.name}' must be {names}, got {type(value).__name__} {value!r}")
+        raise InputError(source, f"'{field.name}' must be {_names(allowed)}, got {type(value).__name__} {value!r}")
+    items = _item_types(hints[field.name]) if isinstance(value, tuple) else ()
+    wrong = [item for item in value if not isinstance(item, items) or isinstance(item, bool) and bool not in items] \
+        if items else []
+    if wrong:
+        raise InputError(source, f"'{field.name}' must hold {_names(items)} items, got {type(wrong[0]).__name__} "
+                                 f"{wrong[0]!r}")
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _names(allowed: tuple[type, ...]) -> str:
+    return " or ".join(sorted({t.__name__.replace("NoneType", "none") for t in allowed}))
+
+
+def _item_types(annotation: Any) -> tuple[type, ...]:
+    """The types the items of a tuple field admit (``tuple[float, ...] | None`` -> (float, int)); () if any."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for arg in typing.get_args(annotation) if union else (annotation,):
+        if typing.get_origin(arg) is tuple:
+            return tuple({t for item in typing.get_args(arg) if item is not Ellipsis for t in _allowed_types(item)})
+    return ()
 
 
 def _choices(annotation: Any) -> tuple[Any, ...]:

@@ -2,10 +2,11 @@
 
 Read and checked whole before the run's first stage, so a typo in the last table stops the run before hours of
 training. Each step is one cached stage of the run (the runner's ``stage``), keyed by its config and the
-fingerprints of its inputs, and resumable: extraction skips finished videos and ``train-detector`` resumes after
-its last finished epoch. Layout: ``OUT/detection/store`` (unless ``store`` says), ``OUT/detection/<model>/``
-(checkpoints, ``detections.json``), ``OUT/detection/teacher-flow/`` (the flow detector a ``mars`` stream distils
-from) and ``OUT/detection/report.json`` (``pipelines.detection.summary``).
+fingerprints of its inputs, and resumable: extraction and ``features`` skip finished videos and ``train-detector``
+resumes after its last finished epoch. Layout: ``OUT/detection/store`` (unless ``store`` says),
+``OUT/detection/<model>/`` (checkpoints, ``detections.json``), ``OUT/detection/teacher-flow/`` (the flow detector
+a ``mars`` stream distils from), ``OUT/detection/features/<model>/`` (the backbone maps a heads-only R-C3D row
+trains on) and ``OUT/detection/report.json`` (``pipelines.detection.summary``).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,19 @@ from pipelines.core.manifest import fingerprint
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
-from pipelines.detection.rc3d import RC3DConfig
-from pipelines.detection.rc3d_detect import RC3DDetectConfig
+from pipelines.core.checkpoint import load_checkpoint
+from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
+from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.summary import summarize
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, last_stage, normalization_of
 
-MODELS = {"s-cnn": False, "sta-s-cnn": True}  # detector variant -> STA in its localization network
-STAGES = ("detection-synth", "detection-extract", "train-detector", "detect", "eval-detection")
-TABLES = ("synth", "train", "detect", "rc3d", "rc3d_detect")  # rc3d tables: checked here, used by the demo and
-# train-detector --detector rc3d (run trains S-CNN models only)
+MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector
+RC3D_ROWS = ("r-c3d", "sta-r-c3d")
+STAGES = ("detection-synth", "detection-extract", "detection-features", "train-detector", "detect",
+          "eval-detection")
+TABLES = ("synth", "train", "detect", "rc3d", "rc3d_detect")
 TEACHER = "teacher-flow"
 Stage = Callable[[str, str, dict[str, Any], Callable[[], Any]], Any]
 
@@ -75,8 +80,17 @@ class DetectionPlan:
     store: Path
     synth: UntrimmedConfig | None
     extract: ExtractConfig
-    train: dict[str, DetectorConfig]  # in training order; the flow teacher first when the stream is mars
+    train: dict[str, DetectorConfig]  # S-CNN rows in training order; the flow teacher first when the stream is mars
     detect: DetectConfig
+    rc3d: dict[str, RC3DConfig]  # R-C3D rows; heads-only ones read the backbone of their ``pretrained``
+    rc3d_detect: RC3DDetectConfig
+
+    def with_seed(self, seed: int) -> DetectionPlan:
+        """The same plan with every seed (data and training) set to ``seed``."""
+        return dataclasses.replace(
+            self, synth=self.synth and dataclasses.replace(self.synth, seed=seed),
+            train={m: dataclasses.replace(c, seed=seed) for m, c in self.train.items()},
+            rc3d={m: dataclasses.replace(c, seed=seed) for m, c in self.rc3d.items()})
 
 
 def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
@@ -92,25 +106,73 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
     config = _named(DetectionRunConfig, keys, source, "[detection]")
     synth = _named(UntrimmedConfig, tables["synth"], source, "[detection.synth]") if "synth" in tables else None
     base_train = _named(DetectorConfig, tables.get("train", {}), source, "[detection.train]")
-    for key, cls in (("rc3d", RC3DConfig), ("rc3d_detect", RC3DDetectConfig)):
-        if key in tables:  # not run here, but a file `run` accepts must be right everywhere
-            _named(cls, tables[key], source, f"[detection.{key}]")
     if "sta-s-cnn" in config.models and not base_train.sta:
         raise InputError(source, "[detection.train] sta: name where STA goes (e.g. 'layer3') for sta-s-cnn")
     train = {model: dataclasses.replace(base_train, sta=base_train.sta if MODELS[model] else None)
-             for model in config.models}
-    if base_train.stream == "mars":
+             for model in config.models if model not in RC3D_ROWS}
+    rc3d = _plan_rc3d(config.models, _named(RC3DConfig, tables.get("rc3d", {}), source, "[detection.rc3d]"),
+                      base_train, source, base, out / "detection")
+    if base_train.stream == "mars" and train:
         train = {TEACHER: dataclasses.replace(base_train, stream="flow", sta=None), **train}
     plan = DetectionPlan(config=config, out=out / "detection", videos=(base / config.videos).resolve(),
                          annotations=(base / config.annotations).resolve(),
                          store=(base / config.store).resolve() if config.store else out / "detection" / "store",
                          synth=synth, extract=extract, train=train,
-                         detect=_named(DetectConfig, tables.get("detect", {}), source, "[detection.detect]"))
+                         detect=_named(DetectConfig, tables.get("detect", {}), source, "[detection.detect]"),
+                         rc3d=rc3d, rc3d_detect=_named(RC3DDetectConfig, tables.get("rc3d_detect", {}), source,
+                                                       "[detection.rc3d_detect]"))
     if synth is None:
         for key, path in (("videos", plan.videos), ("annotations", plan.annotations)):
             if not path.exists():
                 raise InputError(source, f"[detection] {key}: {path} not found (or add [detection.synth])")
     return plan
+
+
+def _plan_rc3d(models: tuple[str, ...], given: RC3DConfig, scnn: DetectorConfig, source: Path, folder: Path,
+               out: Path) -> dict[str, RC3DConfig]:
+    """Each R-C3D row's settings. End to end, ``sta-r-c3d`` puts STA where ``[detection.rc3d] sta`` (else
+    ``[detection.train] sta``) says. Heads-only, the frozen backbone is ``pretrained`` (its STA must match the
+    row's name) or, without it, the matching S-CNN row's localization network, as R-C3D starts from a
+    pretrained C3D."""
+    planned = {}
+    pretrained = (folder / given.pretrained).resolve() if given.pretrained else None
+    if pretrained is not None and not pretrained.is_file():
+        raise InputError(source, f"[detection.rc3d] pretrained: {pretrained} not found")
+    for model in (m for m in models if m in RC3D_ROWS):
+        if given.mode == "heads" and pretrained is None:
+            planned[model] = _heads_on_scnn(given, model, scnn, models, source, out)
+        elif given.mode == "heads":
+            planned[model] = _heads_on_checkpoint(given, model, pretrained, source)
+        else:
+            sta = (given.sta or scnn.sta) if MODELS[model] else None
+            if MODELS[model] and not sta:
+                raise InputError(source, "[detection.rc3d] sta: name where STA goes (e.g. 'layer3') for sta-r-c3d")
+            planned[model] = dataclasses.replace(given, sta=sta, pretrained=pretrained and str(pretrained))
+    return planned
+
+
+def _heads_on_scnn(given: RC3DConfig, model: str, scnn: DetectorConfig, models: tuple[str, ...], source: Path,
+                   out: Path) -> RC3DConfig:
+    """Heads on the localization network of the S-CNN row of the same name: its input, its STA."""
+    row = model.replace("r-c3d", "s-cnn")
+    if row not in models:
+        raise InputError(source, f"[detection.rc3d] mode 'heads' without pretrained reads the backbone of {row}: "
+                                 f"add {row} to [detection] models or give pretrained")
+    return dataclasses.replace(given, pretrained=str(out / row / "localization.pth"), arch=scnn.arch,
+                               stream="flow" if scnn.stream == "flow" else "rgb", size=scnn.size,
+                               normalization=scnn.normalization, sta=scnn.sta if MODELS[model] else None)
+
+
+def _heads_on_checkpoint(given: RC3DConfig, model: str, pretrained: Path, source: Path) -> RC3DConfig:
+    """Heads on a given checkpoint's network: arch, input and STA are the checkpoint's."""
+    checkpoint = load_checkpoint(pretrained)
+    sta = checkpoint.model_kwargs.get("sta")
+    if bool(sta) != MODELS[model]:
+        raise InputError(source, f"[detection.rc3d] pretrained: {pretrained} has {'STA' if sta else 'no STA'}, "
+                                 f"so heads-only it makes {'sta-r-c3d' if sta else 'r-c3d'}, not {model}")
+    return dataclasses.replace(given, pretrained=str(pretrained), arch=checkpoint.arch,
+                               stream=checkpoint.spec.test_clips, size=checkpoint.sample_size,
+                               normalization=normalization_of(checkpoint), sta=sta)
 
 
 def _named(cls: type, values: dict[str, Any], source: Path, table: str) -> Any:
@@ -139,14 +201,12 @@ def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] 
     folders = {}
     for model, config in plan.train.items():
         folders[model] = _train_stage(plan, stage, model, config, inputs, log, progress)
+    for model, config in plan.rc3d.items():
+        folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log)
     folders.pop(TEACHER, None)
     test = read_annotations(plan.annotations, plan.config.test_subset)
     for model, folder in folders.items():
-        key = {**inputs, "config": config_to_dict(plan.detect), "subset": plan.config.test_subset,
-               "model": [fingerprint(folder / f"{n}.pth") for n in ("proposal", "localization")]}
-        stage("detect", f"detect with {model}", key,
-              lambda f=folder: detect(f, plan.store, sorted(test.videos), f / "detections.json", plan.detect,
-                                      log=log, progress=progress))
+        _detect_stage(plan, stage, model, folder, inputs, sorted(test.videos), log, progress)
     key = {**inputs, "config": config_to_dict(plan.config),
            "detections": [fingerprint(folder / "detections.json") for folder in folders.values()]}
     return stage("eval-detection", "evaluate detections", key, lambda: _evaluate(plan, folders, test))
@@ -168,6 +228,44 @@ def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: Detector
 
     stage("train-detector", f"train detector {model} ({config.stream})", key, train)
     return folder
+
+
+def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3DConfig, inputs: dict[str, Any],
+                      log: Callable[[str], None]) -> Path:
+    """Train one R-C3D row: end to end from the store, or heads-only after caching its backbone's maps."""
+    folder, features = plan.out / model, plan.out / "features" / model
+    backbone = {"pretrained": fingerprint(config.pretrained) if config.pretrained else None}
+    if config.mode == "heads":
+        reads = FeaturesConfig(stride=config.stride, layer=config.layer or last_stage(Path(config.pretrained)),
+                               buffer=config.buffer, device=config.device)
+        stage("detection-features", f"cache the backbone features of {model}",
+              {"store": inputs["store"], "config": config_to_dict(reads), **backbone},
+              lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log))
+    heads = {"features": FeatureStore(features).manifest["key"]} if config.mode == "heads" else {}
+    key = {**inputs, "config": config_to_dict(config), **backbone, **heads}
+
+    def train() -> dict[str, Any]:
+        truth = read_annotations(plan.annotations, config.subset)
+        return train_rc3d(config, plan.store, truth, folder, features if heads else None, log=log)
+
+    stage("train-detector", f"train detector {model} ({config.mode}, {config.stream})", key, train)
+    return folder
+
+
+def _detect_stage(plan: DetectionPlan, stage: Stage, model: str, folder: Path, inputs: dict[str, Any],
+                  videos: list[str], log: Callable[[str], None], progress: bool) -> None:
+    """Detect in the test videos with one row's networks (R-C3D heads-only reads its cached maps)."""
+    out = folder / "detections.json"
+    if model in plan.rc3d:
+        config = plan.rc3d[model]
+        features = plan.out / "features" / model if config.mode == "heads" else None
+        key = {**inputs, "config": config_to_dict(plan.rc3d_detect), "model": [fingerprint(folder / MODEL)]}
+        action = partial(detect_rc3d, folder, videos, out, plan.rc3d_detect, plan.store, features, log=log)
+    else:
+        key = {**inputs, "config": config_to_dict(plan.detect),
+               "model": [fingerprint(folder / f"{n}.pth") for n in ("proposal", "localization")]}
+        action = partial(detect, folder, plan.store, videos, out, plan.detect, log=log, progress=progress)
+    stage("detect", f"detect with {model}", {**key, "subset": plan.config.test_subset}, action)
 
 
 def _evaluate(plan: DetectionPlan, folders: dict[str, Path], test) -> dict[str, Any]:

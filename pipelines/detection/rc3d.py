@@ -40,7 +40,8 @@ THUMOS_SCALES = (2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)  # anchor
 
 @dataclass(frozen=True)
 class RC3DConfig:
-    """Settings of ``train-detector --detector rc3d`` (TOML table ``[detection.rc3d]``); defaults are R-C3D's."""
+    """Settings of ``train-detector --detector rc3d`` (TOML table ``[detection.rc3d]``); defaults are those of
+    R-C3D's PyTorch port for THUMOS'14 (``cfgs/c3d_thumos14.yml``, ``trainval_net.py``), which the STA paper used."""
 
     mode: Literal["end-to-end", "heads"] = "end-to-end"  # heads: backbone frozen, maps read from --features
     arch: str = "tiny_resnet"
@@ -55,19 +56,20 @@ class RC3DConfig:
     anchor_scales: tuple[float, ...] = THUMOS_SCALES
     anchor_positive: float = 0.7
     anchor_negative: float = 0.3
-    anchor_batch: int = 256
+    anchor_batch: int = 64
     anchor_fraction: float = 0.5
     anchor_sigma: float = 3.0
     train_pre_nms: int = 12000
     train_post_nms: int = 2000
     test_pre_nms: int = 6000
     test_post_nms: int = 300
-    proposal_nms: float = 0.7
-    min_length: float = 1.0  # proposals shorter than this many feature steps are dropped
+    proposal_nms: float = 0.8  # NMS among proposals in training
+    test_proposal_nms: float = 0.9  # and at test
+    min_length: float = 0.0  # proposals shorter than this many feature steps are dropped
     roi_positive: float = 0.5
     roi_negative: tuple[float, float] = (0.1, 0.5)
     roi_batch: int = 128
-    roi_fraction: float = 0.25
+    roi_fraction: float = 0.5
     offset_stds: tuple[float, float] = (0.1, 0.2)
     pool: tuple[int, int, int] = (4, 2, 2)
     proposal_hidden: int = 512
@@ -95,6 +97,12 @@ class RC3DConfig:
         if not 0 <= self.anchor_negative <= self.anchor_positive <= 1 or not (
                 0 <= self.roi_negative[0] <= self.roi_negative[1] <= self.roi_positive <= 1):
             raise InputError(None, "negative and positive tIoU thresholds must satisfy 0 <= negative <= positive <= 1")
+        shares = {"proposal_nms": self.proposal_nms, "test_proposal_nms": self.test_proposal_nms,
+                  "anchor_fraction": self.anchor_fraction, "roi_fraction": self.roi_fraction}
+        outside = [name for name, value in shares.items() if not 0 <= value <= 1]
+        if outside or self.min_length < 0:
+            raise InputError(None, f"{', '.join(outside) or 'min_length'}: NMS thresholds and fractions lie in "
+                                   "[0, 1], min_length is at least 0")
 
 
 def rc3d_config_of(payload: dict[str, Any]) -> RC3DConfig:
@@ -326,9 +334,9 @@ def _save(path: Path, model: RC3D, optimizer: torch.optim.Optimizer, config: RC3
 
 
 def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
-    return {"channels": heads.proposal.conv.in_channels, "num_classes": heads.classification.num_classes,
+    return {"channels": heads.proposal.body[0].in_channels, "num_classes": heads.classification.num_classes,
             "anchor_scales": list(heads.anchor_scales), "pool": list(heads.pool),
-            "proposal_hidden": heads.proposal.conv.out_channels,
+            "proposal_hidden": heads.proposal.body[0].out_channels,
             "hidden": heads.classification.score.in_features,
             "dropout": heads.classification.body[2].p}
 

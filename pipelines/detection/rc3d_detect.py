@@ -32,7 +32,7 @@ from pipelines.inference.features import FeatureStore, video_map
 class RC3DDetectConfig:
     """Settings of ``detect`` for an R-C3D model (TOML table ``[detection.rc3d_detect]``)."""
 
-    nms_threshold: float = 0.3  # per-class NMS (R-C3D: 0.3, or 0.1 below the evaluation tIoU)
+    nms_threshold: float = 0.4  # per-class NMS (R-C3D's port: 0.4; 0.1 below the evaluation tIoU)
     score_threshold: float = 0.005  # class probabilities below it are not detections
     device: str = "auto"
 
@@ -48,7 +48,7 @@ def buffer_detections(model: RC3D, feature_map: torch.Tensor, trained: RC3DConfi
     length = feature_map.shape[1]
     scores, offsets = model.heads.proposal(feature_map[None])
     rois, _ = proposals(scores[0], offsets[0], model.heads.anchors(length), length, trained.test_pre_nms,
-                        trained.test_post_nms, trained.proposal_nms, trained.min_length)
+                        trained.test_post_nms, trained.test_proposal_nms, trained.min_length)
     if not len(rois):
         return []
     roi_tensor = torch.as_tensor(rois, dtype=torch.float32, device=feature_map.device)

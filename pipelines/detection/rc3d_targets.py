@@ -117,5 +117,5 @@ def proposals(scores: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor
     segments = decode_segments(offsets.float().cpu(), anchors).clamp(0, length).numpy().astype(np.float64)
     keep = np.flatnonzero(segments[:, 1] - segments[:, 0] >= min_length)
     keep = keep[np.argsort(-action[keep], kind="stable")][:pre_nms]
-    kept = keep[temporal_nms(segments[keep], action[keep], nms)][:post_nms]
+    kept = keep[temporal_nms(segments[keep], action[keep], nms, limit=post_nms)]
     return segments[kept], action[kept]

@@ -78,3 +78,24 @@ def _timeline(video: str, folders: dict[str, Path], truth: Annotations, store: F
 
 def _rounded(values: Sequence[float]) -> list[float]:
     return [round(float(v), 4) for v in values]
+
+
+def combine_seeds(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of the same detectors run with several seeds: per row and tIoU the mean, the sample standard
+    deviation (``mAP_sd``, ``mAP_high_sd``) and every seed's value (``per_seed``); ``seeds`` lists them. Per-class
+    AP, precision-recall and timelines stay in each seed's own report."""
+    first = reports[0]
+    rows = []
+    for index, row in enumerate(first["rows"]):
+        runs = [report["rows"][index] for report in reports]
+        combined = {"model": row["model"], "stream": row.get("stream"),
+                    "per_seed": {str(report["seed"]): run["mAP"] for report, run in zip(reports, runs)}}
+        for key in ("mAP", "mAP_high"):
+            if key in row:
+                values = np.array([run[key] for run in runs], float)
+                combined[key] = _rounded(values.mean(axis=0))
+                combined[f"{key}_sd"] = _rounded(values.std(axis=0, ddof=1) if len(runs) > 1 else 0 * values[0])
+        rows.append(combined)
+    return {key: first[key] for key in ("tiou", "tiou_high", "protocol", "classes", "pr_tiou") if key in first} | {
+        "seeds": [report["seed"] for report in reports], "rows": rows,
+        "seconds": round(sum(report["seconds"] for report in reports), 1)}

@@ -119,6 +119,11 @@ class BackboneInput:
         return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
 
 
+def last_stage(checkpoint_path: Path) -> str:
+    """The last stage of a checkpoint's network: the map R-C3D's heads read unless told another."""
+    return load_checkpoint(checkpoint_path).build_model().stage_names[-1]
+
+
 def normalization_of(checkpoint: Checkpoint) -> str:
     """The input normalization a checkpoint was trained with (detector checkpoints keep it in their config)."""
     if "detector_config" in checkpoint.payload:

@@ -30,19 +30,38 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def markdown_tables(summary: dict[str, Any]) -> str:
-    """mAP (%) per detector and tIoU as in Table VI, then per-class AP (%) of every detector."""
-    def table(first: str, rows: dict[str, list[float]], tiou: list[float] = summary["tiou"]) -> list[str]:
+    """mAP (%) per detector and tIoU as in Table VI (mean ± sd over seeds when several ran), then per-class AP (%)
+    of every detector, or each seed's mAP."""
+    def table(first: str, rows: dict[str, list[str]], tiou: list[float] = summary["tiou"]) -> list[str]:
         return ([f"| {first} | " + " | ".join(f"{t:g}" for t in tiou) + " |", "|---|" + "---|" * len(tiou)] +
-                [f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in values) + " |" for name, values in rows.items()])
+                [f"| {name} | " + " | ".join(values) + " |" for name, values in rows.items()])
 
-    lines = ["## Detection mAP (%)", "", *table("model", {row["model"]: row["mAP"] for row in summary["rows"]})]
+    lines = [f"## Detection mAP (%){over_seeds(summary)}", "",
+             *table("model", {row["model"]: cells(row, "mAP") for row in summary["rows"]})]
     if "tiou_high" in summary:  # the demo's second table, tIoU 0.3-0.7 (later papers' range)
         lines += ["", "## Detection mAP (%) at tIoU 0.3-0.7", "",
-                  *table("model", {row["model"]: row["mAP_high"] for row in summary["rows"] if "mAP_high" in row},
-                         summary["tiou_high"])]
+                  *table("model", {row["model"]: cells(row, "mAP_high") for row in summary["rows"]
+                                   if "mAP_high" in row}, summary["tiou_high"])]
     for row in summary["rows"]:
-        lines += ["", f"### Per-class AP (%), {row['model']}", "", *table("class", row["per_class"])]
+        if "per_seed" in row:
+            lines += ["", f"### mAP (%) per seed, {row['model']}", "",
+                      *table("seed", {seed: cells({"mAP": v}, "mAP") for seed, v in row["per_seed"].items()})]
+        else:
+            lines += ["", f"### Per-class AP (%), {row['model']}", "",
+                      *table("class", {k: cells({"ap": v}, "ap") for k, v in row["per_class"].items()})]
     return "\n".join(lines) + "\n"
+
+
+def cells(row: dict[str, Any], key: str) -> list[str]:
+    """A row's values in percent, each with its standard deviation over seeds when the row has one."""
+    spread = row.get(f"{key}_sd")
+    return [f"{100 * v:.1f}" + (f" ± {100 * spread[i]:.1f}" if spread else "") for i, v in enumerate(row[key])]
+
+
+def over_seeds(summary: dict[str, Any]) -> str:
+    """", mean ± sd over seeds 0, 1, 2" for a summary over seeds, else nothing."""
+    seeds = summary.get("seeds")
+    return f", mean ± sd over seeds {', '.join(map(str, seeds))}" if seeds else ""
 
 
 def detection_section(summary: dict[str, Any], embed: Embed) -> str:
@@ -51,15 +70,19 @@ def detection_section(summary: dict[str, Any], embed: Embed) -> str:
     headers = ["model", *(f"{t:g}" for t in tiou)]
     best = max(range(len(summary["rows"])), key=lambda i: summary["rows"][i]["mAP"][-1], default=None)
     parts = [html_page.paragraph(f"{summary['protocol']} protocol on the test videos; mAP (%) at each tIoU, as "
-                                 "Table VI of the STA paper (best at the highest tIoU highlighted)."),
-             html_page.table(headers, [[_label(row), *(f"{100 * v:.1f}" for v in row["mAP"])]
-                                       for row in summary["rows"]],
+                                 f"Table VI of the STA paper{over_seeds(summary)} (best at the highest tIoU "
+                                 "highlighted)."),
+             html_page.table(headers, [[_label(row), *cells(row, "mAP")] for row in summary["rows"]],
                              [i == best for i in range(len(summary["rows"]))])]
     if "tiou_high" in summary:
         parts += [html_page.paragraph("mAP (%) at tIoU 0.3-0.7, the range later papers report."),
                   html_page.table(["model", *(f"{t:g}" for t in summary["tiou_high"])],
-                                  [[_label(row), *(f"{100 * v:.1f}" for v in row["mAP_high"])]
-                                   for row in summary["rows"] if "mAP_high" in row])]
+                                  [[_label(row), *cells(row, "mAP_high")] for row in summary["rows"]
+                                   if "mAP_high" in row])]
+    if "seeds" in summary:  # each seed's folder has its own per-class AP, curves and timelines
+        return "\n".join(parts + [html_page.table(["model", "seed", *headers[1:]], [
+            [row["model"], seed, *cells({"mAP": values}, "mAP")] for row in summary["rows"]
+            for seed, values in row["per_seed"].items()])])
     parts.append("<details><summary>Per-class AP (%)</summary>")
     parts += [html_page.table(["model", "class", *headers[1:]],
                               [[row["model"], label, *(f"{100 * ap:.1f}" for ap in row["per_class"].get(label, []))]

@@ -18,13 +18,18 @@ DEMO_CONFIG = "demo.toml"
 
 def demo_config_path() -> Path:
     """``configs/demo.toml`` of a source checkout, or the copy installed with the package's data files."""
+    return packaged_config(DEMO_CONFIG)
+
+
+def packaged_config(name: str) -> Path:
+    """``configs/<name>`` of a source checkout, or the copy installed with the package's data files."""
     import sys
 
-    for candidate in (Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG,
-                      Path(sys.prefix) / "share" / "mars-sta" / "configs" / DEMO_CONFIG):
+    for candidate in (Path(__file__).resolve().parents[2] / "configs" / name,
+                      Path(sys.prefix) / "share" / "mars-sta" / "configs" / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{DEMO_CONFIG} not found beside the package; pass --config")
+    raise FileNotFoundError(f"{name} not found beside the package; pass --config")
 
 
 def gates(rows: list[dict[str, Any]], split: Any = 1) -> list[tuple[str, bool, str]]:

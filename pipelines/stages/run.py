@@ -89,12 +89,12 @@ class RunPlan:
 
 
 def load_plan(config_path: Path, out: Path | None = None, overrides: dict[str, Any] | None = None,
-              base: Path | None = None) -> RunPlan:
+              base: Path | None = None, tables: dict[str, Any] | None = None) -> RunPlan:
     """Read a run config; relative paths start at ``base`` (default: the config's folder), ``out`` defaults to
-    ``base/run``."""
+    ``base/run``; ``tables`` replaces the file's contents (a demo's edited copy), errors still name the file."""
     from flow.extract import ExtractConfig
 
-    tables = read_toml(config_path)
+    tables = read_toml(config_path) if tables is None else tables
     recognition = "data" in tables or "detection" not in tables
     if not recognition and "synth" in tables:
         raise InputError(config_path, "[synth] writes the trimmed recognition dataset, which a file without [data] "
