@@ -1,4 +1,5 @@
+from cli.launch import relaunched_args
 from cli.main import main
 
 if __name__ == "__main__":
-    main()
+    main(args=relaunched_args())

@@ -63,7 +63,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--pretrained", help="Recognition checkpoint both networks start from.")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
-@click.option("--accumulate", type=int, help="Micro-batches per optimizer step.  [default: 1]")
+@click.option("--accumulate", type=int, help="Micro-batches (R-C3D: buffers) per optimizer step and process.  "
+                                             "[default: 1]")
 @click.option("--alpha", type=float, help="MARS feature-matching weight (mars stream).  [default: 50]")
 @click.option("--lr", type=float)
 @click.option("--frames", type=int, help="Clip length every window is sampled to.  [default: 16]")
@@ -80,11 +81,9 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
     --sta) or R-C3D (STA-R-C3D with --sta).
 
     \b
-    Several GPUs or machines (S-CNN): torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
+    Several GPUs or machines: torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
     """
     if nproc > 1:
-        if detector == "rc3d":
-            raise click.UsageError("--nproc is for S-CNN; R-C3D trains in one process")
         from cli.launch import relaunch_under_torchrun
 
         relaunch_under_torchrun(nproc)

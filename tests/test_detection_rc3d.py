@@ -194,3 +194,25 @@ def test_bad_options_are_one_line_errors(data, args, message):
 def test_rc3d_ranges_are_checked(values, message):
     with pytest.raises(InputError, match=re.escape(message)):
         build_config(RC3DConfig, values, source=Path("run.toml"), table="[detection.rc3d]")
+
+
+def test_two_processes_equal_one_process_accumulating_the_same_buffers(data, tmp_path, monkeypatch):
+    """End to end, so backbone and heads are averaged over ranks; BatchNorm statistics stay per process."""
+    def train(out, *extra, check=True):
+        return run_cli("train-detector", "--store", str(data / "store"), "--annotations", str(data / "data" /
+                       "annotations.json"), "--out", str(out), "--config", str(data / "rc3d.toml"), "--detector",
+                       "rc3d", "--sta", "layer3", "--size", "24", "--pretrained", str(data / "backbone0.pth"),
+                       "--epochs", "2", "--device", "cpu", *extra, check=check)
+
+    two = train(tmp_path / "ddp", "--nproc", "2")
+    assert two.stdout.count("epoch 2/2") == 1 and json.loads((tmp_path / "ddp" / "manifest.json").read_text())[
+        "processes"] == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun's processes, so sums run in the same order
+    train(tmp_path / "one", "--accumulate", "2")
+    ddp, one = (load_checkpoint(tmp_path / run / "rc3d.pth").payload for run in ("ddp", "one"))
+    for part in ("heads", "state_dict"):
+        compared = [key for key in one[part] if not key.endswith(("running_mean", "running_var", "batches_tracked"))]
+        for key in compared:
+            torch.testing.assert_close(ddp[part][key], one[part][key], rtol=1e-4, atol=1e-5, msg=key)
+    plain = train(tmp_path / "one", check=False)  # one buffer per step is another run: refused, not mixed
+    assert plain.returncode == 2 and "was trained with another config" in plain.stderr

@@ -89,6 +89,25 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
     return gathered
 
 
+def average_gradients(parameters: list[torch.nn.Parameter], context: DistContext) -> None:
+    """Average the gradients of ``parameters`` over all ranks in one all-reduce, for networks used piecewise,
+    which DistributedDataParallel cannot wrap; a parameter that no rank used keeps no gradient (so the optimizer
+    skips it, as in one process)."""
+    if not context.active:
+        return
+    used = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32, device=parameters[0].device)
+    dist.all_reduce(used)
+    reduced = [p for p, count in zip(parameters, used.tolist()) if count > 0]
+    for parameter in reduced:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    flat = torch.cat([p.grad.flatten() for p in reduced])
+    dist.all_reduce(flat)
+    flat /= context.world_size
+    for parameter, chunk in zip(reduced, flat.split([p.numel() for p in reduced])):
+        parameter.grad.copy_(chunk.view_as(parameter))
+
+
 def barrier(context: DistContext) -> None:
     if context.active:
         dist.barrier()

@@ -27,6 +27,8 @@ from mars_sta.rc3d import RC3DHeads, backbone_map
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipelines.core.config import check_at_least, check_choices, config_to_dict
 from pipelines.core.device import resolve_device
+from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gradients, barrier, init_distributed,
+                                        rank_device)
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
 from pipelines.data.clips import Normalization
 from pipelines.detection.annotations import Annotations
@@ -79,6 +81,7 @@ class RC3DConfig:
     lr: float = 0.0001
     weight_decay: float = 0.0005
     epochs: int = 5
+    accumulate: int = 1  # buffers per optimizer step, per process: a step takes processes × accumulate buffers
     subset: str = "val"
     seed: int = 0
     device: str = "auto"
@@ -86,6 +89,7 @@ class RC3DConfig:
     def __post_init__(self) -> None:
         check_choices(self)
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1), epochs=(self.epochs, 0),
+                       accumulate=(self.accumulate, 1),
                        anchor_batch=(self.anchor_batch, 1), roi_batch=(self.roi_batch, 1), size=(self.size, 1))
         numbers = (*self.anchor_scales, *self.roi_negative, *self.offset_stds, *self.pool)
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
@@ -238,7 +242,8 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
     torch.manual_seed(config.seed)
     model = build_rc3d(config, len(truth.classes), store)
     cache = _heads_features(config, model, features, store) if config.mode == "heads" else None
-    device = resolve_device(config.device)
+    context = init_distributed(resolve_device(config.device))
+    device = rank_device(resolve_device(config.device), context)
     model.to(device)
     samples = training_buffers(store, truth, model.reads, temporal_stride(model))
     if not samples:
@@ -246,20 +251,26 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
     optimizer = _optimizer(config, model.parameters(config.mode))
     manifest = stage_manifest("train-detector", {"detector": "rc3d", **config_to_dict(config)},
                               {"store": store_path, "annotations": truth.source, "features": features})
-    key = _resume_key(config, manifest, store, features)
+    parts = context.world_size * config.accumulate
+    key = _resume_key(config, manifest, store, features, parts)
     out.mkdir(parents=True, exist_ok=True)
     for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
-        started, losses = time.perf_counter(), []
+        started = time.perf_counter()
         model.heads.train()
         model.backbone.train(config.mode == "end-to-end")
-        for index in np.random.default_rng([config.seed, epoch]).permutation(len(samples)):
-            losses.append(_step(model, samples[index], cache, store, config, optimizer, device,
-                                np.random.default_rng([config.seed, epoch, int(index)])))
-        _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
-        log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.3f} on "
-            f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
-    write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "outputs": {"rc3d": str(
-        out / MODEL)}})
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))
+        losses = [_step(model, samples, order[first:first + parts], epoch, cache, store, config, optimizer,
+                        device, context) for first in range(0, len(order), parts)]
+        total, count = all_reduce_sum([sum(losses), len(losses)], context, device)
+        if context.is_main:
+            _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
+            log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {total / max(count, 1):.3f} on "
+                f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
+        barrier(context)
+    if not context.is_main:
+        return {}
+    write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "processes": context.world_size,
+                                              "outputs": {"rc3d": str(out / MODEL)}})
     return {"rc3d": str(out / MODEL)}
 
 
@@ -270,20 +281,30 @@ def _optimizer(config: RC3DConfig, parameters: list[torch.nn.Parameter]) -> torc
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _step(model: RC3D, sample: Buffer, cache: dict[str, tuple[torch.Tensor, list[int]]] | None, store: FlowStore,
-          config: RC3DConfig, optimizer: torch.optim.Optimizer, device: torch.device,
-          rng: np.random.Generator) -> float:
-    """One buffer forward and backward: its map from the cache (heads) or the backbone (end to end)."""
-    if cache is None:
-        feature_map = model.buffer_map(store, sample.video, sample.first, sample.stop, device)
-    else:
-        whole, bounds = cache[sample.video]
-        feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(device)
-    loss = buffer_losses(model, feature_map, sample, config, rng)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def _step(model: RC3D, samples: list[Buffer], group: np.ndarray, epoch: int,
+          cache: dict[str, tuple[torch.Tensor, list[int]]] | None, store: FlowStore, config: RC3DConfig,
+          optimizer: torch.optim.Optimizer, device: torch.device, context: DistContext) -> float:
+    """One optimizer step on ``group`` (up to processes × accumulate buffers): this rank takes its ``accumulate``
+    of them, each weighted 1 / (processes × accumulate), and the gradients are averaged over ranks. Sampling and
+    dropout are seeded by (seed, epoch, buffer), so one process with ``accumulate = 2`` computes the gradient two
+    processes do, and a resumed run the one a straight run does."""
+    losses = []
+    for index in group[context.rank * config.accumulate:(context.rank + 1) * config.accumulate]:
+        sample = samples[index]
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, int(index)]).generate_state(1)[0]))
+        if cache is None:
+            feature_map = model.buffer_map(store, sample.video, sample.first, sample.stop, device)
+        else:
+            whole, bounds = cache[sample.video]
+            feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(device)
+        loss = buffer_losses(model, feature_map, sample, config,
+                             np.random.default_rng([config.seed, epoch, int(index)]))
+        (loss / config.accumulate).backward()  # averaged over the ranks next: 1 / parts each
+        losses.append(float(loss.detach()))
+    average_gradients(model.parameters(config.mode), context)
     optimizer.step()
-    return float(loss.detach())
+    optimizer.zero_grad(set_to_none=True)
+    return float(np.mean(losses)) if losses else 0.0
 
 
 def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore
@@ -308,15 +329,16 @@ def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, stor
     return {video: cache.read(video)[:2] for video in cache.video_ids()}
 
 
-def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None) -> str:
-    """Config but its epoch count, the annotations, the bytes of the checkpoint the backbone starts from, the
+def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None,
+                parts: int) -> str:
+    """Config but its epoch count (and processes and accumulate, but their product ``parts``), the annotations, the bytes of the checkpoint the backbone starts from, the
     features' key (not their folder, whose manifest every rerun of ``features`` rewrites), and the store's video
     files and preprocessing."""
     inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
               "videos": fingerprint(store.root / VIDEOS),
               "pretrained": file_sha256(config.pretrained) if config.pretrained else None,
               "features": FeatureStore(features).manifest["key"] if features is not None else None}
-    return config_hash({**manifest["config"], "epochs": None, "inputs": inputs})
+    return config_hash({**manifest["config"], "epochs": None, "accumulate": None, "parts": parts, "inputs": inputs})
 
 
 def _save(path: Path, model: RC3D, optimizer: torch.optim.Optimizer, config: RC3DConfig, classes: list[str],
