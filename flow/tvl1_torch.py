@@ -37,6 +37,7 @@ from flow.tvl1 import OPENCV_DEFAULTS
 MIN_LEVEL_SIZE = 16  # OpenCV drops a pyramid level narrower or lower than this
 FLT_TINY = float(np.finfo(np.float32).tiny)
 CUBIC_A = -0.75  # the Keys coefficient of cv::remap's INTER_CUBIC
+CHUNK_ELEMENTS = 1 << 17  # floats per image of a group that passes many times over its data while it is in cache
 
 
 @dataclass(frozen=True)
@@ -274,11 +275,74 @@ def _bicubic_sample(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def _median(images: torch.Tensor, size: int) -> torch.Tensor:
-    """cv::medianBlur of float (B, C, H, W) images: the median of each size x size window, border replicated."""
-    radius = size // 2
+    """cv::medianBlur of float (B, C, H, W) images: the median of each size x size window, border replicated.
+
+    Min/max comparators on shifted views, not a sort of unfolded windows (25 copies of the images and a selection
+    per pixel): each column of ``size`` values is sorted once and shared by the ``size`` windows that contain it.
+    The images go through in groups of about ``CHUNK_ELEMENTS`` pixels, so that the hundred or so intermediate
+    images of a group stay in cache.
+    """
+    height, width = images.shape[-2:]
+    planes = images.reshape(-1, 1, height, width)
+    groups = planes.split(max(1, CHUNK_ELEMENTS // (height * width)))
+    return torch.cat([_median_group(group, size) for group in groups]).reshape(images.shape)
+
+
+def _median_group(images: torch.Tensor, size: int) -> torch.Tensor:
+    radius, (height, width) = size // 2, images.shape[-2:]
     padded = F.pad(images, (radius,) * 4, mode="replicate")
-    windows = padded.unfold(2, size, 1).unfold(3, size, 1)
-    return windows.reshape(*images.shape, size * size).median(dim=-1).values
+    columns = [padded[..., row:row + height, :] for row in range(size)]
+    _compare_exchange(columns, _COLUMN_SORT[size])
+    windows = [columns[rank][..., col:col + width] for rank in range(size) for col in range(size)]
+    _compare_exchange(windows, _WINDOW_MEDIAN[size])
+    return windows[size * size // 2]
+
+
+def _compare_exchange(wires: list[torch.Tensor], network: tuple[tuple[int, int, str], ...]) -> None:
+    """Apply comparators (low, high, kept) in place: ``low`` gets the minimum, ``high`` the maximum of the two.
+
+    ``kept`` ("min", "max" or "both") names the outputs that later comparators or the result read; only those are
+    computed.
+    """
+    for low, high, kept in network:
+        first, second = wires[low], wires[high]
+        if kept != "max":
+            wires[low] = torch.minimum(first, second)
+        if kept != "min":
+            wires[high] = torch.maximum(first, second)
+
+
+# Sorting networks of 3 and 5 values (optimal: 3 and 9 comparators).
+_COLUMN_SORT = {
+    3: ((0, 1, "both"), (1, 2, "both"), (0, 1, "both")),
+    5: ((0, 1, "both"), (3, 4, "both"), (2, 4, "both"), (2, 3, "both"), (1, 4, "both"), (0, 3, "both"),
+        (0, 2, "both"), (1, 3, "both"), (1, 2, "both")),
+}
+# The median of a window whose columns are sorted, wire = rank in column · size + column; the result is on the
+# centre wire. Built as: sort each row of ranks (rows and columns are then both sorted), keep the window entries
+# with at most half the window on either side of them in that order (13 of 25, the anti-diagonal 3 of 9) and sort
+# those with Batcher's odd-even merge network; comparators whose order the sorted columns already imply and outputs
+# nothing reads were then dropped. Checked on every 0/1 window with sorted columns (the 0/1 principle).
+_WINDOW_MEDIAN = {
+    3: (
+        (0, 1, "max"), (1, 2, "max"), (3, 4, "both"), (4, 5, "min"), (3, 4, "max"), (6, 7, "both"), (7, 8, "min"),
+        (6, 7, "min"), (2, 4, "both"), (2, 6, "max"), (4, 6, "min"),
+    ),
+    5: (
+        (0, 1, "both"), (3, 4, "both"), (2, 4, "both"), (2, 3, "max"), (1, 4, "both"), (0, 3, "max"), (1, 3, "max"),
+        (5, 6, "both"), (8, 9, "both"), (7, 9, "both"), (7, 8, "both"), (6, 9, "both"), (5, 8, "both"), (5, 7, "max"),
+        (6, 8, "both"), (6, 7, "max"), (10, 11, "both"), (13, 14, "both"), (12, 14, "both"), (12, 13, "both"),
+        (11, 14, "min"), (10, 13, "both"), (10, 12, "max"), (11, 13, "both"), (11, 12, "both"), (15, 16, "both"),
+        (18, 19, "both"), (17, 19, "both"), (17, 18, "both"), (16, 19, "min"), (15, 18, "both"), (15, 17, "both"),
+        (16, 18, "min"), (16, 17, "both"), (20, 21, "both"), (23, 24, "both"), (22, 24, "both"), (22, 23, "both"),
+        (21, 24, "min"), (20, 23, "both"), (20, 22, "both"), (21, 23, "min"), (21, 22, "min"), (9, 11, "both"),
+        (17, 20, "both"), (3, 7, "both"), (4, 8, "both"), (11, 13, "min"), (4, 7, "both"), (11, 12, "both"),
+        (16, 17, "both"), (3, 9, "both"), (4, 11, "both"), (7, 9, "both"), (8, 11, "both"), (4, 7, "both"),
+        (8, 9, "both"), (11, 12, "both"), (20, 21, "both"), (3, 15, "max"), (4, 16, "max"), (7, 17, "max"),
+        (8, 20, "min"), (9, 21, "min"), (9, 15, "max"), (11, 16, "min"), (12, 17, "min"), (8, 11, "max"),
+        (12, 15, "min"), (11, 12, "max"),
+    ),
+}
 
 
 # -- the iterations of one warp ---------------------------------------------------------------------------------------
