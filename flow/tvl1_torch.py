@@ -37,7 +37,7 @@ from flow.tvl1 import OPENCV_DEFAULTS
 MIN_LEVEL_SIZE = 16  # OpenCV drops a pyramid level narrower or lower than this
 FLT_TINY = float(np.finfo(np.float32).tiny)
 CUBIC_A = -0.75  # the Keys coefficient of cv::remap's INTER_CUBIC
-GROUP_PIXELS = 1 << 18  # frame pixels of the pairs solved together on CPU: 3 pairs at 340x256, 4 at 320x240
+GROUP_PIXELS = 1 << 18  # frame pixels of the pairs solved together on CPU: 3 pairs at 320x240 or 340x256
 CHUNK_ELEMENTS = 1 << 17  # pixels of the images filtered together by the median network, kept in cache
 
 
@@ -312,7 +312,7 @@ def _median_group(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _compare_exchange(wires: list[torch.Tensor], network: tuple[tuple[int, int, str], ...]) -> None:
-    """Apply comparators (low, high, kept) in place: ``low`` gets the minimum, ``high`` the maximum of the two.
+    """Apply comparators (low, high, kept) to the list: ``low`` gets the minimum, ``high`` the maximum of the two.
 
     ``kept`` ("min", "max" or "both") names the outputs that later comparators or the result read; only those are
     computed.
