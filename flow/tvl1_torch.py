@@ -37,6 +37,8 @@ from flow.tvl1 import OPENCV_DEFAULTS
 MIN_LEVEL_SIZE = 16  # OpenCV drops a pyramid level narrower or lower than this
 FLT_TINY = float(np.finfo(np.float32).tiny)
 CUBIC_A = -0.75  # the Keys coefficient of cv::remap's INTER_CUBIC
+GROUP_PIXELS = 1 << 18  # frame pixels of the pairs solved together on CPU: 3 pairs at 320x240 or 340x256
+CHUNK_ELEMENTS = 1 << 17  # pixels of the images filtered together by the median network, kept in cache
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,19 @@ class TorchTVL1:
 
 # -- the pyramid --------------------------------------------------------------------------------------------------
 def solve(first: torch.Tensor, second: torch.Tensor, params: TVL1Params, compile: bool = False) -> torch.Tensor:
-    """Flow (B, 2, H, W) between two batches of float frames (B, H, W) on the 0..255 scale."""
+    """Flow (B, 2, H, W) between two batches of float frames (B, H, W) on the 0..255 scale.
+
+    On CPU the pairs go through in groups of about ``GROUP_PIXELS`` pixels a frame: each inner iteration makes tens
+    of passes over a level's state, which then come from cache rather than memory. A GPU takes the whole batch.
+    """
+    batch, (height, width) = first.shape[0], first.shape[-2:]
+    size = max(1, GROUP_PIXELS // (height * width)) if first.device.type == "cpu" else batch
+    groups = zip(first.split(size), second.split(size))
+    return torch.cat([_solve_group(*group, params, compile) for group in groups])
+
+
+def _solve_group(first: torch.Tensor, second: torch.Tensor, params: TVL1Params, compile: bool) -> torch.Tensor:
+    """The pyramid of one group of pairs, coarsest level first."""
     iterate = _compiled_iterate() if compile else _iterate
     pyramid = _pyramid(first, second, params.nscales, params.scaleStep)
     components = 3 if params.gamma != 0 else 2  # the illumination term adds a third "flow" component u3
@@ -274,11 +288,74 @@ def _bicubic_sample(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def _median(images: torch.Tensor, size: int) -> torch.Tensor:
-    """cv::medianBlur of float (B, C, H, W) images: the median of each size x size window, border replicated."""
-    radius = size // 2
+    """cv::medianBlur of float (B, C, H, W) images: the median of each size x size window, border replicated.
+
+    Min/max comparators on shifted views, not a sort of unfolded windows (25 copies of the images and a selection
+    per pixel): each column of ``size`` values is sorted once and shared by the ``size`` windows that contain it.
+    The images go through in groups of about ``CHUNK_ELEMENTS`` pixels, so that the hundred or so intermediate
+    images of a group stay in cache.
+    """
+    height, width = images.shape[-2:]
+    planes = images.reshape(-1, 1, height, width)
+    groups = planes.split(max(1, CHUNK_ELEMENTS // (height * width)))
+    return torch.cat([_median_group(group, size) for group in groups]).reshape(images.shape)
+
+
+def _median_group(images: torch.Tensor, size: int) -> torch.Tensor:
+    radius, (height, width) = size // 2, images.shape[-2:]
     padded = F.pad(images, (radius,) * 4, mode="replicate")
-    windows = padded.unfold(2, size, 1).unfold(3, size, 1)
-    return windows.reshape(*images.shape, size * size).median(dim=-1).values
+    columns = [padded[..., row:row + height, :] for row in range(size)]
+    _compare_exchange(columns, _COLUMN_SORT[size])
+    windows = [columns[rank][..., col:col + width] for rank in range(size) for col in range(size)]
+    _compare_exchange(windows, _WINDOW_MEDIAN[size])
+    return windows[size * size // 2]
+
+
+def _compare_exchange(wires: list[torch.Tensor], network: tuple[tuple[int, int, str], ...]) -> None:
+    """Apply comparators (low, high, kept) to the list: ``low`` gets the minimum, ``high`` the maximum of the two.
+
+    ``kept`` ("min", "max" or "both") names the outputs that later comparators or the result read; only those are
+    computed.
+    """
+    for low, high, kept in network:
+        first, second = wires[low], wires[high]
+        if kept != "max":
+            wires[low] = torch.minimum(first, second)
+        if kept != "min":
+            wires[high] = torch.maximum(first, second)
+
+
+# Sorting networks of 3 and 5 values (optimal: 3 and 9 comparators).
+_COLUMN_SORT = {
+    3: ((0, 1, "both"), (1, 2, "both"), (0, 1, "both")),
+    5: ((0, 1, "both"), (3, 4, "both"), (2, 4, "both"), (2, 3, "both"), (1, 4, "both"), (0, 3, "both"),
+        (0, 2, "both"), (1, 3, "both"), (1, 2, "both")),
+}
+# The median of a window whose columns are sorted, wire = rank in column · size + column; the result is on the
+# centre wire. Built as: sort each row of ranks (rows and columns are then both sorted), keep the window entries
+# with at most half the window on either side of them in that order (13 of 25, the anti-diagonal 3 of 9) and sort
+# those with Batcher's odd-even merge network; comparators whose order the sorted columns already imply and outputs
+# nothing reads were then dropped. Checked on every 0/1 window with sorted columns (the 0/1 principle).
+_WINDOW_MEDIAN = {
+    3: (
+        (0, 1, "max"), (1, 2, "max"), (3, 4, "both"), (4, 5, "min"), (3, 4, "max"), (6, 7, "both"), (7, 8, "min"),
+        (6, 7, "min"), (2, 4, "both"), (2, 6, "max"), (4, 6, "min"),
+    ),
+    5: (
+        (0, 1, "both"), (3, 4, "both"), (2, 4, "both"), (2, 3, "max"), (1, 4, "both"), (0, 3, "max"), (1, 3, "max"),
+        (5, 6, "both"), (8, 9, "both"), (7, 9, "both"), (7, 8, "both"), (6, 9, "both"), (5, 8, "both"), (5, 7, "max"),
+        (6, 8, "both"), (6, 7, "max"), (10, 11, "both"), (13, 14, "both"), (12, 14, "both"), (12, 13, "both"),
+        (11, 14, "min"), (10, 13, "both"), (10, 12, "max"), (11, 13, "both"), (11, 12, "both"), (15, 16, "both"),
+        (18, 19, "both"), (17, 19, "both"), (17, 18, "both"), (16, 19, "min"), (15, 18, "both"), (15, 17, "both"),
+        (16, 18, "min"), (16, 17, "both"), (20, 21, "both"), (23, 24, "both"), (22, 24, "both"), (22, 23, "both"),
+        (21, 24, "min"), (20, 23, "both"), (20, 22, "both"), (21, 23, "min"), (21, 22, "min"), (9, 11, "both"),
+        (17, 20, "both"), (3, 7, "both"), (4, 8, "both"), (11, 13, "min"), (4, 7, "both"), (11, 12, "both"),
+        (16, 17, "both"), (3, 9, "both"), (4, 11, "both"), (7, 9, "both"), (8, 11, "both"), (4, 7, "both"),
+        (8, 9, "both"), (11, 12, "both"), (20, 21, "both"), (3, 15, "max"), (4, 16, "max"), (7, 17, "max"),
+        (8, 20, "min"), (9, 21, "min"), (9, 15, "max"), (11, 16, "min"), (12, 17, "min"), (8, 11, "max"),
+        (12, 15, "min"), (11, 12, "max"),
+    ),
+}
 
 
 # -- the iterations of one warp ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from test_flow_extraction import CHEAP, _start_extraction, _wait_for, assert_sam
 from flow import FlowStore
 from flow.errors import InputError
 from flow.tvl1 import OPENCV_DEFAULTS
+from flow import tvl1_torch
 from flow.tvl1_torch import TorchTVL1
 
 WIDTH, HEIGHT = 96, 72
@@ -124,6 +125,17 @@ def test_float_frames_are_taken_on_opencvs_zero_to_one_scale(video_pairs):
     solver = TorchTVL1(params)
     np.testing.assert_array_equal(solver(previous, following),
                                   solver(torch.from_numpy(previous) / 255.0, torch.from_numpy(following) / 255.0))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_the_median_network_equals_opencvs_median_blur(size, monkeypatch):
+    monkeypatch.setattr(tvl1_torch, "CHUNK_ELEMENTS", 200)  # several groups of images, and a group of one image
+    rng = np.random.default_rng(size)
+    ties = rng.integers(0, 4, (2, 3, 17, 23)).astype(np.float32)  # many equal values in each window
+    for images in (ties, rng.normal(size=(2, 3, 17, 23)).astype(np.float32), ties[:1, :1, :3, :3]):
+        ours = tvl1_torch._median(torch.from_numpy(images), size).numpy()
+        theirs = np.stack([[cv2.medianBlur(plane, size) for plane in pair] for pair in images])
+        np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("params, message", [
