@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from pipelines.core.config import read_toml
 from pipelines.inference.attention import AttentionProbe
 from pipelines.stages.demo import demo_config_path
 from pipelines.stages.run import load_plan, run
@@ -44,11 +45,12 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict:
     done = out / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    plan = load_plan(demo_config_path(), out, base=out)
-    plan.tables["synth"].update(seed=seed, motion_window=args.window, distractor=args.distractor,
-                                videos_per_class=args.videos_per_class)
-    plan.tables["train"]["seed"] = seed
-    plan.data.streams, plan.data.sta = list(STREAMS), args.sta
+    tables = read_toml(demo_config_path())  # edited before planning, so the run checks them as a user's file
+    tables["synth"].update(seed=seed, motion_window=args.window, distractor=args.distractor,
+                           videos_per_class=args.videos_per_class)
+    tables["train"]["seed"] = seed
+    tables["data"].update(streams=list(STREAMS), sta=args.sta)
+    plan = load_plan(demo_config_path(), out, base=out, tables=tables)
     report = run(plan, log=lambda message: None, progress=False)["report"]
     top1 = {row["model"]: row["top1"] for row in report["rows"] if row["split"] == 1}
     windows = _motion_windows(plan.videos.parent / "clips.csv")

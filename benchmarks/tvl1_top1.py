@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.sta_claim import interval
 from flow.store import FlowStore
+from pipelines.core.config import read_toml
 from pipelines.stages.demo import demo_config_path
 from pipelines.stages.run import load_plan, run
 
@@ -30,15 +31,16 @@ BACKENDS = ("opencv", "torch")
 
 def run_backend(out: Path, seed: int, backend: str, device: str, videos: Path | None) -> tuple[float, Path]:
     """The demo's Flow stream on a store extracted by ``backend``: its test top-1 and the store."""
-    plan = load_plan(demo_config_path(), out, base=out)
+    tables = read_toml(demo_config_path())  # edited before planning, so the run checks them as a user's file
     if videos is not None:  # the second backend reads the videos the first one generated
-        plan.tables.pop("synth")
-        plan.videos = videos
+        tables.pop("synth")
+        tables["data"]["videos"] = str(videos)
     else:
-        plan.tables["synth"]["seed"] = seed
-    plan.tables["train"]["seed"] = seed
-    plan.tables["extract"].update(backend=backend, **({"device": device} if backend == "torch" else {}))
-    plan.data.streams = ["flow"]
+        tables["synth"]["seed"] = seed
+    tables["train"]["seed"] = seed
+    tables["extract"].update(backend=backend, **({"device": device} if backend == "torch" else {}))
+    tables["data"]["streams"] = ["flow"]
+    plan = load_plan(demo_config_path(), out, base=out, tables=tables)
     report = run(plan, log=lambda message: None, progress=False)["report"]
     top1 = next(row["top1"] for row in report["rows"] if row["split"] == 1 and row["model"] == "flow")
     return top1, plan.store
