@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli.options import SHARD
+
 
 def _parse_tiou(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
     """``0.1,0.2,0.5`` -> [0.1, 0.2, 0.5], each in (0, 1]."""
@@ -138,6 +140,8 @@ def detect_command(model_dir: Path, store: Path | None, features: Path | None, o
 @click.option("--layer", help="A backbone stage (layer3) or pool (last stage averaged over space).  [default: pool]")
 @click.option("--buffer", type=int, help="Sampled frames per backbone pass.  [default: 768]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--shard", type=SHARD, help="I/N: every N-th video from the I-th (0-based), for one of N processes or "
+                                          "machines; join the shard stores with merge-stores.  [default: all]")
 def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, **options) -> None:
     """Cache a backbone's feature sequence of every video of STORE (per-video HDF5 files renamed into place)."""
     from pipelines.inference.features import features_stage

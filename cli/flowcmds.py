@@ -72,10 +72,15 @@ def extract_flow_command(videos: Path, out: Path, config_path: Path | None, no_p
 def merge_stores_command(stores: tuple[Path, ...], out: Path) -> None:
     """Join the shard stores STORES into OUT (hard links where possible, else copies).
 
-    All stores must have the same preprocessing, and no video may be in two of them.
+    All stores must have the same preprocessing, and no video may be in two of them. Feature stores (the shards of
+    features --shard) join when computed with the same checkpoint and settings.
     """
     from flow.merge import merge_stores
+    from pipelines.inference.features import is_feature_store, merge_features
 
+    if is_feature_store(stores[0]):
+        merge_features(list(stores), out, log=click.echo)
+        return
     summary = merge_stores(list(stores), out)
     for note in summary.notes:
         click.echo(f"note: {note}", err=True)
@@ -87,12 +92,23 @@ def merge_stores_command(stores: tuple[Path, ...], out: Path) -> None:
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--quick", is_flag=True, help="Check structure only; do not read every frame and flow chunk.")
 def verify_store_command(store: Path, quick: bool) -> None:
-    """Check every video file of STORE: opens, dtypes, shapes, frame/flow counts, data, no leftovers.
+    """Check every video file of STORE: opens, dtypes, shapes, frame/flow counts, data, no leftovers (a feature
+    store: each map readable, finite and of the store's key).
 
     Exits with 1 when anything is wrong, listing each problem.
     """
     from flow.verify import verify_store
+    from pipelines.inference.features import FeatureStore, is_feature_store
 
+    if is_feature_store(store):
+        problems = FeatureStore(store).verify()
+        for problem in problems:
+            click.echo(f"problem: {problem}")
+        click.echo(f"{store}: {len(FeatureStore(store).video_ids())} videos of features; "
+                   + ("OK" if not problems else f"{len(problems)} problem(s)"))
+        if problems:
+            sys.exit(EXIT_SOME_FAILED)
+        return
     report = verify_store(store, read_data=not quick)
     if report.tvl1:
         click.echo(f"TV-L1: {report.tvl1}")

@@ -216,3 +216,26 @@ def test_two_processes_equal_one_process_accumulating_the_same_buffers(data, tmp
             torch.testing.assert_close(ddp[part][key], one[part][key], rtol=1e-4, atol=1e-5, msg=key)
     plain = train(tmp_path / "one", check=False)  # one buffer per step is another run: refused, not mixed
     assert plain.returncode == 2 and "was trained with another config" in plain.stderr
+
+
+def test_feature_shards_merge_into_the_store_one_process_writes(data, tmp_path):
+    _features(data, data / "feats")  # the whole store (cached when an earlier test built it)
+    shards = [tmp_path / f"shard{index}" for index in (0, 1)]
+    for index, shard in enumerate(shards):
+        run_cli("features", "--checkpoint", str(data / "backbone0.pth"), "--store", str(data / "store"), "--out",
+                str(shard), "--layer", "layer3", "--stride", "2", "--buffer", "16", "--device", "cpu", "--shard",
+                f"{index}/2")
+    first, second = (set(FeatureStore(shard).video_ids()) for shard in shards)
+    assert first and second and not first & second
+    run_cli("merge-stores", *map(str, shards), "--out", str(tmp_path / "merged"))
+    merged, whole = _maps(tmp_path / "merged"), _maps(data / "feats")
+    assert merged.keys() == whole.keys() and all(torch.equal(merged[v], whole[v]) for v in whole)
+    assert run_cli("verify-store", str(tmp_path / "merged")).stdout.endswith("videos of features; OK\n")
+    _features(data, tmp_path / "other", checkpoint="backbone1.pth")
+    refused = run_cli("merge-stores", str(shards[0]), str(tmp_path / "other"), "--out", str(tmp_path / "bad"),
+                      check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and not (tmp_path / "bad").exists()
+    assert "other: was computed with another checkpoint or other settings than" in refused.stderr
+    next((shards[1] / "videos").glob("*.h5")).write_bytes(b"not hdf5")  # also the merged file: a hard link
+    damaged = run_cli("verify-store", str(tmp_path / "merged"), check=False)
+    assert damaged.returncode == 1 and "problem: " in damaged.stdout and "1 problem(s)" in damaged.stdout

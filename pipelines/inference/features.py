@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from flow.errors import InputError, write_error
+from flow.shard import parse_shard
 from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, remove_temporaries, video_path,
                         write_json_atomic)
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
@@ -54,9 +56,12 @@ class FeaturesConfig:
     layer: str = "pool"  # a backbone stage (``layer3``), or ``pool``: the last stage averaged over space
     buffer: int = 768  # sampled frames per backbone pass (R-C3D's buffer)
     device: str = "auto"
+    shard: str | None = None  # "I/N": every N-th video from the I-th, into a shard store for merge-features
 
     def __post_init__(self) -> None:
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1))
+        if self.shard is not None:
+            parse_shard(self.shard)
 
 
 def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -173,11 +178,13 @@ def build_features(config: FeaturesConfig, checkpoint_path: Path, store_path: Pa
     manifest = _manifest(checkpoint, reads, store)
     refuse_foreign(out)
     started, done = time.perf_counter(), 0
+    shard = parse_shard(config.shard) if config.shard else None
+    videos = shard.select(store.video_ids()) if shard else store.video_ids()
     with StoreLock(out):
         remove_temporaries(out)
         _drop_stale(out, manifest["key"], log)
         write_json_atomic(out / MANIFEST, manifest)
-        for video in store.video_ids():
+        for video in videos:
             if _is_current(video_path(out, video), manifest["key"]):
                 continue
             feature_map, bounds = video_map(backbone, store, video, reads, device)
@@ -185,8 +192,9 @@ def build_features(config: FeaturesConfig, checkpoint_path: Path, store_path: Pa
                                                                            manifest["key"]))
             done += 1
     seconds = time.perf_counter() - started
-    log(f"{done} videos computed, {len(store.video_ids()) - done} cached, in {seconds:.1f} s -> {out}")
-    return {"computed": done, "videos": len(store.video_ids()), "seconds": seconds}
+    log(f"{done} videos computed, {len(videos) - done} cached, in {seconds:.1f} s -> {out}"
+        + (f" (shard {shard})" if shard else ""))
+    return {"computed": done, "videos": len(videos), "seconds": seconds}
 
 
 def _video_attrs(store: FlowStore, video: str, reads: BackboneInput, bounds: list[int], key: str
@@ -216,6 +224,55 @@ def _manifest(checkpoint: Checkpoint, reads: BackboneInput, store: FlowStore) ->
             "preprocessing": store.preprocessing, "preprocessing_hash": config_hash(store.preprocessing),
             "key": feature_key(sha, reads, store.preprocessing), "versions": library_versions(),
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def merge_features(sources: list[Path], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Join feature stores of one checkpoint and settings (the shards of ``features --shard``) into ``out``.
+
+    Every source is read through first and a damaged one refused; then each video file is hard-linked (copied
+    across file systems) under a temporary name and renamed into place, so a killed merge resumes.
+
+    Args:
+        sources: the feature stores to join; their manifests must hold the same key.
+        out: a new feature store, or one of the same key to add to.
+        log: where the summary line goes.
+    """
+    if not sources:
+        raise InputError(None, "no feature stores to merge")
+    manifests = [read_feature_manifest(source) for source in sources]
+    if any(Path(source).resolve() == Path(out).resolve() for source in sources):
+        raise InputError(out, "is also one of the stores to merge")
+    for source, manifest in zip(sources, manifests):
+        if manifest["key"] != manifests[0]["key"]:
+            raise InputError(source, f"was computed with another checkpoint or other settings than {sources[0]}")
+        problems = FeatureStore(source).verify()
+        if problems:
+            raise InputError(source, f"{len(problems)} damaged video file(s), e.g. {problems[0]}")
+    refuse_foreign(out)
+    if (out / MANIFEST).is_file() and read_feature_manifest(out)["key"] != manifests[0]["key"]:
+        raise InputError(out, "holds features of another checkpoint or other settings")
+    added = 0
+    with StoreLock(out):
+        remove_temporaries(out)
+        write_json_atomic(out / MANIFEST, manifests[0])
+        for source in sources:
+            for video in finished_ids(source):
+                if not video_path(out, video).is_file():
+                    _place(video_path(source, video), video_path(out, video))
+                    added += 1
+    log(f"{out}: {added} videos added from {len(sources)} stores, {len(finished_ids(out))} in all")
+    return {"added": added, "videos": len(finished_ids(out))}
+
+
+def _place(source: Path, final: Path) -> None:
+    """A hard link of ``source`` (a copy across file systems) renamed into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
+    os.replace(temp, final)
 
 
 def refuse_foreign(out: Path) -> None:
@@ -278,6 +335,15 @@ def read_feature_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("key"), str):
         raise InputError(path, f"is not a feature store manifest (format is not {FORMAT!r})")
     return manifest
+
+
+def is_feature_store(root: Path) -> bool:
+    """Whether ``root`` holds a feature store's manifest (the store commands serve flow and feature stores)."""
+    try:
+        read_feature_manifest(root)
+    except InputError:
+        return False
+    return True
 
 
 class FeatureStore:
