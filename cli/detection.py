@@ -83,7 +83,9 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
     --sta) or R-C3D (STA-R-C3D with --sta).
 
     \b
-    Several GPUs or machines: torchrun --nproc_per_node N [--nnodes M ...] -m cli train-detector ...
+    Several GPUs or machines: MARS_STA_TORCHRUN_ARGS='["train-detector", "--store", ...]' torchrun
+      --nproc_per_node N [--nnodes M ...] -m cli  (the command line as a JSON list: torchrun's parser
+      would read options such as --sta or --mode as abbreviations of its own)
     """
     if nproc > 1:
         from cli.launch import relaunch_under_torchrun

@@ -53,7 +53,9 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
     """Train the Flow, RGB or MARS stream (STA-MARS with --sta); checkpoints every epoch, resumes automatically.
 
     \b
-    Several GPUs or machines: torchrun --nproc_per_node N [--nnodes M ...] -m cli train ...
+    Several GPUs or machines: MARS_STA_TORCHRUN_ARGS='["train", "--store", ...]' torchrun
+      --nproc_per_node N [--nnodes M ...] -m cli  (the command line as a JSON list: torchrun's parser
+      would read options such as --sta or --mode as abbreviations of its own)
     One machine, shorter:    mars-sta train --nproc N ...
     """
     if nproc > 1:

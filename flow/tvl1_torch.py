@@ -154,6 +154,8 @@ def solve(first: torch.Tensor, second: torch.Tensor, params: TVL1Params, compile
     of passes over a level's state, which then come from cache rather than memory. A GPU takes the whole batch.
     """
     batch, (height, width) = first.shape[0], first.shape[-2:]
+    if batch == 0:
+        return first.new_zeros((0, 2, height, width))
     size = max(1, GROUP_PIXELS // (height * width)) if first.device.type == "cpu" else batch
     groups = zip(first.split(size), second.split(size))
     return torch.cat([_solve_group(*group, params, compile) for group in groups])
@@ -293,9 +295,14 @@ def _median(images: torch.Tensor, size: int) -> torch.Tensor:
     Min/max comparators on shifted views, not a sort of unfolded windows (25 copies of the images and a selection
     per pixel): each column of ``size`` values is sorted once and shared by the ``size`` windows that contain it.
     The images go through in groups of about ``CHUNK_ELEMENTS`` pixels, so that the hundred or so intermediate
-    images of a group stay in cache.
+    images of a group stay in cache. On other devices, the median of the unfolded windows in one call. Both
+    select values, so they agree exactly.
     """
     height, width = images.shape[-2:]
+    if images.device.type != "cpu":  # a GPU has no such cache to fit and pays per launch: one selection
+        padded = F.pad(images, (size // 2,) * 4, mode="replicate")
+        windows = padded.unfold(2, size, 1).unfold(3, size, 1)
+        return windows.reshape(*images.shape, size * size).median(dim=-1).values
     planes = images.reshape(-1, 1, height, width)
     groups = planes.split(max(1, CHUNK_ELEMENTS // (height * width)))
     return torch.cat([_median_group(group, size) for group in groups]).reshape(images.shape)

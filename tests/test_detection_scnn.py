@@ -187,6 +187,11 @@ def test_detection_demo_over_seeds_reports_mean_and_sd(tmp_path):
     if (tmp_path / "demo" / "detection" / "report.html").exists():  # with matplotlib: the run report draws it too
         run_cli("report", str(tmp_path / "demo"))
         assert "mean ± sd over seeds 3, 4" in (tmp_path / "demo" / "report.html").read_text()
+    for seeds in (["3"], ["3", "4"], ["3"]):  # one seed into the same folder, then both again (all cached)
+        run_cli("demo", "--task", "detection", "--out", str(tmp_path / "demo"), "--config", str(config),
+                *[arg for seed in seeds for arg in ("--seed", seed)])
+    single = json.loads((tmp_path / "demo" / "detection" / "report.json").read_text())
+    assert single["seed"] == 3 and "seeds" not in single and all("per_class" in row for row in single["rows"])
     refused = run_cli("demo", "--task", "detection", "--out", str(tmp_path / "x"), "--seed", "3", "--seed", "3",
                       check=False)
     assert refused.returncode == 2 and "--seed" in refused.stderr and "Traceback" not in refused.stderr

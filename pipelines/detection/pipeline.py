@@ -21,7 +21,7 @@ from typing import Any
 from flow.errors import InputError
 from flow.extract import ExtractConfig, extract_flow
 from flow.atomic import write_json_atomic
-from pipelines.core.config import build_config, config_to_dict
+from pipelines.core.config import build_config, check_model_choice, config_to_dict
 from pipelines.core.manifest import fingerprint
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
@@ -85,13 +85,6 @@ class DetectionPlan:
     rc3d: dict[str, RC3DConfig]  # R-C3D rows; heads-only ones read the backbone of their ``pretrained``
     rc3d_detect: RC3DDetectConfig
 
-    def with_seed(self, seed: int) -> DetectionPlan:
-        """The same plan with every seed (data and training) set to ``seed``."""
-        return dataclasses.replace(
-            self, synth=self.synth and dataclasses.replace(self.synth, seed=seed),
-            train={m: dataclasses.replace(c, seed=seed) for m, c in self.train.items()},
-            rc3d={m: dataclasses.replace(c, seed=seed) for m, c in self.rc3d.items()})
-
 
 def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
                    extract: ExtractConfig) -> DetectionPlan:
@@ -108,10 +101,13 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
     base_train = _named(DetectorConfig, tables.get("train", {}), source, "[detection.train]")
     if "sta-s-cnn" in config.models and not base_train.sta:
         raise InputError(source, "[detection.train] sta: name where STA goes (e.g. 'layer3') for sta-s-cnn")
+    check_model_choice(base_train.arch, base_train.sta, source, "[detection.train]")
     train = {model: dataclasses.replace(base_train, sta=base_train.sta if MODELS[model] else None)
              for model in config.models if model not in RC3D_ROWS}
     rc3d = _plan_rc3d(config.models, _named(RC3DConfig, tables.get("rc3d", {}), source, "[detection.rc3d]"),
-                      base_train, source, base, out / "detection")
+                      base_train, source, base, (out / "detection").resolve())
+    for row in rc3d.values():
+        check_model_choice(row.arch, row.sta, source, "[detection.rc3d]", row.layer)
     if base_train.stream == "mars" and train:
         train = {TEACHER: dataclasses.replace(base_train, stream="flow", sta=None), **train}
     plan = DetectionPlan(config=config, out=out / "detection", videos=(base / config.videos).resolve(),

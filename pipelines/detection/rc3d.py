@@ -387,6 +387,10 @@ def load_rc3d(path: Path) -> tuple[RC3D, dict[str, Any]]:
     normalization = Normalization(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in reads.pop("normalization").items()})
     heads = RC3DHeads(**json.loads(payload["heads_kwargs"]))
-    heads.load_state_dict(payload["heads"])
+    try:
+        heads.load_state_dict(payload["heads"])
+    except RuntimeError:  # torch's, for missing or misshapen keys
+        raise InputError(path, "holds R-C3D heads of another layout (an older version of mars-sta): train it "
+                               "again") from None
     model = RC3D(checkpoint.build_model(), BackboneInput(normalization=normalization, **reads), heads.eval())
     return model, payload

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from pipelines.core.config import (TRAIN_STREAMS, build_config, check_one_of,
+from pipelines.core.config import (TRAIN_STREAMS, build_config, check_model_choice, check_one_of,
                                    config_to_dict, read_toml)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
@@ -126,21 +126,8 @@ def _train_config(plan: RunPlan, stream: str, split: int):
         values.setdefault("sta", plan.data.sta)
     pretrained = pretrained_path(values, plan.source, label)
     config = build_config(TrainConfig, values, source=plan.source, table=label)
-    _check_model(config, plan.source, label)
+    check_model_choice(config.arch, config.sta, plan.source, label)
     return config, pretrained
-
-
-def _check_model(config, source: Path | None, label: str) -> None:
-    """An architecture the registry has, and an STA spec it can take."""
-    from mars_sta import model_entry, parse_sta
-
-    try:
-        entry = model_entry(config.arch)
-        spec = parse_sta(config.sta)
-        if spec is not None:
-            spec.resolve(entry.default_sta_stage, entry.stages, config.arch)
-    except ValueError as exc:
-        raise InputError(source, f"{label} {exc}") from None
 
 
 @dataclass
