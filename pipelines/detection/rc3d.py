@@ -259,8 +259,9 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
         model.heads.train()
         model.backbone.train(config.mode == "end-to-end")
         order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))
-        losses = [_step(model, samples, order[first:first + parts], epoch, cache, store, config, optimizer,
-                        device, context) for first in range(0, len(order), parts)]
+        losses = [loss for first in range(0, len(order), parts)
+                  for loss in _step(model, samples, order[first:first + parts], epoch, cache, store, config,
+                                    optimizer, device, context)]
         total, count = all_reduce_sum([sum(losses), len(losses)], context, device)
         if context.is_main:
             _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
@@ -283,11 +284,11 @@ def _optimizer(config: RC3DConfig, parameters: list[torch.nn.Parameter]) -> torc
 
 def _step(model: RC3D, samples: list[Buffer], group: np.ndarray, epoch: int,
           cache: dict[str, tuple[torch.Tensor, list[int]]] | None, store: FlowStore, config: RC3DConfig,
-          optimizer: torch.optim.Optimizer, device: torch.device, context: DistContext) -> float:
+          optimizer: torch.optim.Optimizer, device: torch.device, context: DistContext) -> list[float]:
     """One optimizer step on ``group`` (up to processes × accumulate buffers): this rank takes its ``accumulate``
     of them, each weighted 1 / (processes × accumulate), and the gradients are averaged over ranks. Sampling and
     dropout are seeded by (seed, epoch, buffer), so one process with ``accumulate = 2`` computes the gradient two
-    processes do, and a resumed run the one a straight run does."""
+    processes do, and a resumed run the one a straight run does. Returns this rank's buffer losses."""
     losses = []
     for index in group[context.rank * config.accumulate:(context.rank + 1) * config.accumulate]:
         sample = samples[index]
@@ -304,7 +305,7 @@ def _step(model: RC3D, samples: list[Buffer], group: np.ndarray, epoch: int,
     average_gradients(model.parameters(config.mode), context)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(np.mean(losses)) if losses else 0.0
+    return losses
 
 
 def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore
