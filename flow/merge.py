@@ -65,7 +65,7 @@ def merge_stores(sources: list[str | os.PathLike], out: str | os.PathLike) -> Me
                                   f"(e.g. {clashes[0]!r}); merge into a new folder")
         linked = copied = 0
         for video_id in sorted(set(owners) - same):
-            if _link_or_copy(layout.video_path(owners[video_id], video_id), layout.video_path(out, video_id)):
+            if link_or_copy(layout.video_path(owners[video_id], video_id), layout.video_path(out, video_id)):
                 linked += 1
             else:
                 copied += 1
@@ -115,7 +115,7 @@ def _prepare_output(out: Path, stores: list[Path], reference: dict) -> None:
     })
 
 
-def _link_or_copy(source: Path, final: Path) -> bool:
+def link_or_copy(source: Path, final: Path) -> bool:
     """Hard-link ``source`` to ``final`` (True), or copy it there through a temporary name (False)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -26,13 +26,14 @@ from pipelines.core.manifest import fingerprint
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
+from mars_sta import model_entry
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.summary import summarize
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
-from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, last_stage, normalization_of
+from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, normalization_of
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector
 RC3D_ROWS = ("r-c3d", "sta-r-c3d")
@@ -232,8 +233,8 @@ def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3
     folder, features = plan.out / model, plan.out / "features" / model
     backbone = {"pretrained": fingerprint(config.pretrained) if config.pretrained else None}
     if config.mode == "heads":
-        reads = FeaturesConfig(stride=config.stride, layer=config.layer or last_stage(Path(config.pretrained)),
-                               buffer=config.buffer, device=config.device)
+        layer = config.layer or model_entry(config.arch).stages[-1]  # as R-C3D's heads read by default
+        reads = FeaturesConfig(stride=config.stride, layer=layer, buffer=config.buffer, device=config.device)
         stage("detection-features", f"cache the backbone features of {model}",
               {"store": inputs["store"], "config": config_to_dict(reads), **backbone},
               lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log))

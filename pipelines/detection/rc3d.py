@@ -332,9 +332,9 @@ def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, stor
 
 def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None,
                 parts: int) -> str:
-    """Config but its epoch count (and processes and accumulate, but their product ``parts``), the annotations, the bytes of the checkpoint the backbone starts from, the
-    features' key (not their folder, whose manifest every rerun of ``features`` rewrites), and the store's video
-    files and preprocessing."""
+    """Config but its epoch count (and processes and accumulate, but their product ``parts``), the annotations, the
+    bytes of the checkpoint the backbone starts from, the features' key (not their folder, whose manifest every
+    rerun of ``features`` rewrites), and the store's video files and preprocessing."""
     inputs = {"annotations": manifest["input_fingerprints"].get("annotations"), "preprocessing": store.preprocessing,
               "videos": fingerprint(store.root / VIDEOS),
               "pretrained": file_sha256(config.pretrained) if config.pretrained else None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from flow.errors import InputError, write_error
+from flow.merge import link_or_copy
 from flow.shard import parse_shard
 from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, remove_temporaries, video_path,
                         write_json_atomic)
@@ -56,7 +56,7 @@ class FeaturesConfig:
     layer: str = "pool"  # a backbone stage (``layer3``), or ``pool``: the last stage averaged over space
     buffer: int = 768  # sampled frames per backbone pass (R-C3D's buffer)
     device: str = "auto"
-    shard: str | None = None  # "I/N": every N-th video from the I-th, into a shard store for merge-features
+    shard: str | None = None  # "I/N": every N-th video from the I-th, into a shard store for merge-stores
 
     def __post_init__(self) -> None:
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1))
@@ -122,11 +122,6 @@ class BackboneInput:
         data = read_grid(store, video, self.stream, int(indices[0]), int(indices[-1]) + 1, self.size,
                          self.normalization)[indices - indices[0]]
         return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
-
-
-def last_stage(checkpoint_path: Path) -> str:
-    """The last stage of a checkpoint's network: the map R-C3D's heads read unless told another."""
-    return load_checkpoint(checkpoint_path).build_model().stage_names[-1]
 
 
 def normalization_of(checkpoint: Checkpoint) -> str:
@@ -229,8 +224,8 @@ def _manifest(checkpoint: Checkpoint, reads: BackboneInput, store: FlowStore) ->
 def merge_features(sources: list[Path], out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Join feature stores of one checkpoint and settings (the shards of ``features --shard``) into ``out``.
 
-    Every source is read through first and a damaged one refused; then each video file is hard-linked (copied
-    across file systems) under a temporary name and renamed into place, so a killed merge resumes.
+    Every source is read through first and a damaged one refused; then each video file is hard-linked into place
+    (copied through a temporary name across file systems), as ``merge-stores`` does, so a killed merge resumes.
 
     Args:
         sources: the feature stores to join; their manifests must hold the same key.
@@ -258,21 +253,10 @@ def merge_features(sources: list[Path], out: Path, log: Callable[[str], None] = 
         for source in sources:
             for video in finished_ids(source):
                 if not video_path(out, video).is_file():
-                    _place(video_path(source, video), video_path(out, video))
+                    link_or_copy(video_path(source, video), video_path(out, video))
                     added += 1
     log(f"{out}: {added} videos added from {len(sources)} stores, {len(finished_ids(out))} in all")
     return {"added": added, "videos": len(finished_ids(out))}
-
-
-def _place(source: Path, final: Path) -> None:
-    """A hard link of ``source`` (a copy across file systems) renamed into place."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
-    try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, final)
 
 
 def refuse_foreign(out: Path) -> None:
