@@ -93,6 +93,7 @@ def _train(data, out, epochs: int, *extra: str):
                    str(epochs), *TINY, *extra)
 
 
+@pytest.mark.numerics
 def test_train_detect_evaluate_and_exact_resume(data):
     straight, resumed = data / "straight", data / "resumed"
     _train(data, straight, 2, "--sta", "layer3")

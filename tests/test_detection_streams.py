@@ -71,6 +71,7 @@ def test_mars_detector_needs_a_flow_teacher(data, tmp_path):
     assert "proposal.pth: teacher must be a flow-stream detector, got stream 'rgb'" in wrong.stderr
 
 
+@pytest.mark.numerics
 def test_ddp_detector_equals_one_process_accumulating_the_same_micro_batches(data, tmp_path, monkeypatch):
     two = _train(data, tmp_path / "ddp", "--nproc", "2")
     assert two.stdout.count("localization epoch 1/1") == 1  # only rank 0 reports

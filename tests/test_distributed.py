@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import REPO, run_cli, tiny_train_toml
@@ -13,6 +15,8 @@ from pipelines.core.distributed import batch_plan
 from pipelines.scoring.scores import load_scores
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+pytestmark = pytest.mark.numerics
 
 
 def test_batch_plan_splits_each_step_into_disjoint_parts():
@@ -23,32 +27,40 @@ def test_batch_plan_splits_each_step_into_disjoint_parts():
     assert plan == batch_plan(50, 4, 2, 3, 1) and plan != batch_plan(50, 4, 2, 3, 2)
 
 
-def test_ddp_weights_equal_one_process_accumulating_the_same_micro_batches(synth_store, tmp_path):
+def test_ddp_weights_equal_one_process_accumulating_the_same_micro_batches(synth_store, tmp_path, monkeypatch):
+    """Bit for bit: both runs do the same float operations in the same order. Each micro-batch's gradient comes
+    from the same kernels at one thread per process (torchrun's default, so the baseline is given one thread too),
+    the 1/2 that weights each micro-batch is exact, and a sum of two is the same in either order. With two threads
+    the baseline splits its sums otherwise, and AdamW magnifies that rounding to about 1e-5 in two epochs."""
     config = tmp_path / "train.toml"
     config.write_text(tiny_train_toml().replace("batch_size = 8", "batch_size = 4"))
     common = ["train", "--config", str(config), "--stream", "rgb", "--store", str(synth_store.store)]
     two = run_cli(*common, "--out", str(tmp_path / "ddp"), "--nproc", "2")
     assert "rgb epoch 2/2" in two.stdout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run_cli(*common, "--out", str(tmp_path / "one"), "--accumulate", "2")
     ddp = load_checkpoint(tmp_path / "ddp" / "last.pth")
     one = load_checkpoint(tmp_path / "one" / "last.pth")
     assert ddp.state_dict.keys() == one.state_dict.keys()
-    compared = 0
-    for key, value in one.state_dict.items():
-        if key.endswith(BN_BUFFERS):  # plain BatchNorm keeps per-rank statistics; parameters must agree
-            continue
-        torch.testing.assert_close(ddp.state_dict[key], value, rtol=1e-4, atol=1e-5, msg=key)
-        compared += 1
-    assert compared > 20
+    compared = [key for key in one.state_dict if not key.endswith(BN_BUFFERS)]  # BatchNorm statistics are per rank
+    differing = [key for key in compared if not torch.equal(ddp.state_dict[key], one.state_dict[key])]
+    assert not differing, f"{len(differing)} of {len(compared)} parameters differ, first {differing[0]}"
+    assert len(compared) > 20
     assert not any(key.startswith("module.") for key in ddp.state_dict)
 
 
-def test_sharded_evaluation_equals_one_process(synth_store, flow_teacher, tmp_path):
+def test_sharded_evaluation_equals_one_process(synth_store, flow_teacher, tmp_path, monkeypatch):
+    """Equal to float precision: each rank batches its own share of the clips, so kernels see other batch sizes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as each torchrun process
     args = ["--checkpoint", str(flow_teacher), "--store", str(synth_store.store)]
     run_cli("evaluate", *args, "--out", str(tmp_path / "one.npz"))
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "cli", "evaluate", *args, "--out", str(tmp_path / "two.npz")],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli",
+               "evaluate", *args, "--out", str(tmp_path / "two.npz")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 and GLOO_EXIT_ABORT in result.stderr:
+        # Seen rarely before the process group was destroyed at exit; once more, saying so, if it comes back.
+        warnings.warn(f"a rank aborted at exit ({GLOO_EXIT_ABORT!r}); launching once more")
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     one, two = load_scores(tmp_path / "one.npz"), load_scores(tmp_path / "two.npz")
     assert list(one.video_ids) == list(two.video_ids)

@@ -79,6 +79,7 @@ def _final_weights(folder):
     return load_checkpoint(folder / "last.pth").state_dict
 
 
+@pytest.mark.numerics
 def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path):
     config = tmp_path / "train.toml"
     config.write_text(tiny_train_toml().replace("epochs = 2", "epochs = 8"))
@@ -107,6 +108,7 @@ def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path
     assert len(metrics.read_text().splitlines()) == 8
 
 
+@pytest.mark.numerics
 def test_a_finished_run_extended_with_more_epochs_equals_a_longer_run(synth_store, tmp_path):
     """plateau continues from last.pth (the same weights as one longer run); onecycle refuses, saying why."""
     from concurrent.futures import ThreadPoolExecutor

@@ -63,6 +63,7 @@ def epe(a, b, margin=0):
 
 
 @pytest.mark.parametrize("field", [translation, rotation])
+@pytest.mark.numerics
 def test_known_motion_agrees_with_opencv_and_with_the_truth(scene, field):
     previous, following, truth = warped_pair(scene, field)
     ours = TorchTVL1(OPENCV_DEFAULTS)(previous, following)
@@ -81,6 +82,7 @@ def test_known_motion_agrees_with_opencv_and_with_the_truth(scene, field):
     {"nscales": 2, "warps": 2, "outerIterations": 2, "innnerIterations": 5, "gamma": 0.2, "medianFiltering": 3,
      "scaleStep": 0.5, "epsilon": 0.0},
 ])
+@pytest.mark.numerics
 def test_each_step_matches_opencv_to_float_precision(scene, changes):
     """Without the early stop nothing amplifies rounding, so pyramid, warps, median and gamma term must match."""
     previous, following, _ = warped_pair(scene, rotation)
@@ -107,6 +109,7 @@ def video_pairs(scene, tmp_path_factory):
     return np.stack(gray[:-1]), np.stack(gray[1:])
 
 
+@pytest.mark.numerics
 def test_frames_of_a_video_agree_with_opencv_and_a_batch_equals_single_pairs(video_pairs):
     previous, following = video_pairs
     solver = TorchTVL1(QUICK)
@@ -119,6 +122,7 @@ def test_frames_of_a_video_agree_with_opencv_and_a_batch_equals_single_pairs(vid
         assert np.abs(theirs).mean() > 1  # the pairs do move
 
 
+@pytest.mark.numerics
 def test_float_frames_are_taken_on_opencvs_zero_to_one_scale(video_pairs):
     previous, following = video_pairs[0][0], video_pairs[1][0]
     params = {**QUICK, "nscales": 1, "warps": 1}
@@ -128,6 +132,7 @@ def test_float_frames_are_taken_on_opencvs_zero_to_one_scale(video_pairs):
 
 
 @pytest.mark.parametrize("size", [3, 5])
+@pytest.mark.numerics
 def test_the_median_network_equals_opencvs_median_blur(size, monkeypatch):
     monkeypatch.setattr(tvl1_torch, "CHUNK_ELEMENTS", 200)  # several groups of images, and a group of one image
     rng = np.random.default_rng(size)
@@ -179,6 +184,7 @@ def torch_store(clips, tmp_path_factory):
     return store
 
 
+@pytest.mark.numerics
 def test_a_torch_store_records_its_backend_passes_verify_and_agrees_with_opencv(clips, torch_store, tmp_path):
     manifest = json.loads((torch_store / "manifest.json").read_text())
     preprocessing = manifest["preprocessing"]

@@ -8,6 +8,7 @@ micro-batches that two processes see.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +44,16 @@ def init_distributed(device: torch.device) -> DistContext:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave_process_group)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def _leave_process_group() -> None:
+    """Destroy the process group while the interpreter is whole: left to interpreter shutdown, gloo's worker
+    threads can outlive the objects they use, and the process aborts ("terminate called without an active
+    exception") after its work is done."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device: torch.device, context: DistContext) -> torch.device:
