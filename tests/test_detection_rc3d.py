@@ -24,7 +24,7 @@ from flow.errors import InputError
 from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.core.config import build_config
 from pipelines.detection.rc3d import RC3DConfig
-from pipelines.detection.rc3d_targets import anchor_targets, roi_targets
+from pipelines.detection.rc3d_targets import anchor_targets, roi_targets, smooth_l1
 from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeatureStore
 
@@ -32,6 +32,25 @@ HEADS = ["--detector", "rc3d", "--mode", "heads", "--sta", "layer3", "--size", "
          "cpu"]
 RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_scales = [2, 4, 8]\n'
              'proposal_hidden = 16\nhidden = 32\noptimizer = "adamw"\nlr = 0.001\n')
+
+
+def _faster_rcnn_smooth_l1(difference: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The R-C3D port's element loss (``_smooth_l1_loss`` of lib/model/utils/net_utils.py), written out in float64:
+    σ²/2·x² where |x| < 1/σ², else |x| − 0.5/σ²."""
+    quadratic = difference.abs() < 1.0 / sigma ** 2
+    return torch.where(quadratic, difference ** 2 * (sigma ** 2 / 2.0), difference.abs() - 0.5 / sigma ** 2)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_smooth_l1_is_the_ports_formula(sigma):
+    """On both sides of the knee at 1/σ² (0.11 at σ = 3, the proposal subnet's): the sum over the elements, divided
+    by the sample's size."""
+    target = torch.zeros(6, 2, dtype=torch.float64)
+    pred = torch.tensor([[0.0, 0.05], [-0.05, 0.1], [0.2, -0.3], [1.0, -2.0], [0.5, 0.02], [-0.9, 3.0]],
+                        dtype=torch.float64)
+    expected = _faster_rcnn_smooth_l1(pred - target, sigma).sum() / 16
+    torch.testing.assert_close(smooth_l1(pred, target, sigma, count=16), expected, rtol=1e-12, atol=0)
+    assert smooth_l1(pred[:0], target[:0], sigma, count=16).item() == 0.0
 
 
 def test_anchors_and_offsets_by_hand():
@@ -116,6 +135,7 @@ def _train_heads(data, out, epochs, features="feats"):
                    str(epochs))
 
 
+@pytest.mark.numerics
 def test_heads_on_features_equal_end_to_end_and_resume_exactly(data):
     _features(data, data / "feats")
     assert not FeatureStore(data / "feats").verify()
@@ -196,6 +216,7 @@ def test_rc3d_ranges_are_checked(values, message):
         build_config(RC3DConfig, values, source=Path("run.toml"), table="[detection.rc3d]")
 
 
+@pytest.mark.numerics
 def test_two_processes_equal_one_process_accumulating_the_same_buffers(data, tmp_path, monkeypatch):
     """End to end, so backbone and heads are averaged over ranks; BatchNorm statistics stay per process."""
     def train(out, *extra, check=True):

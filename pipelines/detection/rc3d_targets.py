@@ -88,10 +88,11 @@ def roi_targets(rois: np.ndarray, truth: np.ndarray, classes: np.ndarray, positi
 
 
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, sigma: float, count: int) -> torch.Tensor:
-    """Faster R-CNN's smooth L1 with ``sigma`` (quadratic below 1/sigma²), summed and divided by ``count``."""
+    """Faster R-CNN's smooth L1 with ``sigma``, summed and divided by ``count``: σ²x²/2 below |x| = 1/σ², else
+    |x| − 1/(2σ²). PyTorch's ``beta = 1/σ²`` is already this form, so nothing more multiplies it."""
     if not len(pred):
         return pred.sum() * 0
-    return F.smooth_l1_loss(pred, target, beta=1.0 / sigma ** 2, reduction="sum") * sigma ** 2 / max(count, 1)
+    return F.smooth_l1_loss(pred, target, beta=1.0 / sigma ** 2, reduction="sum") / max(count, 1)
 
 
 def sample_losses(scores: torch.Tensor, offsets: torch.Tensor, sample: Sample, sigma: float
