@@ -13,7 +13,8 @@ that network, resolved when the model is built). Options, defaults first:
 ``nodeconv``       STA without its Deconv layer (``st``/``ta`` only)
 ``stride=N``       Deconv step size (``st``/``ta`` only; default 1)
 ``reduction=N``    bottleneck ratio of ``sa``/``se`` (default 16)
-``init=``          ``identity`` (gate starts at ``IDENTITY_GATE``; default) or ``default`` (PyTorch's init)
+``init=``          ``identity`` (gate starts at ``IDENTITY_GATE``; default), ``default`` (PyTorch's init) or
+                   ``authors`` (the published code's: Conv1 and Conv2 Kaiming-normal, fan-out)
 =================  =========================================================================================
 
 ``str()`` of a parsed spec is canonical: entries sorted by stage, options in the order above, defaults left out.
@@ -157,7 +158,7 @@ def _parse_entry(entry: str, text: str) -> StageAttention:
         else:
             raise bad(
                 f"unknown option {token!r} for {stage!r} (expected st|ta|sa|se, bn, residual|input, "
-                f"blocks=all|first|last, nodeconv, stride=N, reduction=N, init=identity|default)"
+                f"blocks=all|first|last, nodeconv, stride=N, reduction=N, init={'|'.join(INITS)})"
             )
     attention = StageAttention(stage, **fields)  # type: ignore[arg-type]
     channel_only = attention.kind in ("sa", "se")

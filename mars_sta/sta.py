@@ -17,7 +17,7 @@ from torch import nn
 # (docs/models.md gives the measured agreement) while the Sigmoid slope (0.09) still lets the gate learn.
 IDENTITY_GATE = 0.9
 
-INITS = ("identity", "default")
+INITS = ("identity", "default", "authors")
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -39,6 +39,19 @@ def _open_gate(layer: nn.Module) -> None:
     """
     nn.init.zeros_(layer.weight)
     nn.init.constant_(layer.bias, math.log(IDENTITY_GATE / (1.0 - IDENTITY_GATE)))
+
+
+def _authors_start(module: nn.Module) -> None:
+    """The start the authors' published network gives every module it contains: each Conv3d weight Kaiming-normal
+    (fan-out), each BatchNorm (1, 0), everything else PyTorch's default. Conv2, kept here as the equivalent 1D
+    convolution, is one of their Conv3d layers and is drawn alike (same shape and fan-out); their Deconv is a
+    ConvTranspose3d, which that rule passes over."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv3d, nn.Conv1d)):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out")
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def _live_deconv(deconv: nn.ConvTranspose1d) -> None:
@@ -101,7 +114,8 @@ class STA(Attention):
     * ``init="identity"`` (the default; the paper states no initialisation) starts with W = ``IDENTITY_GATE``
       everywhere, so that inserting the module into a trained network barely moves its predictions, and with a
       Deconv whose ReLU cannot start dead; ``init="default"`` keeps PyTorch's initialisation (gate ≈ 0.5, and the
-      1-channel ReLU is often inactive for every frame, which freezes Conv1 and the Deconv).
+      1-channel ReLU is often inactive for every frame, which freezes Conv1 and the Deconv); ``init="authors"`` is
+      the start of the authors' published code, which re-draws Conv1 and Conv2 Kaiming-normal (fan-out).
 
     The Conv1 kernel equals the feature map's (h, w), so the module is tied to one input resolution; another size
     raises ``ValueError`` naming the expected one.
@@ -113,7 +127,8 @@ class STA(Attention):
         stride: s, of the Deconv and Conv2.
         deconv: False for the "w/o Deconv" ablation.
         attention: "st" (a weight per channel and frame) or "t" (the temporal-only ablation).
-        init: "identity" (W starts at ``IDENTITY_GATE``) or "default" (PyTorch's initialisation).
+        init: "identity" (W starts at ``IDENTITY_GATE``), "default" (PyTorch's initialisation) or "authors" (the
+            published code's).
     """
 
     def __init__(
@@ -153,6 +168,8 @@ class STA(Attention):
             _open_gate(self.conv2 if self.bn2 is None else self.bn2)
             if self.deconv is not None:
                 _live_deconv(self.deconv)
+        elif init == "authors":
+            _authors_start(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.spatial_size:
@@ -222,6 +239,8 @@ class ChannelAttention(Attention):
         _check_init(init)
         if init == "identity":
             _open_gate(self.expand)
+        elif init == "authors":
+            _authors_start(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.squeeze == "learned":

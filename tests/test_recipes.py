@@ -27,7 +27,8 @@ def test_sta_recipes_follow_the_authors_and_give_attention_time_to_weigh(name, t
     assert plan.data.teacher == "sta-flow" and set(plan.data.streams) == {"sta-flow", "sta-rgb", "sta-mars"}
     mars, _ = _train_config(plan, "sta-mars", 1)
     assert (mars.sta, mars.frames, mars.batch_size, mars.lr, mars.alpha, mars.attention_lr_mult) == \
-        ("layer4:bn", 64, 32, 1e-4, 50.0, 10.0)
+        ("layer4:bn:init=authors", 64, 32, 1e-4, 50.0, 10.0)
+    assert mars.finetune_from == "all"  # their model.py trains every layer (its ft_begin_index call is commented out)
     steps = attention_time_steps(mars.arch, sta=mars.sta, frames=mars.frames, size=mars.size)
     assert set(steps.values()) == {4}
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mars_sta import build_model, load_pretrained
+from mars_sta.sta import STA, attention_modules
 from mars_sta.authors_layout import to_authors_layout
 from pipelines.stages.export import mars_payload
 
@@ -65,6 +66,43 @@ def test_an_authors_checkpoint_loads_into_layer4_bn_with_identical_logits(tmp_pa
     clip = torch.randn(2, 3, frames, size, size)
     with torch.no_grad():
         assert torch.allclose(ours.eval()(clip), theirs(clip), atol=1e-5)
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_init_authors_draws_what_the_published_network_draws(bn):
+    """Same seed, same draws: the module as their network leaves it (built with PyTorch's defaults, then every Conv3d
+    weight Kaiming-normal fan-out and every BatchNorm (1, 0)) equals ``init=authors`` weight for weight."""
+    channels, size = 12, 3
+    torch.manual_seed(5)
+    theirs = AuthorsAttention(channels, size)
+    for layer in theirs.modules():
+        if isinstance(layer, nn.Conv3d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out")
+        elif isinstance(layer, nn.BatchNorm3d):
+            nn.init.constant_(layer.weight, 1.0)
+            nn.init.constant_(layer.bias, 0.0)
+    torch.manual_seed(5)
+    ours = STA(channels, size, batch_norm=bn, init="authors")
+    for name, layer in {"conv3d_1_fa": ours.conv1, "deconv3d_fa": ours.deconv, "conv3d_2_fa": ours.conv2}.items():
+        reference = getattr(theirs, name)
+        assert torch.equal(layer.weight.flatten(), reference.weight.flatten()), name
+        assert torch.equal(layer.bias, reference.bias), name
+    if bn:
+        assert torch.equal(ours.bn2.weight, torch.ones(channels)) and not ours.bn2.bias.any()
+
+
+def test_init_authors_reaches_every_module_of_a_network():
+    """Through the ``sta=`` string: Conv2 weights spread as Kaiming-normal fan-out (std √(2 / 3c)), not zero as the
+    identity start leaves them nor uniform within ±1/√3 as PyTorch's default (std 1/3); over 3c ≥ 96 draws the
+    sample std lies within 30 % of its value (more than 5 of its standard errors)."""
+    torch.manual_seed(0)
+    model = build_model("tiny_resnet", num_classes=3, sample_size=32, sample_duration=16, sta="layer3:init=authors")
+    gates = [module for _, module in attention_modules(model)]
+    assert gates
+    for gate in gates:
+        channels = gate.conv2.weight.shape[0]
+        expected = (2 / (3 * channels)) ** 0.5
+        assert 3 * channels >= 96 and abs(gate.conv2.weight.std().item() / expected - 1) < 0.3
 
 
 def test_layer4_bn_has_the_authors_parameter_count():
