@@ -159,8 +159,9 @@ def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
     listed twice would silently lose its first entry.
     """
     repeated: dict[int, str] = {}  # id of a parsed object -> its first repeated key
+    no_text: list[str] = []  # strings holding an unpaired surrogate escape, which no output can print
     try:
-        data = json.loads(read_utf8(path), object_pairs_hook=lambda pairs: _note_repeats(pairs, repeated))
+        data = json.loads(read_utf8(path), object_pairs_hook=lambda pairs: _checked(pairs, repeated, no_text))
         table = data[key]
     except RecursionError:
         raise InputError(path, "JSON nested too deeply to read") from None
@@ -176,15 +177,30 @@ def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
     if repeated:
         raise InputError(path, f"key {next(iter(repeated.values()))!r} is repeated in one JSON object (JSON readers "
                                f"keep only the last copy)")
+    if no_text:
+        raise InputError(path, f"{no_text[0]!r} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no "
+                               f"character")
     return data, table
 
 
-def _note_repeats(pairs: list[tuple[str, Any]], repeated: dict[int, str]) -> dict:
-    """``dict(pairs)``; its first repeated key, if any, goes into ``repeated`` under the new dict's id."""
+def is_text(name: str) -> bool:
+    """Whether ``name`` can be written as UTF-8: an unpaired surrogate (a JSON escape, a file name's undecodable
+    byte) cannot."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _checked(pairs: list[tuple[str, Any]], repeated: dict[int, str], no_text: list[str]) -> dict:
+    """``dict(pairs)``; its first repeated key goes into ``repeated`` under the new dict's id, keys and string
+    values that are no text into ``no_text``."""
     result = dict(pairs)
     if len(result) < len(pairs):
         seen: set[str] = set()
         repeated[id(result)] = next(k for k, _ in pairs if k in seen or seen.add(k))
+    no_text.extend(s for pair in pairs for s in pair if isinstance(s, str) and not is_text(s))
     return result
 
 
@@ -215,6 +231,8 @@ def _class_files(folder: Path) -> dict[tuple[str, str], str]:
     for path in folder.iterdir():
         match = _FILE_PATTERN.match(path.name)
         if match and path.is_file():
+            if not is_text(path.name):
+                raise InputError(path, "the file name is not UTF-8 text, so its class has no printable name")
             found[match["label"], match["subset"]] = path.name
     return found
 

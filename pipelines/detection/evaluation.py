@@ -68,7 +68,8 @@ def segment_tiou(segment: Sequence[float], candidates: np.ndarray) -> np.ndarray
     """tIoU of one [start, end] with each row of ``candidates`` (n, 2): |intersection| / |union|."""
     candidates = np.asarray(candidates, np.float64).reshape(-1, 2)
     inter = (np.minimum(segment[1], candidates[:, 1]) - np.maximum(segment[0], candidates[:, 0])).clip(0)
-    union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
+    with np.errstate(over="ignore"):  # a segment longer than the largest float: union inf, tIoU 0 with the other
+        union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
     return inter / union
 
 
