@@ -740,6 +740,7 @@ def test_checkpoint_files(payload):
 @example(b'{"results": {"v1": [{"label": "jump", "score": NaN, "segment": [0, 10]}]}}')
 @example(b'{"results": {"v1": [{"label": "jump", "score": 1e999, "segment": [0, 10]}]}}')  # infinite
 @example(b'{"results": {"v1": [{"label": "jump", "score": 1, "segment": [0, 1' + b"0" * 400 + b']}]}}')
+@example(b'{"results": {"v1": [{"label": "jump", "score": ' + b"1" * 5000 + b', "segment": [0, 1]}]}}')  # too long
 @example(b'{"results": {"v1": [], "v1": []}}')  # a video twice
 @example(b'{"results": {"v1.avi": []}}')  # no video of the subset
 @example(b'{"results": {"v1": [{"label": "jump", "score": 1, "segment": [-1e308, 1e308]}]}}')  # longest segment

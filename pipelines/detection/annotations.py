@@ -183,7 +183,7 @@ def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
     return data, table
 
 
-def is_text(name: str) -> bool:
+def _is_text(name: str) -> bool:
     """Whether ``name`` can be written as UTF-8: an unpaired surrogate (a JSON escape, a file name's undecodable
     byte) cannot."""
     try:
@@ -200,7 +200,7 @@ def _checked(pairs: list[tuple[str, Any]], repeated: dict[int, str], no_text: li
     if len(result) < len(pairs):
         seen: set[str] = set()
         repeated[id(result)] = next(k for k, _ in pairs if k in seen or seen.add(k))
-    no_text.extend(s for pair in pairs for s in pair if isinstance(s, str) and not is_text(s))
+    no_text.extend(s for pair in pairs for s in pair if isinstance(s, str) and not _is_text(s))
     return result
 
 
@@ -231,7 +231,7 @@ def _class_files(folder: Path) -> dict[tuple[str, str], str]:
     for path in folder.iterdir():
         match = _FILE_PATTERN.match(path.name)
         if match and path.is_file():
-            if not is_text(path.name):
+            if not _is_text(path.name):
                 raise InputError(path, "the file name is not UTF-8 text, so its class has no printable name")
             found[match["label"], match["subset"]] = path.name
     return found

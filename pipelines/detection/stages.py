@@ -58,7 +58,7 @@ def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Pa
                               source=config_path, table="[detection.rc3d_detect]")
         available = (FeatureStore(features).video_ids() if features is not None else
                      FlowStore(store).video_ids() if store is not None else [])
-        videos = read_annotations(annotations, subset).subset_videos(available) if annotations else available
+        videos = available if annotations is None else read_annotations(annotations, subset).subset_videos(available)
         return detect_rc3d(model_dir, videos, out, config, store, features, log=log)
     if store is None:
         raise InputError(None, "S-CNN reads clips from the flow store: give --store")
