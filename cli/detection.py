@@ -37,7 +37,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
     """Per-class AP and mAP of DETECTIONS (ActivityNet results JSON) at each tIoU threshold."""
     from pipelines.detection.evaluation import evaluate_file, format_table
 
-    result = evaluate_file(detections, annotations_path, subset, tiou, protocol)
+    result = evaluate_file(detections, annotations_path, subset, tiou, protocol,
+                           warn=lambda line: click.echo(line, err=True))
     click.echo(json.dumps(result.to_json()) if as_json else format_table(result))
 
 

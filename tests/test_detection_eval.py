@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -122,86 +127,208 @@ def test_thumos14_matching_is_driven_by_the_ground_truth(tmp_path):
     assert evaluate_detections(predictions, annotations, [0.5]).per_class["jump"] == [1.0]
 
 
-def test_cli_json_output(files):
-    result = run_cli("eval-detection", str(files["results"]), "--annotations", str(files["thumos"]),
-                     "--tiou", "0.5,0.6", "--json")
-    report = json.loads(result.stdout)
+def _outside(files, annotations: str):
+    """RESULTS plus a top-scored jump detection in a val video (v9) and one in an unannotated test video."""
+    path = _results(files, lambda r: r.update({name: [{"label": "jump", "score": 0.95, "segment": [0, 5]}]
+                                               for name in ("v9", "video_test_0009")}))
+    return [str(path), "--annotations", str(files[annotations]), "--tiou", "0.5", "--json"]
+
+
+RUNS = {  # commands that succeed, run with the bad-input cases below
+    "json": lambda f: [str(f["results"]), "--annotations", str(f["thumos"]), "--tiou", "0.5,0.6", "--json"],
+    "table": lambda f: [str(f["results"]), "--annotations", str(f["anet"]), "--tiou", "0.5", "--protocol",
+                        "thumos14"],
+    "outside anet": lambda f: _outside(f, "anet"),
+    "outside thumos": lambda f: _outside(f, "thumos"),
+}
+
+
+def test_cli_json_output(outcomes):
+    report = json.loads(outcomes["json"].stdout)
     assert set(report) == {"tiou", "mAP", "per_class"}
     assert report["tiou"] == [0.5, 0.6]
     assert report["mAP"] == pytest.approx([1 / 3, (1 / 3 + 0.5) / 3])
     assert report["per_class"]["jump"] == pytest.approx([0.5, 1 / 3])
 
 
-def test_cli_table_and_protocol(files):
-    result = run_cli("eval-detection", str(files["results"]), "--annotations", str(files["anet"]),
-                     "--tiou", "0.5", "--protocol", "thumos14")
+def test_cli_table_and_protocol(outcomes):
+    result = outcomes["table"]
     assert "mAP" in result.stdout and "44.4" in result.stdout  # (1/3 + 1 + 0) / 3
 
 
-# -- bad annotations: one line naming the file and the line, exit 2 (docs/errors.md, "Detection annotations") ----
-def _edit_thumos(files, name: str, text: str) -> Path:
-    folder = write_thumos_folder(files["root"] / f"bad_{len(list(files['root'].iterdir()))}")
-    (folder / name).write_text(text)
+@pytest.mark.parametrize("fmt, outside", [("anet", ["v9", "video_test_0009"]), ("thumos", ["v3", "v9"])])
+def test_result_videos_outside_the_subset_warn_and_count_as_false_positives(outcomes, files, fmt, outside):
+    # The JSON lists v3 as a test video and knows v9 and video_test_0009 nowhere in test; the THUMOS'14 folder
+    # names neither v3 nor v9, and takes video_test_0009 for a test video without instances (THUMOS'14's names).
+    result = outcomes[f"outside {fmt}"]
+    assert result.returncode == 0, result.stderr
+    line, = result.stderr.splitlines()
+    assert re.fullmatch(rf"warning: \S+\.json: {len(outside)} of 5 videos are not videos of subset 'test' of "
+                        rf"{re.escape(str(files[fmt]))} \(e\.g\. '{outside[0]}'\); their detections count as false "
+                        rf"positives", line), line
+    # jump: the extra detections rank first and are false: precision 0, 0, 1/3, 1/4, 1/5, 1/3 at recall
+    # 0, 0, 1/3, 1/3, 1/3, 2/3 -> AP = 1/3 * 1/3 + 1/3 * 1/3 = 2/9.
+    assert json.loads(result.stdout)["per_class"]["jump"] == pytest.approx([2 / 9])
+
+
+def test_subset_videos_are_the_annotated_ones_and_for_thumos_those_named_after_it(tmp_path):
+    truth = {"v1": ("test", 100.0, [("jump", 0, 10)]), "v4": ("test", 50.0, [("Ambiguous", 0, 5)]),
+             "v9": ("val", 20.0, [("jump", 0, 5)])}
+    store = ["v1", "v4", "v9", "video_test_0003", "test/video_test_0004", "video_testing_0005", "video_val_0001",
+             "video_test_0006.avi", "video_test_x", "avideo_test_0007", "other"]
+    folder = read_annotations(write_thumos_folder(tmp_path / "gt", truth))
+    assert folder.subset_videos(store) == ["test/video_test_0004", "v1", "v4", "video_test_0003",
+                                           "video_testing_0005"]
+    assert read_annotations(write_thumos_folder(tmp_path / "gt", truth), "val").subset_videos(store) == [
+        "v9", "video_val_0001"]
+    assert read_annotations(write_activitynet_json(tmp_path / "gt.json", truth)).subset_videos(store) == ["v1", "v4"]
+
+
+# -- bad annotations and results: one line naming the file, exit 2 (docs/errors.md, "Detection annotations") -
+PARALLEL = 3  # subprocesses at a time: each is mostly Python starting up
+
+
+def _edit_thumos(files, name: str, content: str | bytes) -> Path:
+    folder = write_thumos_folder(files["root"] / f"bad_{uuid.uuid4().hex[:8]}")
+    (folder / name).write_bytes(content.encode() if isinstance(content, str) else content)
     return folder
 
 
 def _edit_json(files, edit) -> Path:
     data = json.loads(files["anet"].read_text())
     edit(data)
-    path = files["root"] / f"bad_{len(list(files['root'].iterdir()))}.json"
-    path.write_text(json.dumps(data))
+    return _write(files, json.dumps(data, indent=1))
+
+
+def _write(files, content: str | bytes) -> Path:
+    path = files["root"] / f"bad_{uuid.uuid4().hex[:8]}.json"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
 
 
-BAD_ANNOTATIONS = {  # row name in docs/errors.md -> (make the annotations, what the line says in order)
-    "annotation end not after start": (
-        lambda f: _edit_thumos(f, "jump_test.txt", "v1 0.0 10.0\nv1 30.0 20.0\n"),
+def _results(files, edit) -> Path:
+    """The results file of a copy of RESULTS that ``edit`` changed in place or replaced (by returning it)."""
+    results = json.loads(json.dumps(RESULTS))
+    return _write(files, json.dumps({"results": edit(results) or results}))
+
+
+def _annotations(make):
+    return lambda f: (f["results"], make(f))
+
+
+def _in_results(make):
+    return lambda f: (make(f), f["anet"])
+
+
+def _first_detection(**fields):
+    return lambda r: r["v1"][0].update(fields)
+
+
+@dataclass(frozen=True)
+class Case:
+    row: str  # its row in docs/errors.md
+    make: Callable[[dict], tuple[Path, Path]]  # files -> (results, annotations)
+    says: list[str]  # patterns the one line holds, in order (the file first, then the problem)
+
+
+CASES = {
+    "annotation end not after start": Case("annotation end not after start", _annotations(
+        lambda f: _edit_thumos(f, "jump_test.txt", "v1 0.0 10.0\nv1 30.0 20.0\n")),
         [r"jump_test\.txt", r"line 2: end 20 s is not after start 30 s"]),
-    "annotation beyond the video": (
+    "annotation beyond the video": Case("annotation beyond the video", _annotations(
         lambda f: _edit_json(f, lambda d: d["database"]["v2"]["annotations"].append(
-            {"segment": [45.0, 80.0], "label": "kick"})),
-        [r"bad_\d+\.json", r"video 'v2', annotation 2: segment 45-80 s ends after the video \(50\.00 s\)"]),
-    "annotation of an unknown class": (
+            {"segment": [45.0, 80.0], "label": "kick"}))),
+        [r"bad_\w+\.json", r"video 'v2', annotation 2: segment 45-80 s ends after the video \(50\.00 s\)"]),
+    "annotation of an unknown class": Case("annotation of an unknown class", _annotations(
         lambda f: _edit_json(f, lambda d: d.update(taxonomy=[
             {"nodeName": "jump", "parentName": "Root"}, {"nodeName": "run", "parentName": "Root"},
             {"nodeName": "kick", "parentName": "Root"}]) or d["database"]["v1"]["annotations"].append(
-            {"segment": [1.0, 2.0], "label": "swim"})),
-        [r"bad_\d+\.json", r"video 'v1', annotation 4: unknown class 'swim'"]),
-    "malformed annotation line": (
-        lambda f: _edit_thumos(f, "run_test.txt", "v1 60.0 70.0\nv1 61.5\n"),
+            {"segment": [1.0, 2.0], "label": "swim"}))),
+        [r"bad_\w+\.json", r"video 'v1', annotation 4: unknown class 'swim'"]),
+    "malformed annotation line": Case("malformed annotation line", _annotations(
+        lambda f: _edit_thumos(f, "run_test.txt", "v1 60.0 70.0\nv1 61.5\n")),
         [r"run_test\.txt", r"line 2: expected 'video start end', got 'v1 61\.5'"]),
-    "annotation time not a number": (
-        lambda f: _edit_thumos(f, "kick_test.txt", "v2 3O.0 40.0\n"),
+    "annotation time not a number": Case("annotation time not a number", _annotations(
+        lambda f: _edit_thumos(f, "kick_test.txt", "v2 3O.0 40.0\n")),
         [r"kick_test\.txt", r"line 1: '3O\.0' is not a time in seconds"]),
+    "THUMOS'14 file not UTF-8": Case("file not UTF-8", _annotations(
+        lambda f: _edit_thumos(f, "jump_test.txt", b"v1 0.0 10.0\nv\xe92 0.0 10.0\n")),
+        [r"jump_test\.txt", r"line 2: byte 0xe9 is not UTF-8 text"]),
+    "annotation JSON not UTF-8": Case("file not UTF-8", _annotations(
+        lambda f: _write(f, json.dumps(json.loads(f["anet"].read_text()), indent=1).replace(
+            '"v2"', '"v2\udcff"').encode("utf-8", "surrogateescape"))),
+        [r"bad_\w+\.json", r"line \d+: byte 0xff is not UTF-8 text"]),
+    "results JSON not UTF-8": Case("file not UTF-8", _in_results(
+        lambda f: _write(f, b'{"results": {"v1": [{"label": "jump\xff", "score": 1, "segment": [0, 1]}]}}')),
+        [r"bad_\w+\.json", r"line 1: byte 0xff is not UTF-8 text"]),
+    "annotated video without a subset": Case("annotated video without a subset", _annotations(
+        lambda f: _edit_json(f, lambda d: d["database"]["v2"].pop("subset"))),
+        [r"bad_\w+\.json", r"video 'v2': 'subset' must name the video's subset, such as 'testing' or "
+                           r"'validation' \(it has none\)"]),
+    "video twice in the annotation JSON": Case("video listed twice in a JSON", _annotations(
+        lambda f: _write(f, '{"database": {"v1": {"subset": "testing", "annotations": []}, '
+                            '"v1": {"subset": "testing", "annotations": []}}}')),
+        [r"bad_\w+\.json", r"video 'v1' is listed twice in 'database'"]),
+    "video twice in the results": Case("video listed twice in a JSON", _in_results(
+        lambda f: _write(f, '{"results": {"v1": [{"label": "jump", "score": 0.9, "segment": [0, 10]}], '
+                            '"v1": []}}')),
+        [r"bad_\w+\.json", r"video 'v1' is listed twice in 'results'"]),
+    "key twice in a detection": Case("key repeated in a JSON object", _in_results(
+        lambda f: _write(f, '{"results": {"v1": [{"label": "jump", "label": "run", "score": 0.9, '
+                            '"segment": [0, 10]}]}}')),
+        [r"bad_\w+\.json", r"key 'label' is repeated in one JSON object"]),
+    "reversed detection": Case("detection segment reversed", _in_results(
+        lambda f: _results(f, _first_detection(segment=[10, 0]))),
+        [r"bad_\w+\.json", r"video 'v1', detection 0: segment \[10, 0\] ends before it starts"]),
+    "NaN score": Case("detection score not finite", _in_results(
+        lambda f: _results(f, _first_detection(score=float("nan")))),
+        [r"bad_\w+\.json", r"video 'v1', detection 0: score NaN is not a finite number"]),
+    "infinite score": Case("detection score not finite", _in_results(
+        lambda f: _results(f, _first_detection(score=float("inf")))),
+        [r"bad_\w+\.json", r"video 'v1', detection 0: score Infinity is not a finite number"]),
+    "infinite time": Case("detection time not finite", _in_results(
+        lambda f: _results(f, _first_detection(segment=[0, float("inf")]))),
+        [r"bad_\w+\.json", r"video 'v1', detection 0: segment \[0, Infinity\] holds a time that is not a finite"]),
+    "ids with an extension": Case("no result video in the subset", _in_results(
+        lambda f: _results(f, lambda r: {f"{video}.avi": found for video, found in r.items()})),
+        [r"bad_\w+\.json", r"none of its 3 videos is a video of subset 'test' of \S+gt\.json \(e\.g\. 'v1\.avi'\)"]),
+    "malformed detection": Case("malformed detection", _in_results(
+        lambda f: _results(f, lambda r: {"v1": [{"label": "jump", "segment": [0, 1]}]})),
+        [r"bad_\w+\.json", r"video 'v1', detection 0: expected \{'label', 'score', 'segment': \[start, end\]\}"]),
 }
 
 
-@pytest.mark.parametrize("row", list(BAD_ANNOTATIONS))
-def test_bad_annotation_row(files, row):
-    make, says = BAD_ANNOTATIONS[row]
-    result = run_cli("eval-detection", str(files["results"]), "--annotations", str(make(files)), check=False)
+@pytest.fixture(scope="module")
+def outcomes(files) -> dict[str, subprocess.CompletedProcess]:
+    """eval-detection of every case and run, a few at a time, by name."""
+    commands = {name: [str(path) for path in case.make(files)] for name, case in CASES.items()}
+    for name, (results, truth) in commands.items():
+        commands[name] = [results, "--annotations", truth]
+    commands.update({name: make(files) for name, make in RUNS.items()})
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        futures = {name: pool.submit(run_cli, "eval-detection", *args, check=False)
+                   for name, args in commands.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_detection_input(outcomes, case):
+    result = outcomes[case]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and result.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith("error: ") and result.stdout == "", result.stderr
     position = 0
-    for pattern in says:
+    for pattern in CASES[case].says:
         match = re.compile(pattern).search(lines[0], position)
         assert match, f"{pattern!r} not in {lines[0]!r}"
         position = match.end()
 
 
-def test_bad_detections_file_is_one_line(files, tmp_path):
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"results": {"v1": [{"label": "jump", "segment": [0, 1]}]}}))
-    result = run_cli("eval-detection", str(path), "--annotations", str(files["anet"]), check=False)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "video 'v1', detection 0: expected" in result.stderr
-
-
-def test_every_bad_annotation_row_is_documented():
+def test_every_bad_input_row_is_documented():
     text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
-    assert [row for row in BAD_ANNOTATIONS if f"| {row} |" not in text] == []
+    assert [case.row for case in CASES.values() if f"| {case.row} |" not in text] == []
     assert "| annotated video missing from the store |" in text
+    assert "| result videos outside the subset |" in text
 
 
 def test_annotated_video_missing_from_the_store(synth_store, tmp_path):

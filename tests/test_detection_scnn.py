@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -130,6 +131,19 @@ def test_changed_config_refuses_to_resume(data):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "proposal.pth: was trained with another config" in result.stderr
 
+
+
+def test_detect_with_a_thumos_folder_runs_on_every_test_video_of_the_store(data):
+    # A THUMOS'14 folder names test videos without instances in no file, yet the evaluation counts false positives
+    # on them: video_test_0001 keeps only an Ambiguous stretch here, video_test_0002 no line at all.
+    folder = data / "sparse_annotations"
+    shutil.copytree(data / "data" / "annotations", folder)
+    for path in folder.glob("*_test.txt"):
+        path.write_text("video_test_0001 0.1 0.5\n" if path.name == "Ambiguous_test.txt" else "")
+    results = data / "sparse.json"
+    run_cli("detect", "--model", str(data / "straight"), "--store", str(data / "store"), "--out", str(results),
+            "--annotations", str(folder), "--proposal-threshold", "0", "--device", "cpu", "--no-progress")
+    assert sorted(json.loads(results.read_text())["results"]) == ["video_test_0001", "video_test_0002"]
 
 TINY_DEMO = (
     '[detection.synth]\nclasses = 2\nval_videos = 2\ntest_videos = 1\nframes = [40, 48]\naction_frames = [8, 14]\n'

@@ -3,7 +3,8 @@
 The property, for every input: the parser returns, or raises the project's one-line input error (``InputError``;
 ``ValueError`` where that is the documented contract, as for ``parse_sta``, and ``CheckpointError`` for
 ``load_pretrained``), within a second. Any other exception is a bug. ``PARSERS`` lists each parser with its input
-strategy and its allowed errors; ``benchmarks/fuzz.py`` runs the same table with many more examples.
+strategy and its allowed errors; ``benchmarks/fuzz.py`` runs the same table with many more examples. What the
+detection readers accept is also evaluated under both protocols, with numpy's warnings as errors.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ EXAMPLES = 250  # per parser in the test suite; benchmarks/fuzz.py runs 10,000 a
 # the same inputs on every run, so the suite passes or fails on the code alone; new inputs come from benchmarks/fuzz.py
 SETTINGS = settings(max_examples=EXAMPLES, deadline=1000, database=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+DETECTION_SETTINGS = settings(SETTINGS, max_examples=100)  # three readers of one format family: fewer each
 
 
 def check_one_line(parse: Callable[[Any], Any], value: Any, allowed: tuple[type[BaseException], ...]) -> None:
@@ -43,6 +45,7 @@ def _imported():
     """Import torch and the stages once, before the first example: an example's second is its own parsing time."""
     config_classes()
     parse_pretrained_payload({})
+    fixed_truths()
 
 
 # -- split files ---------------------------------------------------------------------------------------------------
@@ -436,6 +439,203 @@ def _checkpoint_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError,)
 
 
+# -- detection results and annotations -----------------------------------------------------------------------------
+_TRUTH_DATABASE = {  # the valid annotations the strategies start from: two test videos and a val one
+    "v1": {"subset": "testing", "duration": 100.0, "annotations": [
+        {"segment": [0, 10], "label": "jump"}, {"segment": [20, 30], "label": "jump"},
+        {"segment": [60, 70], "label": "run"}, {"segment": [45, 55], "label": "Ambiguous"}]},
+    "v2": {"subset": "testing", "duration": 50.0, "annotations": [{"segment": [0, 10], "label": "jump"}]},
+    "v9": {"subset": "validation", "duration": 20.0, "annotations": [{"segment": [0, 5], "label": "jump"}]}}
+_THUMOS_FILES = {"jump_test.txt": ("v1 0.0 10.0", "v1  20.0 30.0", "v2 0 10"), "run_test.txt": ("v1 60 70",),
+                 "Ambiguous_test.txt": ("v1 45 55",), "jump_val.txt": ("v9 0 5",)}
+_NUMBER = st.one_of(st.floats(), st.integers(), st.sampled_from([0, 10, 10**400, -10**400, 1e308, -1e308, 5e-324]))
+_SECONDS = st.floats(0, 120).map(lambda seconds: f"{seconds:.1f}")
+_NUMBER_TEXT = st.one_of(_SECONDS, _SECONDS, _NUMBER.map(str), st.sampled_from(
+    ["nan", "inf", "-inf", "1e400", "3O", "1_000", "0x10", "", "+5", "\u0663", "10,5"]))
+_VIDEO_ID = st.sampled_from(["v1", "v2", "v3", "v9", "v1.avi", "video_test_0009", "test/video_test_0003", "",
+                             "a b", "\ufeff", "\u00e9"])
+_LABEL = st.sampled_from(["jump", "run", "kick", "ghost", "Ambiguous", "", "a b"])
+_THUMOS_VIDEO = _VIDEO_ID.filter(lambda video: len(video.split()) == 1)  # one field, as a valid line has
+_THUMOS_ROW = st.tuples(_THUMOS_VIDEO, _NUMBER_TEXT, _NUMBER_TEXT).map(" ".join)
+_THUMOS_LINE = st.integers(0, 5).flatmap(  # one line in six from the list-file grammar, or two fields
+    lambda n: _THUMOS_ROW if n < 4 else _LINE if n == 4 else st.tuples(_THUMOS_VIDEO, _NUMBER_TEXT).map(" ".join))
+
+
+@st.composite
+def json_bytes(draw, document: Any, key: str) -> bytes:
+    """``document`` as JSON, now and then with an entry of its ``key`` table given twice, cut short, with a byte
+    changed (which makes invalid UTF-8 as well as invalid JSON) or an unpaired surrogate escape in a string.
+
+    Here and below the first value of each draw is the common case: Hypothesis starts from first values."""
+    table = document.get(key) if isinstance(document, dict) else None
+    if isinstance(table, dict) and table and draw(st.integers(0, 5)) == 5:
+        first = draw(st.sampled_from(sorted(table)))
+        entries = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in [*table.items(), (first, table[first])]]
+        text = "{" + json.dumps(key) + ": {" + ", ".join(entries) + "}}"
+    else:
+        text = json.dumps(document)
+    data = bytearray(text.encode())
+    damage = draw(st.sampled_from(["none"] * 7 + ["cut", "flip", "surrogate"]))
+    if damage == "cut":
+        data = data[: draw(st.integers(0, len(data)))]
+    elif damage == "flip" and data:
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    elif damage == "surrogate" and b'"' in data:
+        quote = draw(st.sampled_from([i for i, byte in enumerate(data) if byte == ord('"')]))
+        data[quote + 1:quote + 1] = b"\\ud800"
+    return bytes(data)
+
+
+_DETECTION = st.fixed_dictionaries({"label": _LABEL, "score": st.floats(0, 1),
+                                    "segment": st.tuples(st.floats(0, 120), st.floats(0, 120)).map(sorted)})
+_DETECTION_FIELD = {"label": st.one_of(_LABEL, _JSON), "score": st.one_of(_NUMBER, _JSON),
+                    "segment": st.one_of(st.lists(_NUMBER, max_size=3), _JSON)}
+
+
+@st.composite
+def results_file(draw) -> bytes:
+    """An ActivityNet results file: well-formed detections of known and unknown videos and labels, with now and
+    then a field replaced (other numbers, types) or deleted, a video's list replaced; or any JSON."""
+    results = draw(st.dictionaries(_VIDEO_ID, st.lists(_DETECTION, max_size=4), max_size=4))
+    detections = [item for found in results.values() for item in found]
+    for _ in range(draw(st.integers(0, 2)) if detections else 0):
+        item, key = draw(st.sampled_from(detections)), draw(st.sampled_from(sorted(_DETECTION_FIELD)))
+        if draw(st.integers(0, 4)) == 4:
+            item.pop(key, None)
+        else:
+            item[key] = draw(_DETECTION_FIELD[key])
+    if results and draw(st.integers(0, 9)) == 9:
+        results[draw(st.sampled_from(sorted(results)))] = draw(_JSON)
+    document = draw(st.sampled_from([{"version": "VERSION 1.3", "results": results}, {"results": results}]))
+    if draw(st.integers(0, 9)) == 9:
+        document = draw(st.one_of(_JSON, st.fixed_dictionaries({"results": _JSON})))
+    return draw(json_bytes(document, "results"))
+
+
+_ANNOTATION = st.fixed_dictionaries({}, optional={"segment": st.one_of(st.lists(_NUMBER, max_size=3), _JSON),
+                                                  "label": st.one_of(_LABEL, _JSON)})
+_ENTRY_VALUES = {"subset": st.one_of(st.sampled_from(["testing", "validation", "test", "Testing"]), _JSON),
+                 "duration": st.one_of(st.floats(0, 200), _NUMBER, _JSON),
+                 "annotations": st.one_of(st.lists(st.one_of(_ANNOTATION, _JSON), max_size=3), _JSON)}
+_VIDEO_ENTRY = st.one_of(st.fixed_dictionaries(_ENTRY_VALUES), st.fixed_dictionaries({}, optional=_ENTRY_VALUES))
+_TAXONOMY = st.one_of(_JSON, st.lists(st.fixed_dictionaries({}, optional={
+    "nodeName": st.one_of(_LABEL, _JSON), "parentName": st.one_of(st.sampled_from(["Root", "jump", None]), _JSON)}),
+    max_size=4))
+
+
+@st.composite
+def annotation_json(draw) -> bytes:
+    """An ActivityNet-style annotation file: the valid one with videos deleted, replaced or added, an annotation
+    changed, a taxonomy; or any JSON."""
+    database = json.loads(json.dumps(_TRUTH_DATABASE))
+    for video in draw(st.lists(_VIDEO_ID, max_size=3)):
+        action = draw(st.sampled_from(["delete", "replace", "annotation"]))
+        if action == "delete":
+            database.pop(video, None)
+        elif action == "replace" or video not in database:
+            database[video] = draw(_VIDEO_ENTRY)
+        elif isinstance(database[video].get("annotations"), list):
+            database[video]["annotations"].append(draw(_ANNOTATION))
+    document: Any = {"version": "1.3", "database": database}
+    if draw(st.integers(0, 4)) == 4:
+        document["taxonomy"] = draw(_TAXONOMY)
+    if draw(st.integers(0, 9)) == 9:
+        document = draw(st.one_of(_JSON, st.fixed_dictionaries({"database": _JSON})))
+    return draw(json_bytes(document, "database"))
+
+
+@st.composite
+def thumos_folder(draw) -> dict[str, bytes]:
+    """A THUMOS'14 annotation folder: its files with lines inserted, replaced or deleted, files left out or added
+    (other classes, subsets, names), sometimes a ``detclasslist.txt``."""
+    extra = draw(st.lists(st.sampled_from(["kick_test.txt", "swim_val.txt", "Ambiguous_val.txt", "jump_testing.txt",
+                                           "_test.txt", "jump_test.txt.bak", "a b_test.txt"]), max_size=2))
+    files = {name: draw(text_file(_THUMOS_LINE, _THUMOS_FILES.get(name, ())))
+             for name in [*_THUMOS_FILES, *extra] if draw(st.integers(0, 9)) < 9}
+    if draw(st.booleans()):
+        entry = st.tuples(st.integers(-1, 4), _LABEL).map(lambda pair: f"{pair[0]} {pair[1]}")
+        files["detclasslist.txt"] = draw(text_file(st.integers(0, 3).flatmap(lambda n: _LINE if n == 3 else entry),
+                                                   ("1 jump", "2 run", "3 kick")))
+    return files
+
+
+def fixed_truths() -> list[Any]:
+    """The valid annotations in both formats, read once: what results files are checked against."""
+    from pipelines.detection.annotations import read_annotations
+
+    if not _TRUTHS:
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "gt.json").write_text(json.dumps({"database": _TRUTH_DATABASE}))
+            Path(folder, "gt").mkdir()
+            for name, lines in _THUMOS_FILES.items():
+                Path(folder, "gt", name).write_text("\n".join(lines))
+            _TRUTHS.extend([read_annotations(Path(folder, "gt.json")), read_annotations(Path(folder, "gt"))])
+    return _TRUTHS
+
+
+_TRUTHS: list[Any] = []
+
+
+def _fixed_predictions() -> dict[str, Any]:
+    """Detections of every case the evaluation tells apart: hits, duplicates, misses, Ambiguous, unknown videos."""
+    from pipelines.detection.evaluation import Predictions
+
+    jump, run = Predictions(), Predictions()
+    for video, start, end, score in [("v1", 0, 10, .9), ("v1", 0, 10, .8), ("v3", 0, 10, .7), ("v2", 0, 5, .6)]:
+        jump.add(video, start, end, score)
+    for video, start, end, score in [("v1", 40, 50, .7), ("v1", 60, 70, .5), ("v1", 80, 90, .5)]:
+        run.add(video, start, end, score)
+    return {"jump": jump, "run": run}
+
+
+def _evaluate_every_way(predictions: dict[str, Any], truth: Any) -> None:
+    """Both protocols, with numpy's warnings as errors, and the table as the CLI prints it (UTF-8)."""
+    import warnings
+
+    from pipelines.detection.evaluation import evaluate_detections, format_table
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for protocol in ("activitynet", "thumos14"):
+            result = evaluate_detections(predictions, truth, (0.1, 0.5, 1.0), protocol)
+            assert all(0 <= ap <= 1 for aps in result.per_class.values() for ap in aps), result.per_class
+            format_table(result).encode("utf-8")
+
+
+def parse_results_file(content: bytes) -> None:
+    from pipelines.detection.evaluation import check_result_videos, read_results
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "results.json")
+        path.write_bytes(content)
+        videos, predictions = read_results(path)
+        for truth in fixed_truths():
+            _evaluate_every_way(predictions, truth)
+        for truth in fixed_truths():
+            check_result_videos(path, videos, truth)
+
+
+def _parse_annotations(path: Path) -> None:
+    from pipelines.detection.annotations import read_annotations
+
+    truth = read_annotations(path, "test")
+    truth.subset_videos(["v1", "v3", "video_test_0009", "video_val_0001"])
+    _evaluate_every_way(_fixed_predictions(), truth)
+
+
+def parse_thumos_folder(files: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            Path(folder, name).write_bytes(content)
+        _parse_annotations(Path(folder))
+
+
+def parse_annotation_json(content: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "gt.json").write_bytes(content)
+        _parse_annotations(Path(folder, "gt.json"))
+
+
 # -- the table -----------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Parser:
@@ -455,6 +655,9 @@ PARSERS = [
     Parser("video attributes", video_attributes(), parse_video_attributes),
     Parser("pretrained payloads", checkpoint_payload(), parse_pretrained_payload, _checkpoint_errors),
     Parser("checkpoint files", checkpoint_payload(), parse_checkpoint_file),
+    Parser("detection results", results_file(), parse_results_file),
+    Parser("thumos annotation folders", thumos_folder(), parse_thumos_folder),
+    Parser("activitynet annotation files", annotation_json(), parse_annotation_json),
 ]
 BY_NAME = {parser.name: parser for parser in PARSERS}
 
@@ -529,6 +732,39 @@ def test_pretrained_payloads(payload):
 @example({**_tiny_checkpoint(), "epoch": "3"})
 def test_checkpoint_files(payload):
     _property("checkpoint files")(payload)
+
+
+@DETECTION_SETTINGS
+@given(results_file())
+@example(b'{"results": {"v1": [{"label": "jump", "score": 0.5, "segment": [10, 0]}]}}')  # reversed
+@example(b'{"results": {"v1": [{"label": "jump", "score": NaN, "segment": [0, 10]}]}}')
+@example(b'{"results": {"v1": [{"label": "jump", "score": 1e999, "segment": [0, 10]}]}}')  # infinite
+@example(b'{"results": {"v1": [{"label": "jump", "score": 1, "segment": [0, 1' + b"0" * 400 + b']}]}}')
+@example(b'{"results": {"v1": [{"label": "jump", "score": ' + b"1" * 5000 + b', "segment": [0, 1]}]}}')  # too long
+@example(b'{"results": {"v1": [], "v1": []}}')  # a video twice
+@example(b'{"results": {"v1.avi": []}}')  # no video of the subset
+@example(b'{"results": {"v1": [{"label": "jump", "score": 1, "segment": [-1e308, 1e308]}]}}')  # longest segment
+@example(b'{"results": {"v1": [{"label": "\\ud800", "score": 1, "segment": [0, 1]}]}}')  # no character
+def test_detection_results(content):
+    _property("detection results")(content)
+
+
+@DETECTION_SETTINGS
+@given(thumos_folder())
+@example({"jump_test.txt": b"v1 0 10\nv\xe91 0 10\n"})  # not UTF-8
+def test_thumos_annotation_folders(files):
+    _property("thumos annotation folders")(files)
+
+
+@DETECTION_SETTINGS
+@given(annotation_json())
+@example(b'{"database": {"v1": {"annotations": []}}}')  # no subset
+@example(b'{"database": {"v1": {"subset": "testing", "duration": 1' + b"0" * 400 + b', "annotations": []}}}')
+@example(b'{"database": {"v1": {"subset": "testing", "annotations": 3}}}')  # annotations not a list
+@example(b'{"database": {"v1": {"subset": "testing", "annotations": [{"segment": [0, 1], "label": "\\ud800"}]}}}')
+@example(b'{"database": {"v\xff": {}}}')  # not UTF-8
+def test_activitynet_annotation_files(content):
+    _property("activitynet annotation files")(content)
 
 
 def test_every_parser_has_a_test():

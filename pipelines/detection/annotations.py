@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -57,6 +57,24 @@ class Annotations:
     subset: str
     classes: list[str]
     videos: dict[str, VideoAnnotation]
+    # A JSON lists every video of its subset; a THUMOS'14 folder only those with a line in some file.
+    lists_every_video: bool = True
+
+    def in_subset(self, video: str) -> bool:
+        """Whether ``video`` belongs to the subset: listed, or (THUMOS'14 folder) named ``video_<subset>_<number>``.
+
+        THUMOS'14 names its videos so (``video_test_0000004``); its test videos without any annotated instance are
+        named in no file, yet the evaluation counts false positives on them.
+        """
+        if video in self.videos:
+            return True
+        name = video.rsplit("/", 1)[-1]
+        return not self.lists_every_video and any(re.fullmatch(rf"video_{re.escape(word)}_\d+", name)
+                                                  for word in subset_names(self.subset))
+
+    def subset_videos(self, available: Iterable[str]) -> list[str]:
+        """Every annotated video of the subset, and the ``available`` ones (a store's ids) that belong to it."""
+        return sorted(set(self.videos) | {video for video in available if self.in_subset(video)})
 
     def ground_truth(self, label: str) -> dict[str, np.ndarray]:
         """Segments of ``label`` per video as float64 (n, 2) [start, end] arrays; videos without any are left out."""
@@ -114,18 +132,76 @@ def subset_matches(wanted: str, given: str) -> bool:
     return given in (wanted, SUBSET_ALIASES.get(wanted, wanted))
 
 
-def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
-    """The whole JSON document and its ``key`` object, keyed by video; one-line errors for anything else."""
+def subset_names(subset: str) -> set[str]:
+    """Both spellings of a subset: ``test`` and ``testing``, ``val`` and ``validation``, ``train`` and ``training``."""
+    for short, long in SUBSET_ALIASES.items():
+        if subset in (short, long):
+            return {short, long}
+    return {subset}
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path`` without its BOM; a byte that is not UTF-8 is a one-line error naming its line."""
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = exc.object[:exc.start].decode("utf-8", "replace")
+        line = len((before + "x").splitlines())  # numbered as str.splitlines() numbers the lines read
+        raise InputError(path, f"line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8 text "
+                               f"(save the file as UTF-8)") from None
+
+
+def read_json_table(path: Path, key: str, what: str) -> tuple[dict, dict]:
+    """The whole JSON document and its ``key`` object, keyed by video; one-line errors for anything else.
+
+    A key given twice in one object is refused: Python's json keeps the last copy without a word, so a video
+    listed twice would silently lose its first entry.
+    """
+    repeated: dict[int, str] = {}  # id of a parsed object -> its first repeated key
+    no_text: list[str] = []  # strings holding an unpaired surrogate escape, which no output can print
+    try:
+        data = json.loads(read_utf8(path), object_pairs_hook=lambda pairs: _checked(pairs, repeated, no_text))
         table = data[key]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply to read") from None
+    except ValueError as exc:  # a JSON syntax error, or an integer of more digits than Python converts
         raise InputError(path, f"not a JSON file ({exc})") from None
     except (KeyError, TypeError):
         raise InputError(path, f"has no '{key}' object (expected ActivityNet's {what} format)") from None
     if not isinstance(table, dict):
         raise InputError(path, f"'{key}' must map video ids to their {what}s")
+    if id(table) in repeated:
+        raise InputError(path, f"video {repeated[id(table)]!r} is listed twice in '{key}' (JSON readers keep only "
+                               f"the last copy)")
+    if repeated:
+        raise InputError(path, f"key {next(iter(repeated.values()))!r} is repeated in one JSON object (JSON readers "
+                               f"keep only the last copy)")
+    if no_text:
+        raise InputError(path, f"{no_text[0]!r} holds an unpaired surrogate escape (\\ud800-\\udfff), which is no "
+                               f"character")
     return data, table
+
+
+def _is_text(name: str) -> bool:
+    """Whether ``name`` can be written as UTF-8: an unpaired surrogate (a JSON escape, a file name's undecodable
+    byte) cannot."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _checked(pairs: list[tuple[str, Any]], repeated: dict[int, str], no_text: list[str]) -> dict:
+    """``dict(pairs)``; its first repeated key goes into ``repeated`` under the new dict's id, keys and string
+    values that are no text into ``no_text``."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        repeated[id(result)] = next(k for k, _ in pairs if k in seen or seen.add(k))
+    no_text.extend(s for pair in pairs for s in pair if isinstance(s, str) and not _is_text(s))
+    return result
 
 
 # ---------------------------------------------------------------- THUMOS'14 folder
@@ -146,7 +222,7 @@ def _read_thumos_folder(folder: Path, subset: str, classes: Sequence[str] | None
         for video, segment in _read_thumos_file(folder / files[label, name], label):
             entry = videos.setdefault(video, VideoAnnotation(subset=subset))
             (entry.ambiguous if label == AMBIGUOUS else entry.segments).append(segment)
-    return Annotations(source=folder, subset=subset, classes=known, videos=videos)
+    return Annotations(source=folder, subset=subset, classes=known, videos=videos, lists_every_video=False)
 
 
 def _class_files(folder: Path) -> dict[tuple[str, str], str]:
@@ -155,6 +231,8 @@ def _class_files(folder: Path) -> dict[tuple[str, str], str]:
     for path in folder.iterdir():
         match = _FILE_PATTERN.match(path.name)
         if match and path.is_file():
+            if not _is_text(path.name):
+                raise InputError(path, "the file name is not UTF-8 text, so its class has no printable name")
             found[match["label"], match["subset"]] = path.name
     return found
 
@@ -165,7 +243,7 @@ def _class_list(folder: Path) -> list[str]:
     if not path.is_file():
         return []
     names = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
         fields = line.split()
         if fields and (len(fields) != 2 or not fields[0].isdigit()):
             raise InputError(path, f"line {number}: expected '<id> <Class>', got {line.strip()!r}")
@@ -177,7 +255,7 @@ def _class_list(folder: Path) -> list[str]:
 def _read_thumos_file(path: Path, label: str) -> list[tuple[str, Segment]]:
     """The ``video start end`` lines of one class file; blank lines, CRLF and a BOM are tolerated."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -200,7 +278,10 @@ def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | Non
         where = f"{path}: video {video!r}"
         if not isinstance(entry, dict) or not isinstance(entry.get("annotations", []), list):
             raise _error(where, "expected {'subset', 'duration', 'annotations': [...]}")
-        if subset_matches(subset, str(entry.get("subset", ""))):
+        if not isinstance(entry.get("subset"), str):  # else the video would silently leave every subset
+            given = f"got {json.dumps(entry['subset'])[:40]}" if "subset" in entry else "it has none"
+            raise _error(where, f"'subset' must name the video's subset, such as 'testing' or 'validation' ({given})")
+        if subset_matches(subset, entry["subset"]):
             videos[video] = _read_json_video(entry, subset, known, where)
     if not videos:
         raise InputError(path, f"no video of subset {subset!r}")
@@ -213,12 +294,16 @@ def _json_classes(path: Path, data: dict, database: dict) -> list[str]:
     if isinstance(taxonomy, list) and taxonomy:
         try:
             parents = {node["parentName"] for node in taxonomy}
-            return [node["nodeName"] for node in taxonomy if node["nodeName"] not in parents]
+            leaves = [node["nodeName"] for node in taxonomy if node["nodeName"] not in parents]
         except (KeyError, TypeError):
-            raise InputError(path, "'taxonomy' entries need 'nodeName' and 'parentName'") from None
+            leaves = [None]
+        if not all(isinstance(name, str) for name in leaves):
+            raise InputError(path, "'taxonomy' entries need 'nodeName' and 'parentName' names")
+        return leaves
     labels = {item.get("label") for entry in database.values() if isinstance(entry, dict)
-              for item in entry.get("annotations", []) if isinstance(item, dict)}
-    return sorted(str(label) for label in labels - {AMBIGUOUS, None})
+              and isinstance(entry.get("annotations"), list) for item in entry["annotations"]
+              if isinstance(item, dict) and isinstance(item.get("label"), str)}
+    return sorted(labels - {AMBIGUOUS})
 
 
 def _read_json_video(entry: dict, subset: str, known: list[str], where: str) -> VideoAnnotation:
@@ -270,8 +355,19 @@ def _seconds(text: str, where: str) -> float:
     return value
 
 
+def json_number(value: object) -> float | None:
+    """A JSON number as a float (an integer too large for one becomes infinite); ``None`` for anything else."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    number = json_number(value)
+    return number is not None and math.isfinite(number)
 
 
 def _error(where: str, problem: str) -> InputError:

@@ -19,15 +19,19 @@ In both, a class without predictions scores 0 and mAP is the mean over the class
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from flow.errors import InputError
-from pipelines.detection.annotations import Annotations, read_annotations, read_json_table
+from pipelines.detection.annotations import Annotations, json_number, read_annotations, read_json_table
 
 PROTOCOLS = ("activitynet", "thumos14")
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -64,23 +68,43 @@ def segment_tiou(segment: Sequence[float], candidates: np.ndarray) -> np.ndarray
     """tIoU of one [start, end] with each row of ``candidates`` (n, 2): |intersection| / |union|."""
     candidates = np.asarray(candidates, np.float64).reshape(-1, 2)
     inter = (np.minimum(segment[1], candidates[:, 1]) - np.maximum(segment[0], candidates[:, 0])).clip(0)
-    union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
+    with np.errstate(over="ignore"):  # a segment longer than the largest float: union inf, tIoU 0 with the other
+        union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
     return inter / union
 
 
 def read_detections(path: str | os.PathLike) -> dict[str, Predictions]:
     """An ActivityNet results file, ``{"results": {video: [{"label", "score", "segment"}]}}``, grouped by class."""
+    return read_results(path)[1]
+
+
+def read_results(path: str | os.PathLike) -> tuple[list[str], dict[str, Predictions]]:
+    """The video ids of a results file and its detections grouped by class; each detection checked first."""
     path = Path(path)
     results = read_json_table(path, "results", "result")[1]
     by_class: dict[str, Predictions] = {}
     for video, items in results.items():
         for number, item in enumerate(items if isinstance(items, list) else [None]):
-            label, score, segment = _detection_fields(item)
-            if label is None:
-                raise InputError(path, f"video {video!r}, detection {number}: expected "
-                                       f"{{'label', 'score', 'segment': [start, end]}}, got {json.dumps(item)[:80]}")
-            by_class.setdefault(label, Predictions()).add(video, segment[0], segment[1], score)
-    return by_class
+            label, score, (start, end) = _detection(item, path, f"video {video!r}, detection {number}")
+            by_class.setdefault(label, Predictions()).add(video, start, end, score)
+    return list(results), by_class
+
+
+def check_result_videos(path: str | os.PathLike, videos: Sequence[str], annotations: Annotations) -> str | None:
+    """Refuse results none of whose videos belong to the annotated subset (ids of another naming, such as
+    ``v1.avi``, would score mAP 0 without a word); a warning line when only some do not (``None`` when all do).
+
+    Detections in videos outside the subset stay in the evaluation as false positives, as in ActivityNet's code.
+    """
+    strangers = [video for video in videos if not annotations.in_subset(video)]
+    where = f"subset {annotations.subset!r} of {annotations.source}"
+    if strangers and len(strangers) == len(videos):
+        raise InputError(path, f"none of its {len(videos)} videos is a video of {where} (e.g. {strangers[0]!r}); "
+                               f"results must use the annotations' video ids")
+    if strangers:
+        return (f"warning: {path}: {len(strangers)} of {len(videos)} videos are not videos of {where} "
+                f"(e.g. {strangers[0]!r}); their detections count as false positives")
+    return None
 
 
 def evaluate_detections(predictions: dict[str, Predictions], annotations: Annotations,
@@ -118,10 +142,18 @@ def evaluate_detections(predictions: dict[str, Predictions], annotations: Annota
 
 
 def evaluate_file(detections: str | os.PathLike, annotations: str | os.PathLike, subset: str = "test",
-                  tiou: Sequence[float] = DEFAULT_TIOU, protocol: str = "activitynet") -> DetectionResult:
-    """Read both files (checked before any scoring) and evaluate; what ``eval-detection`` runs."""
+                  tiou: Sequence[float] = DEFAULT_TIOU, protocol: str = "activitynet",
+                  warn: Callable[[str], None] = partial(print, file=sys.stderr)) -> DetectionResult:
+    """Read both files (checked before any scoring) and evaluate; what ``eval-detection`` runs.
+
+    ``warn`` receives the line saying that some result videos are not videos of the subset.
+    """
     truth = read_annotations(annotations, subset)
-    return evaluate_detections(read_detections(detections), truth, tiou, protocol)
+    videos, predictions = read_results(detections)
+    warning = check_result_videos(detections, videos, truth)
+    if warning:
+        warn(warning)
+    return evaluate_detections(predictions, truth, tiou, protocol)
 
 
 def format_table(result: DetectionResult) -> str:
@@ -226,13 +258,19 @@ def _precision_recall(hits: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarr
     return recall, precision
 
 
-def _detection_fields(item: object) -> tuple[str | None, float, tuple[float, float]]:
-    """(label, score, (start, end)) of one results entry, or (None, ...) when it is malformed."""
-    if not isinstance(item, dict):
-        return None, 0.0, (0.0, 0.0)
-    label, score, segment = item.get("label"), item.get("score"), item.get("segment")
-    numbers = isinstance(segment, list) and len(segment) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*segment, score])
-    if not isinstance(label, str) or not numbers:
-        return None, 0.0, (0.0, 0.0)
-    return label, float(score), (float(segment[0]), float(segment[1]))
+def _detection(item: object, path: Path, where: str) -> tuple[str, float, tuple[float, float]]:
+    """(label, score, (start, end)) of one results entry; a one-line error naming ``where`` when it is unusable."""
+    fields = item if isinstance(item, dict) else {}
+    label, score, segment = fields.get("label"), fields.get("score"), fields.get("segment")
+    numbers = [json_number(v) for v in ([score, *segment] if isinstance(segment, list) else [])]
+    if not isinstance(label, str) or len(numbers) != 3 or None in numbers:
+        raise InputError(path, f"{where}: expected {{'label', 'score', 'segment': [start, end]}}, "
+                               f"got {json.dumps(item)[:80]}")
+    value, start, end = numbers
+    if not math.isfinite(value):
+        raise InputError(path, f"{where}: score {json.dumps(score)[:40]} is not a finite number")
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise InputError(path, f"{where}: segment {json.dumps(segment)[:80]} holds a time that is not a finite number")
+    if end < start:
+        raise InputError(path, f"{where}: segment {json.dumps(segment)[:80]} ends before it starts")
+    return label, value, (start, end)

@@ -20,6 +20,7 @@ from typing import Any
 
 from flow.errors import InputError
 from flow.extract import ExtractConfig, extract_flow
+from flow.store import FlowStore
 from flow.atomic import write_json_atomic
 from pipelines.core.config import build_config, check_model_choice, config_to_dict
 from pipelines.core.manifest import fingerprint
@@ -202,8 +203,10 @@ def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] 
         folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log)
     folders.pop(TEACHER, None)
     test = read_annotations(plan.annotations, plan.config.test_subset)
+    with FlowStore(plan.store) as store:
+        videos = test.subset_videos(store.video_ids())
     for model, folder in folders.items():
-        _detect_stage(plan, stage, model, folder, inputs, sorted(test.videos), log, progress)
+        _detect_stage(plan, stage, model, folder, inputs, videos, log, progress)
     key = {**inputs, "config": config_to_dict(plan.config),
            "detections": [fingerprint(folder / "detections.json") for folder in folders.values()]}
     return stage("eval-detection", "evaluate detections", key, lambda: _evaluate(plan, folders, test))

@@ -49,13 +49,16 @@ def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Pa
                  config_path: Path | None, options: Mapping[str, Any], log: Callable[[str], None] = print,
                  progress: bool = True, features: Path | None = None) -> dict[str, Any]:
     """``detect``: the videos of an annotation subset (or the whole store), scored and written as results JSON.
+    The subset's videos are its annotated ones and, for a THUMOS'14 folder, the store's named after the subset
+    (:meth:`Annotations.subset_videos`): the evaluation counts false positives in test videos without instances.
     A folder with ``rc3d.pth`` is R-C3D (table ``[detection.rc3d_detect]``), end to end or on ``features``."""
     given = {k: v for k, v in options.items() if v is not None}
     if (model_dir / MODEL).is_file():
         config = build_config(RC3DDetectConfig, detection_table(config_path, "rc3d_detect"), given,
                               source=config_path, table="[detection.rc3d_detect]")
-        videos = (sorted(read_annotations(annotations, subset).videos) if annotations is not None else
-                  FeatureStore(features).video_ids() if features is not None else FlowStore(store).video_ids())
+        available = (FeatureStore(features).video_ids() if features is not None else
+                     FlowStore(store).video_ids() if store is not None else [])
+        videos = available if annotations is None else read_annotations(annotations, subset).subset_videos(available)
         return detect_rc3d(model_dir, videos, out, config, store, features, log=log)
     if store is None:
         raise InputError(None, "S-CNN reads clips from the flow store: give --store")
@@ -67,5 +70,5 @@ def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Pa
         else:
             truth = read_annotations(annotations, subset)
             truth.check_videos(opened)
-            videos = sorted(truth.videos)
+            videos = truth.subset_videos(opened.video_ids())
     return detect(model_dir, store, videos, out, config, log=log, progress=progress)
