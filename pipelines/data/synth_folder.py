@@ -59,7 +59,7 @@ def rewriting(out: Path, generator: Generator, config: Mapping[str, Any]) -> Ite
     temporary.write_text(json.dumps({"format": generator.format, "configs": configs}, indent=2) + "\n")
     os.replace(temporary, out / PARTIAL)
     (out / DONE).unlink(missing_ok=True)
-    for name in sorted(_own_files(generator, earlier)):
+    for name in sorted(_own_files(generator, earlier) | _with_temporaries([DONE]) - {DONE}):
         _remove(out, out / name)
     yield
     (out / PARTIAL).unlink()
@@ -74,7 +74,8 @@ def _recorded_configs(out: Path, generator: Generator) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if isinstance(record, dict) and record.get("format") == generator.format:
-            configs += record.get("configs", []) if name == PARTIAL else [record.get("config")]
+            found = record.get("configs") if name == PARTIAL else [record.get("config")]
+            configs += found if isinstance(found, list) else []
     return [config for config in configs if isinstance(config, dict)]
 
 

@@ -233,7 +233,7 @@ def synth_stage(plan: DetectionPlan) -> tuple[str, str, dict[str, Any]]:
 
 def check_detection_outputs(plan: DetectionPlan, pending: Pending) -> None:
     """Refuse now what the stages must not do or would refuse later: synthetic videos written into a folder that
-    is not run's own earlier synthetic set, the deletion of a store this run did not make, a store that holds
+    is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
     other videos or other preprocessing."""
     if plan.synth is not None and pending(*synth_stage(plan)):
         check_folder(plan.videos.parent, UNTRIMMED)

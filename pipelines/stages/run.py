@@ -5,12 +5,15 @@ Each stage writes ``stage.json`` with the key of its config and input fingerprin
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
 finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
 later one; ``force`` reruns the named stages only. Every stage's config, for every stream and split, is built (and
-so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction.
+so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction. So is
+what the run will write: synthetic data goes only where nothing but an earlier synthetic set lies, and a store is
+deleted (when its videos are generated anew) only if this run made it (``pipelines.core.own_stores``).
 
 Layout of the run folder::
 
     OUT/store/                      flow store (unless [data] store points elsewhere)
     OUT/stages/<stage>.json         key, summary and time of each finished stage
+    OUT/stages/stores.json          the stores this run made (the only ones it deletes), by manifest SHA-256
     OUT/split1/train-flow/          last.pth, best.pth, metrics.jsonl, manifest.json
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
@@ -272,7 +275,7 @@ def _synth_stage(configs: StageConfigs) -> tuple[str, str, dict[str, Any]]:
 
 def _check_recognition_outputs(plan: RunPlan, configs: StageConfigs, runner: Runner) -> None:
     """Refuse now what the stages must not do or would refuse later: a synthetic dataset written into a folder that
-    is not run's own earlier synthetic set, the deletion of a store this run did not make, a store that holds
+    is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
     other videos or other preprocessing."""
     from flow.extract import check_store
     from pipelines.data.synth import TRIMMED
