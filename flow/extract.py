@@ -215,27 +215,55 @@ def format_summary(summary: ExtractSummary) -> str:
 
 
 # -- the store's manifest ---------------------------------------------------------------------------------------
-def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str) -> None:
-    preprocessing = json.loads(json.dumps(config.preprocessing(device)))
+def check_store(config: ExtractConfig, videos: str | os.PathLike, out: str | os.PathLike,
+                named_by: str = "--out") -> None:
+    """Refuse now, before any work, what ``extract_flow`` would refuse later: a folder that is not a flow store, or
+    a store of other videos or of other preprocessing. ``named_by`` is what names the store, for the message."""
+    out, videos = Path(out), Path(videos)
+    layout.refuse_foreign_folder(out)
     if (out / layout.MANIFEST).exists():
-        manifest = layout.read_manifest(out)
-        stored = {**OPENCV_BEFORE_BACKENDS, **manifest["preprocessing"]}
-        differences = layout.preprocessing_differences(stored, preprocessing)
-        if differences:
-            raise InputError(out, "was extracted with other preprocessing; use another --out or the same "
-                                  "settings: " + "; ".join(differences))
-        if manifest["source_root"] != str(source_root):
-            raise InputError(out, f"holds videos of {manifest['source_root']}, not of {source_root}; "
-                                  "use another --out")
-        return
+        root = find_videos(videos).root if videos.exists() else videos.resolve()
+        _check_manifest(out, config, root, resolve_device(config.backend, config.device), named_by)
+
+
+def open_store(config: ExtractConfig, videos: str | os.PathLike, out: str | os.PathLike) -> bool:
+    """Write a new store's manifest, or check an existing store's, before any video is extracted; True when this
+    call made the store (so a caller can record that the store is its own before extraction starts)."""
+    listing = find_videos(videos)
+    out = Path(out)
+    layout.refuse_foreign_folder(out)
+    device = resolve_device(config.backend, config.device)
+    with layout.StoreLock(out):
+        return _write_or_check_manifest(out, config, listing.root, device)
+
+
+def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str) -> bool:
+    """Check an existing manifest against this extraction, or write a new one; True when it wrote one."""
+    if (out / layout.MANIFEST).exists():
+        _check_manifest(out, config, source_root, device)
+        return False
     layout.write_json_atomic(out / layout.MANIFEST, {
         "format": layout.FORMAT,
         "format_version": layout.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_root": str(source_root),
-        "preprocessing": preprocessing,
+        "preprocessing": json.loads(json.dumps(config.preprocessing(device))),
         "versions": library_versions(config.backend),
     })
+    return True
+
+
+def _check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str,
+                    named_by: str = "--out") -> None:
+    manifest = layout.read_manifest(out)
+    stored = {**OPENCV_BEFORE_BACKENDS, **manifest["preprocessing"]}
+    differences = layout.preprocessing_differences(stored, json.loads(json.dumps(config.preprocessing(device))))
+    if differences:
+        raise InputError(out, f"was extracted with other preprocessing; use another {named_by} or the same "
+                              "settings: " + "; ".join(differences))
+    if manifest["source_root"] != str(source_root):
+        raise InputError(out, f"holds videos of {manifest['source_root']}, not of {source_root}; "
+                              f"use another {named_by}")
 
 
 def library_versions(backend: str = "opencv") -> dict[str, str]:

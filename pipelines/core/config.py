@@ -27,7 +27,8 @@ TABLES: dict[str, tuple[str, ...] | None] = {
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a config file, reporting a missing file, a syntax error or an unknown table as one line."""
+    """Parse a config file, reporting a missing file, a syntax error, bytes that are not UTF-8 or an unknown table
+    as one line."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -36,6 +37,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise InputError(path, "config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(path, f"not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8 only; tomllib lets the decoding error through
+        raise InputError(path, f"not valid TOML (byte 0x{exc.object[exc.start]:02x} at offset {exc.start} is "
+                               "not UTF-8)") from None
     check_tables(path, tables)
     return tables
 

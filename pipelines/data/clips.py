@@ -35,6 +35,7 @@ MODES: dict[str, int] = {"rgb": 3, "flow": 2, "rgb+flow": 5}
 ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)  # R, G, B on the 0..255 scale; MARS subtracts it, no std
 SCALES = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)  # MARS multi-scale crop, fractions of the short side
 POSITIONS = ("c", "tl", "tr", "bl", "br")
+NORMALIZATIONS = ("mars", "unit")  # the names ``Normalization.named`` takes
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,13 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
 from flow.errors import InputError
+from pipelines.data.synth_folder import Generator, rewriting
 
 GENERATOR_VERSION = 3
 # Pairs differ only in the direction of motion; their order fixes the class order (classInd.txt).
@@ -41,7 +43,6 @@ VFLIP: dict[str, str] = {"up": "down", "down": "up", "rot_cw": "rot_ccw", "rot_c
 HUE_STEP = 36  # OpenCV hue units (0..180) between the five pair colours
 
 _SPLIT_STREAM = 1  # separates the split draws from the clip draws of the same seed
-_OWN_ENTRIES = {"videos", "splits", "synth.json", "clips.csv"}
 
 
 @dataclass(frozen=True)
@@ -116,14 +117,30 @@ def mirror_maps(classes: list[str], info: dict) -> tuple[dict[int, int], dict[in
     return maps[0], maps[1]
 
 
+def dataset_files(config: Mapping[str, Any]) -> list[str]:
+    """The files a generation with this (recorded) config writes, relative to its folder; synth.json aside."""
+    classes = ALL_CLASSES[: int(config["classes"])]
+    videos = [f"videos/{name}/{name}_{index + 1:04d}.avi" for name in classes
+              for index in range(int(config["videos_per_class"]))]
+    splits = [f"splits/{kind}list0{number}.txt" for kind in ("train", "test") for number in (1, 2, 3)]
+    return [*videos, "splits/classInd.txt", *splits, "clips.csv"]
+
+
+TRIMMED = Generator(format="mars-sta-synth", files_of=dataset_files, name="a synthetic dataset")
+
+
 def generate(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> dict:
     """Write ``videos/<class>/<video>.avi``, ``splits/`` (3 UCF-101-style splits), ``clips.csv`` and ``synth.json``.
 
     ``synth.json`` is written last, so its presence means the dataset is complete. Returns its content.
     """
     out = Path(out_dir)
-    _check_target(out)
-    (out / "synth.json").unlink(missing_ok=True)
+    with rewriting(out, TRIMMED, asdict(config)):
+        info = _write_dataset(out, config)
+    return info
+
+
+def _write_dataset(out: Path, config: SynthConfig) -> dict:
     classes = config.class_names
     facts = []
     for label, name in enumerate(classes):
@@ -137,7 +154,7 @@ def generate(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> dict:
     split_sizes = _write_splits(out / "splits", config)
     _write_text(out / "clips.csv", _facts_csv(facts))
     info = {
-        "format": "mars-sta-synth",
+        "format": TRIMMED.format,
         "generator_version": GENERATOR_VERSION,
         "config": asdict(config),
         "classes": classes,
@@ -373,16 +390,6 @@ def _corrupt_and_degrade(rng: np.random.Generator, frames: np.ndarray, config: S
 
 
 # ---------------------------------------------------------------- files
-
-
-def _check_target(out: Path) -> None:
-    """Refuse to write into a folder that holds anything but an earlier synthetic dataset."""
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)
-        if foreign:
-            raise InputError(out, f"folder is not empty and not a synthetic dataset (found {foreign[0]!r})")
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:

@@ -23,6 +23,7 @@ from flow.errors import InputError
 AMBIGUOUS = "Ambiguous"
 # Subset names of the two formats: THUMOS'14 file suffixes and ActivityNet's "subset" values.
 SUBSET_ALIASES = {"test": "testing", "val": "validation", "train": "training"}
+SUBSET_NAMES = (*SUBSET_ALIASES, *SUBSET_ALIASES.values())
 CLASS_LIST_FILE = "detclasslist.txt"  # the THUMOS'14 toolkit's "<id> <Class>" list, used when present
 # A segment may end this far past the video (seconds): annotation times are rounded to 0.1 s, frame counts are not.
 DURATION_SLACK_S = 0.1

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from flow.errors import InputError
-from flow.extract import ExtractConfig, extract_flow
+from flow.extract import ExtractConfig, check_store
 from flow.store import FlowStore
 from flow.atomic import write_json_atomic
 from pipelines.core.config import build_config, check_model_choice, config_to_dict
+from pipelines.core.device import check_device
 from pipelines.core.manifest import fingerprint
-from pipelines.detection.annotations import read_annotations
+from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
+from pipelines.data.synth_folder import check_folder
+from pipelines.detection.annotations import SUBSET_NAMES, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
 from mars_sta import model_entry
@@ -33,7 +36,7 @@ from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.summary import summarize
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.detection.synth import UNTRIMMED, UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, normalization_of
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector
@@ -43,6 +46,7 @@ STAGES = ("detection-synth", "detection-extract", "detection-features", "train-d
 TABLES = ("synth", "train", "detect", "rc3d", "rc3d_detect")
 TEACHER = "teacher-flow"
 Stage = Callable[[str, str, dict[str, Any], Callable[[], Any]], Any]
+Pending = Callable[[str, str, dict[str, Any]], bool]  # whether the runner would run (name, label, key) now
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class DetectionRunConfig:
             raise InputError(None, f"tiou {list(self.tiou)}: thresholds must lie in (0, 1]")
         if self.protocol not in PROTOCOLS:
             raise InputError(None, f"protocol {self.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+        if self.test_subset not in SUBSET_NAMES:
+            raise InputError(None, f"test_subset {self.test_subset!r}: expected one of {', '.join(SUBSET_NAMES)}")
         if self.timeline_videos < 0:
             raise InputError(None, "timeline_videos must be at least 0")
 
@@ -87,6 +93,11 @@ class DetectionPlan:
     rc3d: dict[str, RC3DConfig]  # R-C3D rows; heads-only ones read the backbone of their ``pretrained``
     rc3d_detect: RC3DDetectConfig
 
+    @property
+    def run_folder(self) -> Path:
+        """The run's folder (``out`` is its ``detection/``), where it records the stores it made."""
+        return self.out.parent
+
 
 def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
                    extract: ExtractConfig) -> DetectionPlan:
@@ -99,6 +110,7 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
             raise InputError(source, f"unknown table [detection.{key}] (known: {', '.join(TABLES)})")
     keys = {key: value for key, value in table.items() if key not in tables}
     config = _named(DetectionRunConfig, keys, source, "[detection]")
+    _check_rc3d_tables_used(tables, config.models, source)
     synth = _named(UntrimmedConfig, tables["synth"], source, "[detection.synth]") if "synth" in tables else None
     base_train = _named(DetectorConfig, tables.get("train", {}), source, "[detection.train]")
     if "sta-s-cnn" in config.models and not base_train.sta:
@@ -106,8 +118,8 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
     check_model_choice(base_train.arch, base_train.sta, source, "[detection.train]")
     train = {model: dataclasses.replace(base_train, sta=base_train.sta if MODELS[model] else None)
              for model in config.models if model not in RC3D_ROWS}
-    rc3d = _plan_rc3d(config.models, _named(RC3DConfig, tables.get("rc3d", {}), source, "[detection.rc3d]"),
-                      base_train, source, base, (out / "detection").resolve())
+    given_rc3d = _named(RC3DConfig, tables.get("rc3d", {}), source, "[detection.rc3d]")
+    rc3d = _plan_rc3d(config.models, given_rc3d, base_train, source, base, (out / "detection").resolve())
     for row in rc3d.values():
         check_model_choice(row.arch, row.sta, source, "[detection.rc3d]", row.layer)
     if base_train.stream == "mars" and train:
@@ -119,11 +131,44 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
                          detect=_named(DetectConfig, tables.get("detect", {}), source, "[detection.detect]"),
                          rc3d=rc3d, rc3d_detect=_named(RC3DDetectConfig, tables.get("rc3d_detect", {}), source,
                                                        "[detection.rc3d_detect]"))
-    if synth is None:
+    _check_devices(plan, base_train, given_rc3d, source)
+    _check_data_paths(plan, source)
+    return plan
+
+
+def _check_rc3d_tables_used(tables: dict[str, Any], models: tuple[str, ...], source: Path) -> None:
+    """R-C3D tables without an R-C3D row would be ignored without a word: refuse them."""
+    if not any(model in RC3D_ROWS for model in models):
+        for name in ("rc3d", "rc3d_detect"):
+            if name in tables:
+                raise InputError(source, f"[detection.{name}] is given but [detection] models lists no R-C3D row "
+                                         f"({', '.join(RC3D_ROWS)}), so its values would be ignored: add a row or "
+                                         "remove the table")
+
+
+def _check_devices(plan: DetectionPlan, train: DetectorConfig, rc3d: RC3DConfig, source: Path) -> None:
+    """Every device a detection table names, present on this machine (``cuda`` without a GPU is refused now)."""
+    devices = {"[detection.train]": train.device, "[detection.detect]": plan.detect.device,
+               "[detection.rc3d]": rc3d.device, "[detection.rc3d_detect]": plan.rc3d_detect.device,
+               "[extract]": plan.extract.device}
+    for table, device in devices.items():
+        check_device(device, f"{table} device", source)
+
+
+def _check_data_paths(plan: DetectionPlan, source: Path) -> None:
+    """Without ``[detection.synth]`` the data must exist; with it, ``videos`` and ``annotations`` must name what it
+    writes (``DIR/videos``, ``DIR/annotations.json`` or the ``DIR/annotations`` folder), or the run would read
+    other data than it generated."""
+    if plan.synth is None:
         for key, path in (("videos", plan.videos), ("annotations", plan.annotations)):
             if not path.exists():
                 raise InputError(source, f"[detection] {key}: {path} not found (or add [detection.synth])")
-    return plan
+        return
+    folder = plan.videos.parent
+    if plan.videos.name != "videos" or plan.annotations not in (folder / "annotations.json", folder / "annotations"):
+        raise InputError(source, f"[detection] videos and annotations: [detection.synth] writes {folder / 'videos'} "
+                                 f"and {folder / 'annotations.json'} (and the folder {folder / 'annotations'}), so "
+                                 f"they must name those, not {plan.videos} and {plan.annotations}")
 
 
 def _plan_rc3d(models: tuple[str, ...], given: RC3DConfig, scnn: DetectorConfig, source: Path, folder: Path,
@@ -181,20 +226,37 @@ def _named(cls: type, values: dict[str, Any], source: Path, table: str) -> Any:
         raise InputError(source, f"{table} {exc.problem}") from None
 
 
+def synth_stage(plan: DetectionPlan) -> tuple[str, str, dict[str, Any]]:
+    """The runner's name, label and key of the stage that generates the untrimmed synthetic videos."""
+    return ("detection-synth", "generate the untrimmed synthetic videos",
+            {"config": config_to_dict(plan.synth) if plan.synth else None})
+
+
+def check_detection_outputs(plan: DetectionPlan, pending: Pending) -> None:
+    """Refuse now what the stages must not do or would refuse later: synthetic videos written into a folder that
+    is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
+    other videos or other preprocessing."""
+    if plan.synth is not None and pending(*synth_stage(plan)):
+        check_folder(plan.videos.parent, UNTRIMMED)
+        check_deletable(plan.store, plan.run_folder, "[detection.synth]")
+    else:
+        check_store(plan.extract, plan.videos, plan.store, "[detection] store")
+
+
 def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] = print,
                   progress: bool = True) -> dict[str, Any]:
     """Every detection stage through the runner's cached ``stage``; returns the report's summary."""
     if plan.synth is not None:
         def make_videos() -> dict[str, Any]:
-            shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
             info = generate_untrimmed(plan.videos.parent, plan.synth)
+            delete_made_store(plan.store, plan.run_folder, "[detection.synth]", log)  # its flow is of old videos
             return {"videos": info["videos"], "instances": info["instances"]}
 
-        stage("detection-synth", "generate the untrimmed synthetic videos", {"config": config_to_dict(plan.synth)},
-              make_videos)
+        stage(*synth_stage(plan), make_videos)
     stage("detection-extract", "extract flow of the untrimmed videos",
           {"config": config_to_dict(plan.extract), "videos": fingerprint(plan.videos)},
-          lambda: dataclasses.asdict(extract_flow(plan.extract, plan.videos, plan.store, progress=progress)))
+          lambda: dataclasses.asdict(extract_recorded(plan.extract, plan.videos, plan.store, plan.run_folder,
+                                                      progress=progress)))
     inputs = {"store": fingerprint(plan.store / "manifest.json"), "annotations": fingerprint(plan.annotations)}
     folders = {}
     for model, config in plan.train.items():

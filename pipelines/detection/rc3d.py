@@ -25,13 +25,13 @@ from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from mars_sta.rc3d import RC3DHeads, backbone_map
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipelines.core.config import check_at_least, check_choices, config_to_dict
+from pipelines.core.config import check_at_least, check_choices, check_one_of, config_to_dict
 from pipelines.core.device import resolve_device
 from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gradients, barrier, init_distributed,
                                         rank_device)
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
-from pipelines.data.clips import Normalization
-from pipelines.detection.annotations import Annotations
+from pipelines.data.clips import NORMALIZATIONS, Normalization
+from pipelines.detection.annotations import SUBSET_NAMES, Annotations
 from pipelines.detection.clips import fps_of
 from pipelines.detection.rc3d_targets import anchor_targets, proposals, roi_targets, sample_losses
 from pipelines.inference.features import BackboneInput, FeatureStore, buffers
@@ -88,6 +88,7 @@ class RC3DConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_one_of(normalization=(self.normalization, NORMALIZATIONS), subset=(self.subset, SUBSET_NAMES))
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1), epochs=(self.epochs, 0),
                        accumulate=(self.accumulate, 1),
                        anchor_batch=(self.anchor_batch, 1), roi_batch=(self.roi_batch, 1), size=(self.size, 1))
@@ -107,6 +108,8 @@ class RC3DConfig:
         if outside or self.min_length < 0:
             raise InputError(None, f"{', '.join(outside) or 'min_length'}: NMS thresholds and fractions lie in "
                                    "[0, 1], min_length is at least 0")
+        if not 0 <= self.dropout < 1:
+            raise InputError(None, f"dropout must lie in [0, 1), got {self.dropout}")
 
 
 def rc3d_config_of(payload: dict[str, Any]) -> RC3DConfig:

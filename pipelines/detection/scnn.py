@@ -35,11 +35,12 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from pipelines.core.config import check_above, check_at_least, config_to_dict
+from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, init_distributed,
                                         rank_device)
 from pipelines.core.stream_specs import stream_spec
-from pipelines.detection.annotations import Annotations
+from pipelines.data.clips import NORMALIZATIONS
+from pipelines.detection.annotations import SUBSET_NAMES, Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
@@ -84,6 +85,7 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if self.stream not in STREAMS:
             raise InputError(None, f"detection stream must be one of {', '.join(STREAMS)}, not {self.stream!r}")
+        check_one_of(normalization=(self.normalization, NORMALIZATIONS), subset=(self.subset, SUBSET_NAMES))
         check_at_least(frames=(self.frames, 1), size=(self.size, 1), epochs=(self.epochs, 1),
                        batch_size=(self.batch_size, 1), weight_decay=(self.weight_decay, 0), seed=(self.seed, 0),
                        background_ratio=(self.background_ratio, 0), overlap_weight=(self.overlap_weight, 0),

@@ -17,19 +17,19 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
-from flow.errors import InputError
 from pipelines.data.synth import (
     ALL_CLASSES, SynthConfig, _background, _corrupt_and_degrade, _pan_offsets, _sprite, _sprite_matrix, _trajectory,
     _write_text, _write_video,
 )
+from pipelines.data.synth_folder import Generator, rewriting
 
 UNTRIMMED_VERSION = 1
 SUBSETS = {"val": "validation", "test": "testing"}  # THUMOS'14 trains detectors on val and reports on test
-_OWN_ENTRIES = {"videos", "annotations", "annotations.json", "synth.json"}
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,29 @@ class Instance:
     ambiguous: bool = False
 
 
+def untrimmed_files(config: Mapping[str, Any]) -> list[str]:
+    """The files a generation with this (recorded) config writes, relative to its folder; synth.json aside."""
+    counts = {"val": int(config["val_videos"]), "test": int(config["test_videos"])}
+    labels = [*ALL_CLASSES[: int(config["classes"])], "Ambiguous"]
+    return [*(f"videos/video_{subset}_{index + 1:04d}.avi" for subset, count in counts.items()
+              for index in range(count)),
+            *(f"annotations/{label}_{subset}.txt" for subset in SUBSETS for label in labels),
+            "annotations/detclasslist.txt", "annotations.json"]
+
+
+UNTRIMMED = Generator(format="mars-sta-synth-untrimmed", files_of=untrimmed_files,
+                      name="an untrimmed synthetic dataset")
+
+
 def generate_untrimmed(out_dir: str | Path, config: UntrimmedConfig = UntrimmedConfig()) -> dict:
     """Write the videos and both ground-truth formats to ``out_dir``; returns ``synth.json``'s content."""
     out = Path(out_dir)
-    _check_target(out)
-    (out / "synth.json").unlink(missing_ok=True)
+    with rewriting(out, UNTRIMMED, asdict(config)):
+        info = _write_dataset(out, config)
+    return info
+
+
+def _write_dataset(out: Path, config: UntrimmedConfig) -> dict:
     (out / "videos").mkdir(parents=True, exist_ok=True)
     database = {}
     for subset, count in (("val", config.val_videos), ("test", config.test_videos)):
@@ -101,7 +119,7 @@ def generate_untrimmed(out_dir: str | Path, config: UntrimmedConfig = UntrimmedC
             _write_video(out / "videos" / f"{video}.avi", frames, config.fps)
             database[video] = _json_entry(config, subset, len(frames), instances)
     _write_annotations(out, config, database)
-    info = {"format": "mars-sta-synth-untrimmed", "generator_version": UNTRIMMED_VERSION, "config": asdict(config),
+    info = {"format": UNTRIMMED.format, "generator_version": UNTRIMMED_VERSION, "config": asdict(config),
             "classes": config.class_names, "videos": len(database),
             "instances": sum(len(entry["annotations"]) for entry in database.values())}
     _write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
@@ -200,12 +218,3 @@ def _write_annotations(out: Path, config: UntrimmedConfig, database: dict) -> No
                 for i, name in enumerate(config.class_names)]
     payload = {"version": "mars-sta synthetic untrimmed", "taxonomy": taxonomy, "database": database}
     _write_text(out / "annotations.json", json.dumps(payload, indent=1) + "\n")
-
-
-def _check_target(out: Path) -> None:
-    """Refuse to write into a folder that holds anything but an earlier untrimmed synthetic dataset."""
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "exists and is not a folder")
-    foreign = sorted({p.name for p in out.iterdir()} - _OWN_ENTRIES) if out.is_dir() else []
-    if foreign:
-        raise InputError(out, f"folder is not empty and not an untrimmed synthetic dataset (found {foreign[0]!r})")

@@ -5,12 +5,15 @@ Each stage writes ``stage.json`` with the key of its config and input fingerprin
 every stage whose key is unchanged and says so; a killed run resumes where it stopped, because extraction skips
 finished videos and training resumes from its last epoch checkpoint. ``from_stage`` reruns that stage and every
 later one; ``force`` reruns the named stages only. Every stage's config, for every stream and split, is built (and
-so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction.
+so checked) before the first stage runs: a bad value in ``[train]`` stops the run before any extraction. So is
+what the run will write: synthetic data goes only where nothing but an earlier synthetic set lies, and a store is
+deleted (when its videos are generated anew) only if this run made it (``pipelines.core.own_stores``).
 
 Layout of the run folder::
 
     OUT/store/                      flow store (unless [data] store points elsewhere)
     OUT/stages/<stage>.json         key, summary and time of each finished stage
+    OUT/stages/stores.json          the stores this run made (the only ones it deletes), by manifest SHA-256
     OUT/split1/train-flow/          last.pth, best.pth, metrics.jsonl, manifest.json
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
@@ -24,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,13 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from pipelines.core.config import (TRAIN_STREAMS, build_config, check_model_choice, check_one_of,
                                    config_to_dict, read_toml)
+from pipelines.core.device import check_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
+from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
 from pipelines.core.streams import stream_name
 from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
-from pipelines.detection.pipeline import DetectionPlan, plan_detection, run_detection
+from pipelines.detection.pipeline import DetectionPlan, check_detection_outputs, plan_detection, run_detection
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
 TRAIN_ORDER = TRAIN_STREAMS
@@ -153,16 +157,41 @@ def stage_configs(plan: RunPlan) -> StageConfigs:
     synth = build_config(SynthConfig, tables["synth"], source=source, table="[synth]") if "synth" in tables else None
     if synth is None and not plan.videos.exists():
         raise InputError(plan.videos, "videos folder not found")
+    if synth is not None:
+        _check_synth_paths(plan)
     fuse = build_config(FuseConfig, tables.get("fuse", {}), source=source, table="[fuse]")
     splits = plan.data.splits_to_run
     streams = sorted(plan.data.streams, key=TRAIN_ORDER.index)
-    return StageConfigs(
+    configs = StageConfigs(
         synth=synth, fuse=fuse,
         extract=build_config(ExtractConfig, tables.get("extract", {}), source=source, table="[extract]"),
         train={(stream, split): _train_config(plan, stream, split) for split in splits for stream in streams},
         evaluate={(split, subset): build_config(EvaluateConfig, {**tables.get("evaluate", {}), "split": split,
                                                                  "subset": subset}, source=source, table="[evaluate]")
                   for split in splits for subset in (["test", "val"] if fuse.learn_weights else ["test"])})
+    _check_devices(plan, configs)
+    return configs
+
+
+def _check_synth_paths(plan: RunPlan) -> None:
+    """``[synth]`` writes DIR/videos and DIR/splits: ``[data]`` must read those, or the run would use other data
+    than it generated."""
+    folder = plan.videos.parent
+    if plan.videos.name != "videos" or plan.splits not in (None, folder / "splits"):
+        raise InputError(plan.source, f"[data] videos and splits: [synth] writes {folder / 'videos'} and "
+                                      f"{folder / 'splits'}, so they must name those, not {plan.videos} and "
+                                      f"{plan.splits or folder / 'splits'}")
+
+
+def _check_devices(plan: RunPlan, configs: StageConfigs) -> None:
+    """Every device the file names, present on this machine: ``cuda`` without a GPU stops the run now."""
+    from pipelines.stages.train import train_table_label
+
+    devices = {"[extract]": configs.extract.device, **{"[evaluate]": c.device for c in configs.evaluate.values()}}
+    for (stream, _), (config, _) in configs.train.items():
+        devices[train_table_label(plan.tables.get("train", {}), stream)] = config.device
+    for table, device in devices.items():
+        check_device(device, f"{table} device", plan.source)
 
 
 class Runner:
@@ -179,17 +208,21 @@ class Runner:
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
+    def pending(self, name: str, label: str, key_payload: dict[str, Any]) -> bool:
+        """Whether ``stage`` would run this stage now: forced, or no marker with the same key."""
+        marker = self._marker(label)
+        if name in self.force or STAGE_ORDER.index(name) >= self.rerun_from or not marker.exists():
+            return True
+        return json.loads(marker.read_text()).get("key") != config_hash(key_payload)
+
     def stage(self, name: str, label: str, key_payload: dict[str, Any], action: Callable[[], Any]):
         """Run ``action`` unless its marker in ``OUT/stages/`` holds the same key; return its summary either way."""
         key = config_hash(key_payload)
-        marker = self.plan.out / "stages" / (re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".json")
-        forced = name in self.force or STAGE_ORDER.index(name) >= self.rerun_from
-        if marker.exists() and not forced:
-            done = json.loads(marker.read_text())
-            if done.get("key") == key:
-                self.log(f"[skip] {label}: inputs and config unchanged")
-                self.skipped.append(label)
-                return done.get("summary")
+        marker = self._marker(label)
+        if not self.pending(name, label, key_payload):
+            self.log(f"[skip] {label}: inputs and config unchanged")
+            self.skipped.append(label)
+            return json.loads(marker.read_text()).get("summary")
         self.log(f"[run]  {label}")
         started = time.perf_counter()
         summary = action()
@@ -198,6 +231,9 @@ class Runner:
                                    "versions": library_versions()})
         self.ran.append(label)
         return summary
+
+    def _marker(self, label: str) -> Path:
+        return self.plan.out / "stages" / (re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".json")
 
 
 def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (),
@@ -213,6 +249,10 @@ def run(plan: RunPlan, from_stage: str | None = None, force: tuple[str, ...] = (
     """
     configs = stage_configs(plan) if plan.recognition else None
     runner = Runner(plan, from_stage, force, log)
+    if configs is not None:
+        _check_recognition_outputs(plan, configs, runner)
+    if plan.detection is not None:
+        check_detection_outputs(plan.detection, runner.pending)
     plan.out.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out):  # a second run on the same folder is refused, not interleaved
         return _run_locked(plan, configs, runner, log, progress)
@@ -228,24 +268,44 @@ def _run_locked(plan: RunPlan, configs: StageConfigs | None, runner: Runner, log
     return {**result, "ran": runner.ran, "skipped": runner.skipped, "out": str(plan.out)}
 
 
+def _synth_stage(configs: StageConfigs) -> tuple[str, str, dict[str, Any]]:
+    """The runner's name, label and key of the stage that generates the synthetic dataset."""
+    return "synth", "generate the synthetic dataset", {"config": config_to_dict(configs.synth)}
+
+
+def _check_recognition_outputs(plan: RunPlan, configs: StageConfigs, runner: Runner) -> None:
+    """Refuse now what the stages must not do or would refuse later: a synthetic dataset written into a folder that
+    is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
+    other videos or other preprocessing."""
+    from flow.extract import check_store
+    from pipelines.data.synth import TRIMMED
+    from pipelines.data.synth_folder import check_folder
+
+    if configs.synth is not None and runner.pending(*_synth_stage(configs)):
+        check_folder(plan.videos.parent, TRIMMED)
+        check_deletable(plan.store, plan.out, "[synth]")
+    else:
+        check_store(configs.extract, plan.videos, plan.store, "[data] store")
+
+
 def _run_recognition(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
                      progress: bool) -> dict[str, Any]:
     """Extract, train every stream of every split, evaluate, fuse; returns the fused report."""
-    from flow.extract import extract_flow
     from pipelines.stages.fuse import fuse
 
     if configs.synth is not None:
         from pipelines.data.synth import generate
 
         def make_dataset() -> dict[str, Any]:
-            shutil.rmtree(plan.store, ignore_errors=True)  # flow of the old videos would be stale
-            return _synth_summary(generate(plan.videos.parent, configs.synth))
+            info = generate(plan.videos.parent, configs.synth)
+            delete_made_store(plan.store, plan.out, "[synth]", log)  # its flow is of the old videos
+            return _synth_summary(info)
 
-        runner.stage("synth", "generate the synthetic dataset", {"config": config_to_dict(configs.synth)},
-                     make_dataset)
+        runner.stage(*_synth_stage(configs), make_dataset)
     runner.stage("extract", "extract flow",
                  {"config": config_to_dict(configs.extract), "videos": fingerprint(plan.videos)},
-                 lambda: _summary(extract_flow(configs.extract, plan.videos, plan.store, progress=progress)))
+                 lambda: _summary(extract_recorded(configs.extract, plan.videos, plan.store, plan.out,
+                                                   progress=progress)))
     store_key = fingerprint(plan.store / "manifest.json")
     score_files = [path for split in plan.data.splits_to_run
                    for path in _run_split(plan, configs, runner, split, store_key, log, progress)]

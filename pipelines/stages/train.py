@@ -32,6 +32,7 @@ from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
+from pipelines.data.clips import NORMALIZATIONS
 from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, batch_plan,
@@ -44,7 +45,6 @@ from pipelines.core.streams import stream_name
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
 EXTENDABLE_SCHEDULES = ("plateau", "step", "none")  # learning rates that do not depend on the total of epochs
-NORMALIZATIONS = ("mars", "unit")
 
 
 @dataclass
