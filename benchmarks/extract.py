@@ -1,6 +1,7 @@
 """Flow extraction throughput and store size, measured side by side in one run on the same generated videos.
 
     python benchmarks/extract.py [--videos 8] [--frames 6] [--short-side 128] [--preset default] [--workers 2]
+                                 [--backend opencv|torch] [--no-storage]
 
 Sections (each a function of the generated data, so more can be added, e.g. reading clips for training):
 
@@ -8,7 +9,9 @@ Sections (each a function of the generated data, so more can be added, e.g. read
    threading on every core, against ``extract_flow`` (decode, resize, TV-L1, quantise, JPEG, HDF5) with 1 and with
    N worker processes. Goals: 1 worker within 10 % of the one-thread loop; N workers ≥ 0.9·N× it and faster than
    OpenCV's threading. Wall time decides; CPU time is printed too, as it shows overhead even when other programs
-   share the cores. Keep the video count a multiple of N: each worker takes whole videos.
+   share the cores. Keep the video count a multiple of N: each worker takes whole videos. With ``--backend torch``
+   the extractions run the torch TV-L1 on the CPU (each worker with CPUs // N torch threads), so 1 and N workers
+   compare side by side; the bare loops stay OpenCV's, as the reference.
 2. storage: bytes per frame of the store against MARS-style JPEG folders (one JPEG per frame, two per flow field)
    and the encodings considered for the store, with the time to read and decode a 16-frame window.
 
@@ -102,11 +105,12 @@ def bare_tvl1(pairs: list[tuple[np.ndarray, np.ndarray]], preset: str, threads: 
     cv2.setNumThreads(previous)
 
 
-def extraction(videos: Path, store: Path, workers: int, short_side: int, preset: str) -> None:
+def extraction(videos: Path, store: Path, workers: int, args: argparse.Namespace) -> None:
     """A whole extract_flow run into a new store (pool start-up included)."""
     shutil.rmtree(store, ignore_errors=True)
-    extract_flow(ExtractConfig(short_side=short_side, preset=preset, workers=workers), videos, store,
-                 progress=False)
+    config = ExtractConfig(short_side=args.short_side, preset=args.preset, workers=workers, backend=args.backend,
+                           device="cpu")
+    extract_flow(config, videos, store, progress=False)
 
 
 def throughput_section(videos: Path, paths: list[Path], work: Path, args: argparse.Namespace) -> None:
@@ -118,9 +122,9 @@ def throughput_section(videos: Path, paths: list[Path], work: Path, args: argpar
     methods = {
         "bare TV-L1 loop, 1 OpenCV thread": lambda: bare_tvl1(pairs, args.preset, 1),
         f"bare TV-L1 loop, OpenCV threads on {cores} cores": lambda: bare_tvl1(pairs, args.preset, cores),
-        "extract-flow --workers 1": lambda: extraction(videos, store, 1, args.short_side, args.preset),
-        f"extract-flow --workers {args.workers}":
-            lambda: extraction(videos, store, args.workers, args.short_side, args.preset),
+        f"extract-flow --backend {args.backend} --workers 1": lambda: extraction(videos, store, 1, args),
+        f"extract-flow --backend {args.backend} --workers {args.workers}":
+            lambda: extraction(videos, store, args.workers, args),
     }
     bare_tvl1(pairs[:1], args.preset, 1)  # warm-up
     load_before = os.getloadavg()[0]
@@ -132,10 +136,13 @@ def throughput_section(videos: Path, paths: list[Path], work: Path, args: argpar
           f"{args.rounds} interleaved rounds; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
     rates = {name: len(pairs) / wall for name, (wall, _) in best.items()}
     baseline = next(iter(rates.values()))
-    print(f"{'method':<48} {'seconds':>8} {'pairs/s':>8} {'vs 1 thread':>12} {'CPU s':>7}")
+    print(f"{'method':<56} {'seconds':>8} {'pairs/s':>8} {'vs 1 thread':>12} {'CPU s':>7}")
     for name, rate in rates.items():
-        print(f"{name:<48} {best[name][0]:8.2f} {rate:8.2f} {rate / baseline:11.2f}x {best[name][1]:7.2f}")
+        print(f"{name:<56} {best[name][0]:8.2f} {rate:8.2f} {rate / baseline:11.2f}x {best[name][1]:7.2f}")
     threads, one_worker, n_workers = (rate / baseline for rate in list(rates.values())[1:])
+    if args.backend == "torch":
+        print(f"torch backend: {args.workers} workers run {n_workers / one_worker:.2f}x as fast as 1 worker")
+        return
     print(f"goals: 1 worker ≥ 0.90x: {one_worker:.2f}x; {args.workers} workers ≥ {0.9 * args.workers:.1f}x: "
           f"{n_workers:.2f}x, and faster than OpenCV's threading ({threads:.2f}x): {n_workers > threads}")
 
@@ -260,6 +267,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best is kept")
     parser.add_argument("--storage-frames", type=int, default=17, help="frames per video of the storage section")
+    parser.add_argument("--backend", choices=("opencv", "torch"), default="opencv",
+                        help="TV-L1 of the extract-flow rows (torch: on the CPU)")
+    parser.add_argument("--no-storage", action="store_true", help="throughput only")
     args = parser.parse_args()
     print(f"OpenCV {cv2.__version__}, h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), "
           f"{available_cpus()} CPUs")
@@ -268,6 +278,8 @@ def main() -> None:
         videos = work / "videos"
         paths = make_videos(videos, args.videos, args.frames)
         throughput_section(videos, paths, work, args)
+        if args.no_storage:
+            return
         storage_videos = work / "storage-videos"
         make_videos(storage_videos, 3, args.storage_frames)
         storage_store = work / "storage-store"

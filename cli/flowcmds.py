@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
-from cli.options import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, SHARD, WRITABLE_FOLDER
+from cli.options import COUNT, DEVICE_NAME, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, SHARD, WRITABLE_FOLDER
 
 # Kept literal so that ``--help`` does not import OpenCV; a test checks them against flow.tvl1 and flow.quantize.
 PRESET_NAMES = ("default", "mid", "cheap")
 QUANTIZATION_NAMES = ("round", "truncate")
 BACKEND_NAMES = ("opencv", "torch")
-DEVICE_NAMES = ("auto", "cpu", "cuda")
 
 # Exit status of a run that finished but could not extract some videos (bad input exits with 2).
 EXIT_SOME_FAILED = 1
@@ -33,8 +32,9 @@ EXIT_SOME_FAILED = 1
 @click.option("--backend", type=click.Choice(BACKEND_NAMES),
               help="TV-L1 implementation: OpenCV's (CPU), or the same algorithm in PyTorch, batched.  "
                    "[default: opencv]")
-@click.option("--device", type=click.Choice(DEVICE_NAMES),
-              help="Where --backend torch runs; auto = CUDA when torch sees a GPU.  [default: auto]")
+@click.option("--device", type=DEVICE_NAME, metavar="auto|cpu|cuda[:N]",
+              help="Where --backend torch runs; auto = CUDA when torch sees a GPU. OpenCV's backend runs on the CPU "
+                   "and refuses cuda.  [default: auto]")
 @click.option("--batch-pairs", type=POSITIVE_INT,
               help="Frame pairs per torch call (the flow does not change).  [default: 16]")
 @click.option("--jpeg-quality", type=JPEG_QUALITY, help="JPEG quality of the stored RGB frames.  [default: 95]")

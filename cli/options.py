@@ -77,6 +77,12 @@ def _shard() -> Callable[[str], Any]:
     return parse_shard
 
 
+def _device_name() -> Callable[[str], Any]:
+    from flow.tvl1 import check_device_name
+
+    return check_device_name
+
+
 def _protocol() -> Callable[[str], Any]:
     from pipelines.stages.evaluate import parse_protocol
 
@@ -87,6 +93,7 @@ ARCH = Parsed("arch", _registered_model)
 STA_SPEC = Parsed("sta", _sta_spec)
 SHARD = Parsed("shard", _shard)
 PROTOCOL = Parsed("protocol", _protocol)
+DEVICE_NAME = Parsed("device", _device_name)  # auto, cpu, cuda or cuda:N; whether that GPU exists is checked later
 
 
 def check_model_choice(arch: str, sta: str | None, arch_from: str | Path, sta_from: str | Path) -> None:

@@ -39,7 +39,9 @@ ANY_PATH = click.Path(path_type=Path)
                                       "stage, layer4 for the ResNets). Attention modules always train.")
 @click.option("--val-fraction", type=FRACTION_BELOW_ONE,
               help="Share of each class held out for validation (default 0.1; 0 selects on the test split, as MARS).")
-@click.option("--workers", type=COUNT, help="DataLoader workers.")
+@click.option("--workers", type=COUNT,
+              help="DataLoader workers per process; more than the CPUs is allowed, with a warning.  "
+                   "[default: up to 4, one fewer than the CPUs this process may use]")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), help="Mixed precision (opt-in).")
 @click.option("--seed", type=COUNT)

@@ -33,7 +33,8 @@ from flow.errors import InputError, VideoError
 from flow.progress import progress_bar
 from flow.quantize import QUANTIZATIONS, quantize
 from flow.shard import Shard, parse_shard, resolve_shard
-from flow.tvl1 import BACKEND_CLASSES, BACKENDS, DEVICES, PRESETS, PairFlows, preset_params, resolve_device
+from flow.tvl1 import (BACKEND_CLASSES, BACKENDS, PRESETS, PairFlows, check_device_name, device_kind, preset_params,
+                       resolve_device)
 from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_videos
 
 # What a manifest written before the backend choice existed means by the keys it lacks.
@@ -51,7 +52,7 @@ class ExtractConfig:
     quantization: str = "round"  # "round" (TSN, denseflow) or "truncate" (MARS's uint8 cast, −0.078 px bias)
     preset: str = "default"  # TV-L1 parameters: "default" (OpenCV's), "mid" or "cheap" (small frames, demos)
     backend: str = "opencv"  # TV-L1 implementation: "opencv" (CPU) or "torch" (the same algorithm, batched)
-    device: str = "auto"  # torch backend: "cuda", "cpu", or "auto" (CUDA when torch sees a GPU)
+    device: str = "auto"  # torch backend: "cuda", "cuda:N", "cpu", or "auto" (CUDA when torch sees a GPU)
     batch_pairs: int = 16  # torch backend: frame pairs solved together (does not change the flow)
     jpeg_quality: int = 95  # JPEG quality of the stored RGB frames (OpenCV's default)
     workers: int = 0  # worker processes; 0 = every CPU this process may use
@@ -73,10 +74,10 @@ class ExtractConfig:
             problems.append(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.device not in DEVICES:
-            problems.append(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        elif self.backend == "opencv" and self.device == "cuda":
-            problems.append("device cuda needs backend torch")
+        try:
+            check_device_name(self.device)
+        except InputError as exc:
+            problems.append(exc.problem)
         if self.batch_pairs < 1:
             problems.append(f"batch_pairs must be ≥ 1, got {self.batch_pairs}")
         if not 1 <= self.jpeg_quality <= 100:
@@ -144,7 +145,6 @@ class VideoJob:
     backend: str = "opencv"
     device: str = "cpu"
     batch_pairs: int = 1
-    threads: int = 1  # torch threads of the worker
 
 
 @dataclass(frozen=True)
@@ -158,21 +158,21 @@ def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os
                  progress: bool = True) -> ExtractSummary:
     """Extract every video of ``videos`` (a folder or a list file) that ``out`` does not hold yet."""
     started = time.perf_counter()
+    device = resolve_device(config.backend, config.device)
     listing = find_videos(videos)
     shard = resolve_shard(config.shard, os.environ)
     selected = shard.select(listing.entries) if shard else listing.entries
     out = Path(out)
     layout.refuse_foreign_folder(out)
-    device = resolve_device(config.backend, config.device)
     with layout.StoreLock(out):
-        _write_or_check_manifest(out, config, listing.root, device)
+        _write_or_check_manifest(out, config, listing.root, device_kind(device))
         layout.remove_temporaries(out)
         done = set(layout.finished_ids(out))
         stale = {entry.video_id for entry in selected if entry.video_id in done and layout.source_change(
             layout.video_path(out, entry.video_id), entry.path, config.verify_sources)}
         todo = [entry for entry in selected if entry.video_id not in done or entry.video_id in stale]
         workers = _worker_count(config, len(todo))
-        jobs = [_job(entry, listing.root, out, config, device, workers) for entry in todo]
+        jobs = [_job(entry, listing.root, out, config, device) for entry in todo]
         jobs.sort(key=lambda job: -os.stat(job.source).st_size if os.path.exists(job.source) else 0)
         results = _run_with_progress(jobs, workers, progress, shard)
         layout.remove_temporaries(out)  # of workers that died mid-video (their videos were redone)
@@ -223,7 +223,7 @@ def check_store(config: ExtractConfig, videos: str | os.PathLike, out: str | os.
     layout.refuse_foreign_folder(out)
     if (out / layout.MANIFEST).exists():
         root = find_videos(videos).root if videos.exists() else videos.resolve()
-        _check_manifest(out, config, root, resolve_device(config.backend, config.device), named_by)
+        _check_manifest(out, config, root, device_kind(resolve_device(config.backend, config.device)), named_by)
 
 
 def open_store(config: ExtractConfig, videos: str | os.PathLike, out: str | os.PathLike) -> bool:
@@ -232,32 +232,33 @@ def open_store(config: ExtractConfig, videos: str | os.PathLike, out: str | os.P
     listing = find_videos(videos)
     out = Path(out)
     layout.refuse_foreign_folder(out)
-    device = resolve_device(config.backend, config.device)
+    kind = device_kind(resolve_device(config.backend, config.device))
     with layout.StoreLock(out):
-        return _write_or_check_manifest(out, config, listing.root, device)
+        return _write_or_check_manifest(out, config, listing.root, kind)
 
 
-def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str) -> bool:
-    """Check an existing manifest against this extraction, or write a new one; True when it wrote one."""
+def _write_or_check_manifest(out: Path, config: ExtractConfig, source_root: Path, kind: str) -> bool:
+    """Check an existing manifest against this extraction on a device of ``kind`` (cpu, cuda), or write a new one;
+    True when it wrote one."""
     if (out / layout.MANIFEST).exists():
-        _check_manifest(out, config, source_root, device)
+        _check_manifest(out, config, source_root, kind)
         return False
     layout.write_json_atomic(out / layout.MANIFEST, {
         "format": layout.FORMAT,
         "format_version": layout.FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_root": str(source_root),
-        "preprocessing": json.loads(json.dumps(config.preprocessing(device))),
+        "preprocessing": json.loads(json.dumps(config.preprocessing(kind))),
         "versions": library_versions(config.backend),
     })
     return True
 
 
-def _check_manifest(out: Path, config: ExtractConfig, source_root: Path, device: str,
+def _check_manifest(out: Path, config: ExtractConfig, source_root: Path, kind: str,
                     named_by: str = "--out") -> None:
     manifest = layout.read_manifest(out)
     stored = {**OPENCV_BEFORE_BACKENDS, **manifest["preprocessing"]}
-    differences = layout.preprocessing_differences(stored, json.loads(json.dumps(config.preprocessing(device))))
+    differences = layout.preprocessing_differences(stored, json.loads(json.dumps(config.preprocessing(kind))))
     if differences:
         raise InputError(out, f"was extracted with other preprocessing; use another {named_by} or the same "
                               "settings: " + "; ".join(differences))
@@ -294,13 +295,12 @@ def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
 
 
 # -- running the jobs -------------------------------------------------------------------------------------------
-def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig, device: str, workers: int) -> VideoJob:
+def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig, device: str) -> VideoJob:
     return VideoJob(
         video_id=entry.video_id, source=str(entry.path), relative_source=entry.path.relative_to(root).as_posix(),
         final=str(layout.video_path(out, entry.video_id)), short_side=config.short_side, fps=config.fps,
         bound=float(config.bound), quantization=config.quantization, tvl1=preset_params(config.preset),
         jpeg_quality=config.jpeg_quality, backend=config.backend, device=device, batch_pairs=config.batch_pairs,
-        threads=max(1, available_cpus() // workers),
     )
 
 
@@ -336,10 +336,17 @@ def _run_jobs(jobs: list[VideoJob], workers: int, on_result: Callable[[VideoResu
                 on_result(VideoResult(job.video_id, 0, WORKER_DIED))
 
 
-def _spawn_pool(workers: int) -> ProcessPoolExecutor:
+def _spawn_pool(workers: int, backend: str = "opencv") -> ProcessPoolExecutor:
     """Spawn, not fork: forking a process that has imported torch (a caller may have) can deadlock."""
+    torch_threads = worker_torch_threads(workers) if backend == "torch" else 0
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(os.getpid(),))
+                               initargs=(os.getpid(), torch_threads))
+
+
+def worker_torch_threads(workers: int) -> int:
+    """Torch threads of each of ``workers`` processes: their share of the CPUs, so that together they use each CPU
+    once; torch's default, a thread per CPU in every worker, makes the threads wait on each other."""
+    return max(1, available_cpus() // workers)
 
 
 def _workers_can_start() -> bool:
@@ -358,7 +365,7 @@ def _run_pool(queue: deque[VideoJob], workers: int, on_result: Callable[[VideoRe
     Returns the jobs that were in flight when a worker died (empty when all went well). At most ``workers`` jobs
     are in flight, so those are exactly the suspects.
     """
-    with _spawn_pool(workers) as pool:
+    with _spawn_pool(workers, queue[0].backend) as pool:
         running: dict[Future[VideoResult], VideoJob] = {}
         while queue or running:
             while queue and len(running) < workers:
@@ -375,8 +382,9 @@ def _run_pool(queue: deque[VideoJob], workers: int, on_result: Callable[[VideoRe
     return []
 
 
-def _init_worker(parent: int) -> None:
-    """One OpenCV thread per worker (the workers are the parallelism), and no worker outliving its parent."""
+def _init_worker(parent: int, torch_threads: int) -> None:
+    """One OpenCV thread per worker (the workers are the parallelism), ``torch_threads`` torch threads for the torch
+    backend (0: torch is not used), and no worker outliving its parent."""
     cv2.setNumThreads(1)
     if sys.platform.startswith("linux"):
         # Without this, killing the parent leaves workers running: they would finish and rename their video
@@ -385,14 +393,10 @@ def _init_worker(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)
-
-
-def _pair_flows(job: VideoJob) -> PairFlows:
-    if job.backend == "torch":
+    if torch_threads:  # before the first video, so no torch call ever runs with more threads
         import torch
 
-        torch.set_num_threads(job.threads)
-    return PairFlows(job.backend, job.tvl1, job.device, job.batch_pairs)
+        torch.set_num_threads(torch_threads)
 
 
 def extract_video(job: VideoJob) -> VideoResult:
@@ -415,7 +419,7 @@ def _extract(job: VideoJob) -> int:
                  "source_sha256": layout.file_sha256(job.source)}
         writer = layout.VideoFileWriter(Path(job.final), attrs, job.jpeg_quality)
         try:
-            solver = _pair_flows(job)  # a fresh solver per video (see flow.tvl1.TVL1)
+            solver = PairFlows(job.backend, job.tvl1, job.device, job.batch_pairs)  # one per video (flow.tvl1.TVL1)
             for frame in reader:
                 writer.add_frame(frame)
                 for flow in solver.push(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)):

@@ -33,8 +33,13 @@ def parse_shard(text: str, origin: str = "--shard") -> Shard:
     if not slash or not index.strip().isdigit() or not count.strip().isdigit():
         raise InputError(None, f"{origin}: expected I/N such as 0/4, got {text!r}")
     shard = Shard(int(index), int(count), origin)
-    if not 0 <= shard.index < shard.count:
-        raise InputError(None, f"{origin}: shard index must be in 0..{shard.count - 1}, got {text!r}")
+    if shard.count < 1:
+        raise InputError(None, f"{origin}: {text!r}: N must be at least 1 (I/N takes share I of N, numbered from 0: "
+                               "0/4, 1/4, 2/4 and 3/4 are the four shares of 4)")
+    if shard.index >= shard.count:
+        shares = "only 0/1" if shard.count == 1 else f"0/{shard.count} to {shard.count - 1}/{shard.count}"
+        raise InputError(None, f"{origin}: {text!r}: there is no share {shard.index} of {shard.count}; shares are "
+                               f"numbered from 0, so {shares}")
     return shard
 
 

@@ -62,25 +62,43 @@ class TVL1:
 
 # -- backends ------------------------------------------------------------------------------------------------------
 BACKENDS = ("opencv", "torch")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N", one GPU by its index
 BACKEND_CLASSES = {"opencv": "cv2.optflow.DualTVL1OpticalFlow", "torch": "flow.tvl1_torch.TorchTVL1"}
 
 
-def resolve_device(backend: str, device: str) -> str:
-    """The device kind a backend runs on, ``"cpu"`` or ``"cuda"``; ``"auto"`` takes CUDA when torch sees one.
+def check_device_name(name: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, as every command's ``--device`` takes; checked without torch."""
+    kind, colon, index = name.partition(":")
+    if name in DEVICES or (kind == "cuda" and colon and index.isdigit()):
+        return name
+    raise InputError(None, f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
 
-    Imports torch only for the torch backend.
+
+def device_kind(device: str) -> str:
+    """``"cpu"`` or ``"cuda"``: what a store records (flow differs slightly between them, not between GPUs)."""
+    return device.partition(":")[0]
+
+
+def resolve_device(backend: str, device: str) -> str:
+    """The device a backend runs on: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; ``"auto"`` takes CUDA when torch sees
+    one. A GPU that is not there is refused here, before any work. Imports torch only to look for a GPU.
     """
-    if backend == "opencv":
-        if device == "cuda":
-            raise InputError(None, "device cuda needs backend torch (OpenCV's DualTVL1OpticalFlow runs on CPU)")
+    check_device_name(device)
+    if backend == "opencv" and device_kind(device) == "cuda":
+        raise InputError(None, f"--device {device}: OpenCV's TV-L1 runs on the CPU only; add --backend torch to run "
+                               "on a GPU")
+    if backend == "opencv" or device == "cpu":
         return "cpu"
     import torch
 
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "device cuda: torch sees no CUDA device (use --device cpu or auto)")
+        return "cuda" if count else "cpu"
+    if count == 0:
+        raise InputError(None, f"--device {device}: no CUDA device is available (use --device cpu or auto)")
+    if int(device.partition(":")[2] or 0) >= count:
+        raise InputError(None, f"--device {device}: no such CUDA device (torch sees {count}: cuda:0 to "
+                               f"cuda:{count - 1})")
     return device
 
 
@@ -90,7 +108,7 @@ class PairFlows:
     Args:
         backend: ``"opencv"`` (one pair at a time, a fresh OpenCV object per video) or ``"torch"`` (batched).
         params: TV-L1 parameters under OpenCV's names.
-        device: ``"cpu"`` or ``"cuda"`` for the torch backend.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` for the torch backend.
         batch_pairs: pairs per torch call (the opencv backend solves each pair as it comes).
     """
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # FFmpeg's and OpenCV's own complaints about broken files ("Could not find decoder") would interleave with the
-# progress bar; the reason a video failed is recorded in failures.json instead. Read by OpenCV when it first logs
-# and when its FFmpeg backend first opens a file; set either variable to see them.
+# progress bar; the reason a video failed is recorded in failures.json (or the summary) instead. FFmpeg's level is
+# read when OpenCV's FFmpeg backend first opens a file; OpenCV's own when cv2 is imported, which some other module
+# may have done already, so it is also set directly. Set either variable to see them.
+_QUIET_OPENCV = "OPENCV_LOG_LEVEL" not in os.environ
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
 
@@ -21,6 +23,9 @@ import cv2  # noqa: E402 - must follow the environment setting above
 import numpy as np  # noqa: E402
 
 from flow.errors import InputError, VideoError  # noqa: E402
+
+if _QUIET_OPENCV:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv", ".3gp"}

@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,22 +168,63 @@ def read_checkpoint(path: str | os.PathLike) -> object:
     if path.is_dir():
         raise CheckpointError(path, "is a directory, not a checkpoint file")
     if path.stat().st_size == 0:
-        raise CheckpointError(path, "not a readable checkpoint (truncated or corrupt: the file is empty)")
+        raise CheckpointError(path, "not a readable checkpoint: the file is empty")
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if not head.startswith((_ZIP_START, _PICKLE_START)):
+        raise CheckpointError(path, _CUT_SHORT_ZIP if _ZIP_START.startswith(head) else _other_format(head))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text:
-            raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt: {_first_line(text)})") \
-                from None
+            raise CheckpointError(path, _damage(path, head, exc)) from None
         culprit = re.search(r"GLOBAL ([\w.]+)", text)
         what = f"it would call {culprit.group(1)}" if culprit else "it holds more than tensors and plain containers"
         raise CheckpointError(path, f"refused to unpickle: {what} (only weights-only files are read)") from None
-    except OSError as exc:
+    except PermissionError as exc:
         raise CheckpointError(path, f"cannot read ({exc.strerror or exc})") from None
-    except Exception as exc:  # noqa: BLE001 - torch reports corrupt files with many exception types
-        detail = _first_line(str(exc)) or f"{type(exc).__name__}, the file ends early"
-        raise CheckpointError(path, f"not a readable checkpoint (truncated or corrupt: {detail})") from None
+    except Exception as exc:  # noqa: BLE001 - torch reports damaged files with many exception types
+        raise CheckpointError(path, _damage(path, head, exc)) from None
+
+
+# torch.save writes a zip archive (a pickle before PyTorch 1.6, as some tools still do); a file that starts otherwise
+# is another kind of file, named when it is one that users of this project have at hand.
+_ZIP_START, _PICKLE_START = b"PK\x03\x04", b"\x80"
+_KNOWN_STARTS = {b"\x89HDF\r\n\x1a\n": "an HDF5 file (a flow-store video?)", b"\x93NUMPY": "a NumPy .npy array",
+                 b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"RIFF": "a RIFF file (an AVI video?)",
+                 b"\x1a\x45\xdf\xa3": "a Matroska or WebM video"}
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f")
+_CUT_SHORT_ZIP = "not a readable checkpoint: the file is cut short or damaged (the end of its zip archive is missing)"
+
+
+def _other_format(head: bytes) -> str:
+    """Why a file is no checkpoint, naming what it is by its first bytes where that is known."""
+    known = next((name for start, name in _KNOWN_STARTS.items() if head.startswith(start)), None)
+    if known is None and all(byte >= 0x20 or byte in _TEXT_CONTROLS for byte in head):
+        known = "a text file"
+    if known:
+        return f"is not a PyTorch checkpoint: it is {known}, not the zip archive torch.save writes"
+    return "is not a PyTorch checkpoint: torch.save writes a zip archive (or a pickle), and this file is neither"
+
+
+def _damage(path: Path, head: bytes, exc: BaseException) -> str:
+    """What is wrong, in words, with a file that starts as a checkpoint does but that torch cannot read."""
+    if head.startswith(_PICKLE_START):
+        return "not a readable checkpoint: the file is cut short or damaged (its pickled data ends early or is garbled)"
+    if not zipfile.is_zipfile(path):
+        return _CUT_SHORT_ZIP
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.rpartition("/")[2] == "data.pkl" for name in archive.namelist()):
+                return ("is not a PyTorch checkpoint: it is a zip archive without the data.pkl that torch.save writes "
+                        "(a NumPy .npz?)")
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        damaged = "a part"
+    if damaged:
+        return f"not a readable checkpoint: the file is damaged ({damaged} inside it fails its checksum)"
+    return f"not a readable checkpoint: torch cannot read it ({_first_line(str(exc)) or type(exc).__name__})"
 
 
 def _treated_apart(model: nn.Module) -> tuple[str, str]:

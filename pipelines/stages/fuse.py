@@ -71,8 +71,8 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
 def _aligned(reference: Scores, other: Scores) -> Scores:
     """``other`` with its rows in ``reference``'s video order; refuses different video lists or labels."""
     if reference.num_videos != other.num_videos or set(reference.video_ids) != set(other.video_ids):
-        missing = sorted(set(reference.video_ids) - set(other.video_ids))
-        extra = sorted(set(other.video_ids) - set(reference.video_ids))
+        missing = sorted(set(reference.video_ids.tolist()) - set(other.video_ids.tolist()))
+        extra = sorted(set(other.video_ids.tolist()) - set(reference.video_ids.tolist()))
         example = f"lacks {missing[0]!r}" if missing else f"has extra {extra[0]!r}"
         raise InputError(other.path, f"videos differ from {reference.path} ({other.num_videos} vs "
                                      f"{reference.num_videos} videos; {example})")
@@ -80,7 +80,8 @@ def _aligned(reference: Scores, other: Scores) -> Scores:
     order = np.array([position[video] for video in reference.video_ids.tolist()])
     if not np.array_equal(other.labels[order], reference.labels):
         first = int(np.flatnonzero(other.labels[order] != reference.labels)[0])
-        raise InputError(other.path, f"labels differ from {reference.path} (video {reference.video_ids[first]!r})")
+        video = str(reference.video_ids[first])
+        raise InputError(other.path, f"labels differ from {reference.path} (video {video!r})")
     return dataclasses.replace(
         other,
         video_ids=reference.video_ids,
@@ -111,6 +112,20 @@ def group_scores(all_scores: Sequence[Scores]) -> Grouped:
         reference = next(iter(streams.values()), None)
         streams[scores.stream] = scores if reference is None else _aligned(reference, scores)
     return grouped
+
+
+def _check_a_stream_in_every_split(tests: dict[int, dict[str, Scores]]) -> None:
+    """Refuse splits that share no stream: no model would have a row in every split, so there is no mean.
+
+    Splits that share some streams are fine: the others are reported per split and left out of the mean."""
+    if set.intersection(*(set(streams) for streams in tests.values())):
+        return
+    described = [f"split {split} has {'+'.join(streams)} ({', '.join(str(s.path) for s in streams.values())})"
+                 for split, streams in tests.items()]
+    last = next(iter(tests[max(tests)].values()))
+    raise InputError(last.path, "no stream has test scores in every split, so no model can be averaged over "
+                                f"splits: {'; '.join(described)}; give every split the same streams, or fuse each "
+                                "split on its own")
 
 
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
@@ -238,6 +253,7 @@ def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseCon
     splits = sorted(split for split, subsets in grouped.items() if "test" in subsets)
     if not splits:
         raise InputError(files[0], "no test score files among the inputs; fusion reports on the test subset")
+    _check_a_stream_in_every_split({split: grouped[split]["test"] for split in splits})
     classes = list(all_scores[0].classes)
     results = {split: _fuse_split(split, grouped[split], config, classes) for split in splits}
     rows = [row for split in splits for row in results[split]["rows"]]

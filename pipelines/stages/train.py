@@ -18,10 +18,12 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
+from flow.extract import available_cpus
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.clips import NORMALIZATIONS
@@ -57,9 +60,10 @@ class TrainConfig:
                      scheduler=(self.scheduler, SCHEDULERS), normalization=(self.normalization, NORMALIZATIONS),
                      amp=(self.amp, tuple(AMP_DTYPES)))
         check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
-                       size=(self.size, 1), workers=(self.workers, 0), lr_patience=(self.lr_patience, 0),
+                       size=(self.size, 1), lr_patience=(self.lr_patience, 0),
                        split=(self.split, 1), seed=(self.seed, 0), momentum=(self.momentum, 0),
                        dampening=(self.dampening, 0), alpha=(self.alpha, 0),
+                       workers=(0 if self.workers is None else self.workers, 0),  # None: the machine's
                        batch_size=(1 if self.batch_size is None else self.batch_size, 1),  # None: MARS's
                        weight_decay=(0 if self.weight_decay is None else self.weight_decay, 0))
         check_above(attention_lr_mult=(self.attention_lr_mult, 0), lr=(1 if self.lr is None else self.lr, 0))
@@ -103,7 +107,7 @@ class TrainConfig:
     crop_scales: list | None = None  # None: MARS's multi-scale corner crop; [1.0] keeps the whole short side
     normalization: str = "mars"  # mars (0..255 minus mean, flow codes minus 127.5) | unit (near unit scale)
     cache_videos: bool = False  # keep decoded videos in memory after the first epoch (small datasets only)
-    workers: int = 4
+    workers: int | None = None  # DataLoader workers per process; None: as many as this machine's CPUs allow
     device: str = "auto"
     amp: str = "off"  # off | fp16 | bf16
     seed: int = 1
@@ -307,18 +311,16 @@ def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch
 
 
 def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, dataset, config: TrainConfig,
-                 epoch: int, context: DistContext, device: torch.device, amp) -> dict[str, float]:
+                 epoch: int, context: DistContext, device: torch.device, amp, workers: int) -> dict[str, float]:
     """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches."""
     accumulate = config.accumulate
     plan = batch_plan(len(dataset), config.batch_size, context.world_size * accumulate, config.seed, epoch)
     first_part = context.rank * accumulate
     mine = [step[first_part + a] for step in plan for a in range(accumulate)]
     dataset.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_sampler=mine, num_workers=config.workers,
-                        multiprocessing_context="spawn" if config.workers > 0 else None)
     student.train()
     sums = [0.0] * 5  # loss, ce, mse, correct, seen
-    for index, (clips, labels) in enumerate(loader):
+    for index, (clips, labels) in enumerate(_batches(dataset, mine, workers)):
         step, micro = divmod(index, accumulate)
         torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
         clips, labels = clips.to(device), labels.to(device)
@@ -350,6 +352,38 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, datase
     loss, ce, mse, correct, seen = all_reduce_sum(sums, context, device)
     seen = max(seen, 1)
     return {"loss": loss / seen, "ce": ce / seen, "mse": mse / seen, "train_acc": 100.0 * correct / seen}
+
+
+def _batches(dataset, batches: list[list[int]], workers: int) -> Iterator:
+    """The epoch's batches from a DataLoader with ``workers`` spawned workers.
+
+    PyTorch warns twice per epoch when there are more workers than CPUs; ``_loader_workers`` says it once per run.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                            multiprocessing_context="spawn" if workers > 0 else None)
+        return iter(loader)  # starts the workers, where PyTorch checks their number again
+
+
+def default_loader_workers(cpus: int) -> int:
+    """DataLoader workers per process when none are asked for: up to 4, leaving one CPU to the training loop."""
+    return max(0, min(4, cpus - 1))
+
+
+def _loader_workers(config: TrainConfig, say: Callable[[str], None]) -> int:
+    """The DataLoader workers of each process: ``config.workers``, else what its share of the CPUs allows
+    (torchrun's processes on one machine share its CPUs). More workers than CPUs are allowed, with a warning."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpus = max(1, available_cpus() // processes)
+    if config.workers is None:
+        return default_loader_workers(cpus)
+    if config.workers > cpus:
+        share = f" (its share of {available_cpus()} among {processes} processes)" if processes > 1 else ""
+        say(f"warning: workers {config.workers} is more than the {cpus} CPU(s) each training process may use"
+            f"{share}; the workers will compete for them and slow training down (default: "
+            f"{default_loader_workers(cpus)})")
+    return config.workers
 
 
 def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
@@ -425,6 +459,7 @@ class _Run:
     scheduler: Any
     scaler: torch.amp.GradScaler
     manifest: dict[str, Any]
+    loader_workers: int  # DataLoader workers of this process, as config.workers or the machine decided
 
 
 def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
@@ -536,13 +571,16 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     manifest = stage_manifest("train", config_to_dict(config), {
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
         "pretrained": paths.pretrained, "teacher": paths.teacher}, unkeyed=_unkeyed(config))
+    workers = _loader_workers(config, say)
     manifest.update(stream=name, classes=data.classes, train_videos=len(data.train), val_videos=len(data.val),
-                    processes=context.world_size, validation=data.val_method, **describe_groups(model, groups))
+                    processes=context.world_size, loader_workers=workers, validation=data.val_method,
+                    **describe_groups(model, groups))
     return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,
                 val_set=val_set, model=model, student=student, teacher=teacher,
                 loss_fn=MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None,
                 optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
-                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), manifest=manifest)
+                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), manifest=manifest,
+                loader_workers=workers)
 
 
 def _build_model(config: TrainConfig, paths: TrainPaths, num_classes: int, fine_tuning: bool,
@@ -567,7 +605,7 @@ def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     started = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
     row.update(_train_epoch(run.student, run.teacher, run.loss_fn, run.optimizer, run.scheduler, run.scaler,
-                            run.train_set, config, epoch, run.context, run.device, run.amp))
+                            run.train_set, config, epoch, run.context, run.device, run.amp, run.loader_workers))
     if run.teacher is None:
         row.pop("mse")
     row.update(validate(run.model, run.val_set, config, run.device, run.amp, run.context))
