@@ -210,15 +210,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def check_model_choice(arch: str, sta: str | None, source: str | Path | None, label: str,
                        layer: str | None = None) -> None:
     """An architecture the registry has, an STA spec it can take and, when given, a ``layer`` among its stages
-    (or ``pool``): checked when a file is read, not when the network is built hours later."""
+    (or ``pool``): checked when a file is read, not when the network is built hours later. ``label`` (the table)
+    goes before the problem; empty when ``source`` is the option that gave the value."""
     from mars_sta import model_entry, parse_sta
 
+    prefix = f"{label} " if label else ""
     try:
         entry = model_entry(arch)
         spec = parse_sta(sta)
         if spec is not None:
             spec.resolve(entry.default_sta_stage, entry.stages, arch)
     except ValueError as exc:
-        raise InputError(source, f"{label} {exc}") from None
+        raise InputError(source, f"{prefix}{exc}") from None
     if layer is not None and layer not in (*entry.stages, "pool"):
-        raise InputError(source, f"{label} layer {layer!r}: expected pool or one of {', '.join(entry.stages)}")
+        raise InputError(source, f"{prefix}layer {layer!r}: expected pool or one of {', '.join(entry.stages)}")

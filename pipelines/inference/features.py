@@ -36,8 +36,8 @@ import torch
 from flow.errors import InputError, write_error
 from flow.merge import link_or_copy
 from flow.shard import parse_shard
-from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, remove_temporaries, video_path,
-                        write_json_atomic)
+from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, is_dangling_link,
+                        remove_temporaries, video_path, write_json_atomic)
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
 from pipelines.core.config import build_config, check_at_least, read_toml
 from pipelines.core.device import resolve_device
@@ -341,7 +341,9 @@ class FeatureStore:
         return finished_ids(self.root)
 
     def __contains__(self, video: object) -> bool:
-        return isinstance(video, str) and video_path(self.root, video).is_file()
+        """Listed in the store, as ``video_ids`` lists it (a dangling link too: reading it fails, naming it)."""
+        return isinstance(video, str) and (video_path(self.root, video).is_file()
+                                           or is_dangling_link(video_path(self.root, video)))
 
     def read(self, video: str) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         """The map (C, L, h, w), the buffer boundaries in feature steps and the video's attributes."""
