@@ -154,11 +154,13 @@ def detect_command(model_dir: Path, store: Path | None, features: Path | None, o
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--shard", type=SHARD, help="I/N: every N-th video from the I-th (0-based), for one of N processes or "
                                           "machines; join the shard stores with merge-stores.  [default: all]")
-def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, **options) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, no_progress: bool,
+                     **options) -> None:
     """Cache a backbone's feature sequence of every video of STORE (per-video HDF5 files renamed into place)."""
     from pipelines.inference.features import features_stage
 
-    features_stage(checkpoint, store, out, config_path, options, log=click.echo)
+    features_stage(checkpoint, store, out, config_path, options, log=click.echo, progress=not no_progress)
 
 
 def detection_demo(out: Path, seeds: tuple[int, ...], config_path: Path | None) -> None:

@@ -199,7 +199,7 @@ def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] 
     for model, config in plan.train.items():
         folders[model] = _train_stage(plan, stage, model, config, inputs, log, progress)
     for model, config in plan.rc3d.items():
-        folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log)
+        folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log, progress)
     folders.pop(TEACHER, None)
     test = read_annotations(plan.annotations, plan.config.test_subset)
     for model, folder in folders.items():
@@ -228,7 +228,7 @@ def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: Detector
 
 
 def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3DConfig, inputs: dict[str, Any],
-                      log: Callable[[str], None]) -> Path:
+                      log: Callable[[str], None], progress: bool) -> Path:
     """Train one R-C3D row: end to end from the store, or heads-only after caching its backbone's maps."""
     folder, features = plan.out / model, plan.out / "features" / model
     backbone = {"pretrained": fingerprint(config.pretrained) if config.pretrained else None}
@@ -237,7 +237,8 @@ def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3
         reads = FeaturesConfig(stride=config.stride, layer=layer, buffer=config.buffer, device=config.device)
         stage("detection-features", f"cache the backbone features of {model}",
               {"store": inputs["store"], "config": config_to_dict(reads), **backbone},
-              lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log))
+              lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log,
+                                     progress=progress))
     heads = {"features": FeatureStore(features).manifest["key"]} if config.mode == "heads" else {}
     key = {**inputs, "config": config_to_dict(config), **backbone, **heads}
 
