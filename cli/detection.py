@@ -64,14 +64,15 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
               help="Input stream; mars reads RGB only and distils from --teacher (S-CNN).  [default: flow]")
 @click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
               help="Flow detector (a train-detector folder) the mars stream distils from.")
-@click.option("--sta", type=STA_SPEC, help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
+@click.option("--sta", type=STA_SPEC,
+              help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
 @click.option("--pretrained", help="Recognition checkpoint both networks start from.")
 @click.option("--epochs", type=POSITIVE_INT, help="Passes over the training windows (S-CNN: per network) or "
                                                  "buffers (R-C3D).  [default: 8; R-C3D: 5]")
 @click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per optimizer step (R-C3D takes one buffer "
                                                       "per step and process).  [default: 32]")
-@click.option("--accumulate", type=POSITIVE_INT, help="Micro-batches (R-C3D: buffers) per optimizer step and process.  "
-                                             "[default: 1]")
+@click.option("--accumulate", type=POSITIVE_INT,
+              help="Micro-batches (R-C3D: buffers) per optimizer step and process.  [default: 1]")
 @click.option("--alpha", type=NON_NEGATIVE_FLOAT, help="MARS feature-matching weight (mars stream).  [default: 50]")
 @click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (S-CNN: AdamW; R-C3D: SGD, or AdamW by its config)."
                                               "  [default: 0.002; R-C3D: 0.0001]")

@@ -50,9 +50,10 @@ def train_detector_stage(store: Path, annotations: Path, out: Path, config_path:
 def check_network(arch: str, sta: str | None, given: Mapping[str, Any], source: Path | None, table: str,
                   layer: str | None = None) -> None:
     """Architecture, STA spec and layer as the registry knows them, before any work (an unknown stage would
-    otherwise stop S-CNN after its proposal network trained). A value from an option is named by the option."""
+    otherwise stop S-CNN after its proposal network trained). ``--arch`` was checked as the command line was read;
+    an STA spec from ``--sta`` is named by the option, anything else by the config file and table."""
     from_option = "sta" in given
-    check_model_choice(arch, None if from_option else sta, "--arch" if "arch" in given else source, table, layer)
+    check_model_choice(arch, None if from_option else sta, source, table, layer)
     if from_option:
         try:
             check_model_choice(arch, sta, "--sta", "")
