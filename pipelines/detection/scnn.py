@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
-from flow.progress import progress_bar
+from flow.progress import LOG_INTERVAL, progress_bar
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipelines.core.config import check_above, check_at_least, config_to_dict
@@ -275,7 +275,7 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
         batches = np.array_split(order, max(1, min(-(-len(order) // config.batch_size), len(order) // parts)))
         losses = [_step(run, student, optimizer, batch, (epoch, step)) for step, batch in enumerate(progress_bar(
             batches, unit="batch", disable=not run.progress or not run.context.is_main, leave=False,
-            desc=f"{network} {epoch + 1}/{config.epochs}"))]
+            desc=f"{network} {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL))]
         total, count = all_reduce_sum([float(np.sum(losses)), float(len(losses))], run.context, run.device)
         if run.context.is_main:
             _save(path, network, model, optimizer, config, run.classes, epoch, key)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
-from flow.progress import progress_bar
+from flow.progress import LOG_INTERVAL, progress_bar
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.dataset import StageData, open_stage_data
@@ -321,7 +321,7 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, datase
     student.train()
     sums = [0.0] * 5  # loss, ce, mse, correct, seen
     batches = progress_bar(loader, total=len(mine), disable=not bar, leave=False, unit="batch",
-                           desc=f"epoch {epoch + 1}/{config.epochs}")
+                           desc=f"epoch {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL)
     for index, (clips, labels) in enumerate(batches):
         step, micro = divmod(index, accumulate)
         torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
