@@ -61,7 +61,8 @@ def run(root: Path, args: argparse.Namespace) -> None:
     layer = backbone.stage_names[-1]
     features = FeaturesConfig(stride=args.stride, layer=layer, buffer=args.buffer, device=args.device)
     started = time.perf_counter()
-    build_features(features, root / "backbone.pth", root / "store", root / "features", log=lambda _: None)
+    build_features(features, root / "backbone.pth", root / "store", root / "features", log=lambda _: None,
+                   progress=False)
     cache_seconds = time.perf_counter() - started
     config = RC3DConfig(mode="heads", arch=args.arch, sta=args.sta or None, size=args.size, layer=layer,
                         pretrained=str(root / "backbone.pth"), stride=args.stride, buffer=args.buffer, epochs=1,

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from cli.options import SHARD
+from cli.options import (ARCH, COUNT, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SHARD, STA_SPEC,
+                         WRITABLE_FILE, WRITABLE_FOLDER, FiniteFloatRange)
+
+FRACTION = FiniteFloatRange(0, 1)  # a probability or a tIoU
 
 
 def _parse_tiou(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
@@ -46,7 +49,7 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="Flow store of the untrimmed videos.")
 @click.option("--annotations", "annotations_path", required=True, type=click.Path(path_type=Path),
               help="THUMOS'14 annotation folder or ActivityNet-style JSON.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", required=True, type=WRITABLE_FOLDER,
               help="Folder for proposal.pth, localization.pth and manifest.json (rerun to resume).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file whose [detection.train] table sets any of these options (options given here win).")
@@ -57,22 +60,27 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--features", type=click.Path(file_okay=False, path_type=Path),
               help="R-C3D heads mode: a feature store computed with --pretrained (mars-sta features).")
 @click.option("--subset", help="Annotation subset to train on.  [default: val]")
-@click.option("--arch", help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
+@click.option("--arch", type=ARCH, help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
 @click.option("--stream", type=click.Choice(["rgb", "flow", "mars"]),
               help="Input stream; mars reads RGB only and distils from --teacher (S-CNN).  [default: flow]")
 @click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
               help="Flow detector (a train-detector folder) the mars stream distils from.")
-@click.option("--sta", help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
+@click.option("--sta", type=STA_SPEC,
+              help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
 @click.option("--pretrained", help="Recognition checkpoint both networks start from.")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--accumulate", type=int, help="Micro-batches (R-C3D: buffers) per optimizer step and process.  "
-                                             "[default: 1]")
-@click.option("--alpha", type=float, help="MARS feature-matching weight (mars stream).  [default: 50]")
-@click.option("--lr", type=float)
-@click.option("--frames", type=int, help="Clip length every window is sampled to.  [default: 16]")
-@click.option("--size", type=int, help="Clip side in pixels.  [default: 32]")
-@click.option("--seed", type=int)
+@click.option("--epochs", type=POSITIVE_INT, help="Passes over the training windows (S-CNN: per network) or "
+                                                 "buffers (R-C3D).  [default: 8; R-C3D: 5]")
+@click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per optimizer step (R-C3D takes one buffer "
+                                                      "per step and process).  [default: 32]")
+@click.option("--accumulate", type=POSITIVE_INT,
+              help="Micro-batches (R-C3D: buffers) per optimizer step and process.  [default: 1]")
+@click.option("--alpha", type=NON_NEGATIVE_FLOAT, help="MARS feature-matching weight (mars stream).  [default: 50]")
+@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (S-CNN: AdamW; R-C3D: SGD, or AdamW by its config)."
+                                              "  [default: 0.002; R-C3D: 0.0001]")
+@click.option("--frames", type=POSITIVE_INT, help="Clip length every window is sampled to.  [default: 16]")
+@click.option("--size", type=POSITIVE_INT, help="Clip side in pixels.  [default: 32]")
+@click.option("--seed", type=COUNT, help="Seeds the networks' initial weights, the window or buffer order and "
+                                         "dropout.  [default: 0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
@@ -107,17 +115,20 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
 @click.option("--store", type=click.Path(path_type=Path), help="Flow store holding the videos.")
 @click.option("--features", type=click.Path(file_okay=False, path_type=Path),
               help="R-C3D: run only the heads, on this feature store of the model's backbone.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=WRITABLE_FILE,
               help="Results JSON to write (ActivityNet's results format).")
 @click.option("--annotations", "annotations_path", type=click.Path(path_type=Path),
               help="Detect in the videos of this annotation subset (default: every video of the store).")
 @click.option("--subset", default="test", show_default=True, help="Subset of --annotations.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file whose [detection.detect] table sets any of these options.")
-@click.option("--proposal-threshold", type=float, help="Keep windows the proposal network scores at least this.")
-@click.option("--nms-threshold", type=float, help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).")
-@click.option("--score-threshold", type=float, help="R-C3D: drop class probabilities below this.  [default: 0.005]")
-@click.option("--batch-size", type=int)
+@click.option("--proposal-threshold", type=FRACTION,
+              help="Keep windows the proposal network scores at least this.  [default: 0.5]")
+@click.option("--nms-threshold", type=FRACTION,
+              help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).  [default: 0.4]")
+@click.option("--score-threshold", type=FRACTION,
+              help="R-C3D: drop class probabilities below this.  [default: 0.005]")
+@click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per forward pass.  [default: 64]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def detect_command(model_dir: Path, store: Path | None, features: Path | None, out: Path,
@@ -145,11 +156,13 @@ def detect_command(model_dir: Path, store: Path | None, features: Path | None, o
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--shard", type=SHARD, help="I/N: every N-th video from the I-th (0-based), for one of N processes or "
                                           "machines; join the shard stores with merge-stores.  [default: all]")
-def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, **options) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def features_command(checkpoint: Path, store: Path, out: Path, config_path: Path | None, no_progress: bool,
+                     **options) -> None:
     """Cache a backbone's feature sequence of every video of STORE (per-video HDF5 files renamed into place)."""
     from pipelines.inference.features import features_stage
 
-    features_stage(checkpoint, store, out, config_path, options, log=click.echo)
+    features_stage(checkpoint, store, out, config_path, options, log=click.echo, progress=not no_progress)
 
 
 def detection_demo(out: Path, seeds: tuple[int, ...], config_path: Path | None) -> None:

@@ -51,7 +51,8 @@ ANY_PATH = click.Path(path_type=Path)
               help="Continue from OUT/last.pth when it exists.")
 @click.option("--nproc", type=POSITIVE_INT, default=1, show_default=True,
               help="Processes on this machine: relaunches itself under torchrun (DistributedDataParallel).")
-def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, **options) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, no_progress, **options) -> None:
     """Train the Flow, RGB or MARS stream (STA-MARS with --sta); checkpoints every epoch, resumes automatically.
 
     \b
@@ -72,7 +73,8 @@ def train(config_path, store, out, splits, pretrained, teacher, resume, nproc, *
                        "--sta" if options["sta"] or not config_path else config_path)
     summary = run_training(config, TrainPaths(store=store, out=out, splits=splits,
                                               pretrained=pretrained or file_pretrained,
-                                              teacher=teacher), progress=click.echo, resume=resume)
+                                              teacher=teacher), progress=click.echo, resume=resume,
+                           bar=not no_progress)
     click.echo(f"best validation top-1 {summary['best_val_acc']:.1f}% -> {summary['best']}")
 
 

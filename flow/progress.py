@@ -36,11 +36,17 @@ def _is_terminal(stream: IO[str]) -> bool:
         return False
 
 
-def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """``tqdm(iterable, **kwargs)`` on stderr; plain lines every ``LOG_INTERVAL`` s when stderr is not a terminal."""
+def progress_bar(iterable: Any = None, log_delay: float = 0.0, **kwargs: Any) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` on stderr; plain lines every ``LOG_INTERVAL`` s when stderr is not a terminal.
+
+    ``log_delay``: in a log, print nothing until the bar has run this long. For a bar per epoch, whose command
+    writes a line per epoch already: a short epoch adds nothing to the log, and an error it meets stays the only
+    line on stderr.
+    """
     stream = kwargs.pop("file", None) or sys.stderr
     if not _is_terminal(stream):
-        kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False)
+        kwargs.update(file=_Lines(stream), mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL, dynamic_ncols=False,
+                      delay=log_delay)
     else:
         kwargs["file"] = stream
     return tqdm(iterable, **kwargs)

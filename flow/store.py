@@ -70,11 +70,20 @@ def is_temporary(path: Path) -> bool:
     return TEMP_MARK in path.name
 
 
+def is_dangling_link(path: Path) -> bool:
+    """A symbolic link that leads to no file: broken, or a loop. ``Path.is_file`` is False for both, so a listing
+    of files alone would skip such a video without a word."""
+    return path.is_symlink() and not path.exists()
+
+
+DANGLING_LINK = "is a symbolic link that leads to no file (broken, or a loop); replace it with the video file"
+
+
 def iter_store_files(root: str | os.PathLike) -> Iterator[Path]:
-    """Every file below ``STORE/videos``, finished or not."""
+    """Every file below ``STORE/videos``, finished or not, dangling links included (reading them fails loudly)."""
     folder = Path(root, VIDEOS)
     if folder.is_dir():
-        yield from (p for p in folder.rglob("*") if p.is_file())
+        yield from (p for p in folder.rglob("*") if p.is_file() or is_dangling_link(p))
 
 
 def finished_ids(root: str | os.PathLike) -> list[str]:
@@ -368,7 +377,11 @@ class FlowStore:
         return len(self.video_ids())
 
     def __contains__(self, video_id: object) -> bool:
-        return isinstance(video_id, str) and video_path(self.root, video_id).is_file()
+        """Listed in the store, as ``video_ids`` lists it: a dangling link is there, and fails when read."""
+        if not isinstance(video_id, str):
+            return False
+        path = video_path(self.root, video_id)
+        return path.is_file() or is_dangling_link(path)
 
     # -- one video ---------------------------------------------------------------------------------------------
     def path_of(self, video_id: str) -> Path:
@@ -423,6 +436,8 @@ class FlowStore:
             self._open.move_to_end(video_id)
             return self._open[video_id]
         path = self.path_of(video_id)
+        if is_dangling_link(path):
+            raise InputError(path, DANGLING_LINK)
         if not path.is_file():
             raise InputError(self.root, f"has no video {video_id!r}")
         try:

@@ -90,6 +90,8 @@ def _manifest_or_problem(root: Path, report: VerifyReport) -> dict | None:
 
 def verify_video(file: Path, manifest: dict | None, read_data: bool = True) -> int:
     """Frames of one video file after checking it against the store's manifest; InputError naming what is wrong."""
+    if layout.is_dangling_link(file):
+        raise InputError(file, layout.DANGLING_LINK)
     try:
         handle = h5py.File(file, "r")
     except OSError as exc:

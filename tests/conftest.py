@@ -1,8 +1,10 @@
-"""Shared, session-scoped data: one small synthetic dataset, its flow store and one tiny trained Flow teacher."""
+"""Shared, session-scoped data: small synthetic datasets (trimmed and untrimmed), their flow stores and one tiny trained
+Flow teacher; and helpers that run the real command line."""
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,15 @@ def write_video(path, frames, fps=25.0):
     return path
 
 
+def immutable_folder(path: Path) -> Path | None:
+    """A folder nobody can write into, root included (``chattr +i``), holding ``kept.txt``; None where the file
+    system refuses. The caller runs ``chattr -i`` on it when done."""
+    path.mkdir()
+    (path / "kept.txt").write_text("written before\n")
+    made = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    return path if made else None
+
+
 def run_cli(*args: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess, as a user would."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -65,6 +76,35 @@ def synth_store(tmp_path_factory) -> SimpleNamespace:
     assert summary.extracted == 24, summary.failures
     return SimpleNamespace(root=root, videos=root / "data" / "videos", splits=root / "data" / "splits",
                            store=root / "store")
+
+
+# The untrimmed videos the detection tests train and detect on: 3 val and 2 test videos of 40-56 frames at 24 px.
+UNTRIMMED = dict(classes=2, val_videos=3, test_videos=2, frames=(40, 56), action_frames=(8, 16), idle_frames=(0, 3),
+                 instances=(1, 2), size=24, seed=2)
+
+
+@pytest.fixture(scope="session")
+def untrimmed_store(tmp_path_factory) -> SimpleNamespace:
+    """UNTRIMMED videos (``data/``: videos, THUMOS'14 ``annotations/``, ``annotations.json``) and their flow store,
+    extracted with the cheap TV-L1 preset. Shared by every detection test: read it, or copy it to change it."""
+    from flow.extract import ExtractConfig, extract_flow
+    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+
+    root = tmp_path_factory.mktemp("untrimmed")
+    generate_untrimmed(root / "data", UntrimmedConfig(**UNTRIMMED))
+    summary = extract_flow(ExtractConfig(short_side=0, preset="cheap", workers=1), root / "data" / "videos",
+                           root / "store", progress=False)
+    assert summary.extracted == 5, summary.failures
+    data = root / "data"
+    return SimpleNamespace(root=root, data=data, store=root / "store", annotations=data / "annotations",
+                           annotations_json=data / "annotations.json")
+
+
+def share_untrimmed(untrimmed_store: SimpleNamespace, root: Path) -> Path:
+    """``root/data`` and ``root/store`` as links to the shared untrimmed videos and store; returns ``root``."""
+    for name in ("data", "store"):
+        (root / name).symlink_to(getattr(untrimmed_store, name), target_is_directory=True)
+    return root
 
 
 @pytest.fixture(scope="session")

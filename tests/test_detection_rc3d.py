@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, share_untrimmed
 from mars_sta import build_model
 from mars_sta.rc3d import ProposalSubnet, decode_segments, encode_segments, make_anchors, temporal_roi_pool
 from flow.errors import InputError
@@ -25,7 +25,6 @@ from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.core.config import build_config
 from pipelines.detection.rc3d import RC3DConfig
 from pipelines.detection.rc3d_targets import anchor_targets, roi_targets, smooth_l1
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeatureStore
 
 HEADS = ["--detector", "rc3d", "--mode", "heads", "--sta", "layer3", "--size", "24", "--seed", "1", "--device",
@@ -95,13 +94,8 @@ def test_roi_pooling_shape_values_and_gradient():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rc3d")
-    generate_untrimmed(root / "data", UntrimmedConfig(classes=2, val_videos=3, test_videos=2, frames=(40, 56),
-                                                      action_frames=(8, 16), idle_frames=(0, 3), instances=(1, 2),
-                                                      size=24, seed=2))
-    run_cli("extract-flow", str(root / "data" / "videos"), "--out", str(root / "store"), "--short-side", "0",
-            "--preset", "cheap", "--workers", "1", "--no-progress")
+def data(tmp_path_factory, untrimmed_store):
+    root = share_untrimmed(untrimmed_store, tmp_path_factory.mktemp("rc3d"))
     for seed in (0, 1):
         _backbone(root / f"backbone{seed}.pth", seed)
     (root / "rc3d.toml").write_text(RC3D_TOML)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, share_untrimmed
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.scnn import overlap_loss
 from pipelines.detection.evaluation import segment_tiou
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
 from pipelines.inference.features import FeatureStore
 
@@ -76,13 +75,8 @@ def test_overlap_loss_is_scnn_formula_and_pulls_the_score_to_the_overlap():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scnn")
-    generate_untrimmed(root / "data", UntrimmedConfig(classes=2, val_videos=3, test_videos=2, frames=(40, 56),
-                                                      action_frames=(8, 16), idle_frames=(0, 3), instances=(1, 2),
-                                                      size=24, seed=2))
-    run_cli("extract-flow", str(root / "data" / "videos"), "--out", str(root / "store"), "--short-side", "0",
-            "--preset", "cheap", "--workers", "1", "--no-progress")
+def data(tmp_path_factory, untrimmed_store):
+    root = share_untrimmed(untrimmed_store, tmp_path_factory.mktemp("scnn"))
     config = root / "detector.toml"
     config.write_text("[detection.train]\nwindow_lengths = [8, 16]\nproposal_positive = 0.5\n")
     return root

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_train_toml
+from conftest import immutable_folder, run_cli, tiny_train_toml
 from flow.verify import verify_store
 
 PARALLEL = 3  # subprocesses at a time: most of each one's time is Python and torch starting up
@@ -73,14 +73,6 @@ def _rot_a_flow_chunk(path: Path) -> None:
     for offset in range(chunk.byte_offset + 2, chunk.byte_offset + chunk.size - 2):
         data[offset] ^= 0x5A
     path.write_bytes(bytes(data))
-
-
-def _immutable_folder(path: Path) -> Path | None:
-    """A folder nobody can write into, root included (``chattr +i``); None where the file system refuses."""
-    path.mkdir()
-    (path / "kept.txt").write_text("written before\n")
-    made = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
-    return path if made else None
 
 
 # Values of a config file out of range: (table, key, value); each is refused before any work, naming file and table.
@@ -215,7 +207,7 @@ def ctx(synth_store, flow_teacher, tmp_path_factory, request) -> SimpleNamespace
     # outputs
     c.a_file = root / "a_file"
     c.a_file.write_text("a regular file: nothing can be created below it, not even by root\n")
-    c.read_only = _immutable_folder(root / "read_only")
+    c.read_only = immutable_folder(root / "read_only")
     if c.read_only is not None:
         request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(c.read_only)], check=True))
     return c

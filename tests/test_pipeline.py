@@ -84,7 +84,7 @@ def test_training_killed_and_resumed_matches_uninterrupted(synth_store, tmp_path
     config = tmp_path / "train.toml"
     config.write_text(tiny_train_toml().replace("epochs = 2", "epochs = 8"))
     args = ["train", "--config", str(config), "--stream", "rgb", "--store", str(synth_store.store)]
-    run_cli(*args, "--out", str(tmp_path / "whole"))
+    assert run_cli(*args, "--out", str(tmp_path / "whole"), "--no-progress").stderr == ""  # no bar, nothing else
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(killed)], cwd=REPO,

@@ -284,8 +284,6 @@ def test_a_rerun_with_other_preprocessing_is_refused_before_any_work(outcomes):
 
 
 def test_a_rerun_rewrites_its_own_synthetic_set_and_deletes_its_own_store(outcomes):
-    from pipelines.detection.synth import untrimmed_files
-
     chain = outcomes.chain
     data, store = chain.folder / "data", chain.folder / "out" / "detection" / "store"
     assert chain.second.returncode == 0, chain.second.stdout + chain.second.stderr
@@ -294,7 +292,7 @@ def test_a_rerun_rewrites_its_own_synthetic_set_and_deletes_its_own_store(outcom
     info = json.loads((data / "synth.json").read_text())
     assert info["config"]["seed"] == 4
     written = {name for name, kind in _tree(data).items() if kind != "/"}
-    assert written == {*untrimmed_files(info["config"]), "synth.json"}  # nothing stale, no claim left over
+    assert written == {*info["files"], "synth.json"}  # nothing stale, no journal left over
     made = json.loads((chain.folder / "out" / "stages" / "stores.json").read_text())
     assert made == {str(store): hashlib.sha256((store / "manifest.json").read_bytes()).hexdigest()}
     assert json.loads((chain.folder / "out" / "detection" / "report.json").read_text())["rows"]

@@ -174,21 +174,37 @@ def _build(cls: type[ConfigT], values: Mapping[str, Any], overrides: Mapping[str
            source: str | Path | None) -> ConfigT:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
-    for origin, mapping in ((source, values), ("option", overrides)):
+    options = {key.replace("-", "_") for key, value in overrides.items() if value is not None}
+    for mapping, from_option in ((values, False), (overrides, True)):
         for key, value in mapping.items():
             name = key.replace("-", "_")
+            origin = option_name(name) if from_option else source
             if name not in fields:
                 known = ", ".join(sorted(fields))
                 raise InputError(origin, f"unknown key '{key}' (known: {known})")
-            if value is None and origin == "option":
+            if value is None and from_option:
                 continue
             merged[name] = _check_value(cls, fields[name], value, origin)
     try:
         return cls(**merged)
-    except InputError as exc:  # the dataclass's own checks: name the file they came from
-        raise InputError(exc.path or source, exc.problem) from None
+    except InputError as exc:  # the dataclass's own checks: name the option or the file the value came from
+        raise InputError(exc.path or _option_at_fault(exc.problem, options) or source, exc.problem) from None
     except ValueError as exc:
-        raise InputError(source, str(exc)) from None
+        raise InputError(_option_at_fault(str(exc), options) or source, str(exc)) from None
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets a config field (``batch_size`` -> ``--batch-size``)."""
+    return "--" + field.replace("_", "-")
+
+
+def _option_at_fault(problem: str, options: set[str]) -> str | None:
+    """The option a dataclass's refusal is about, when it came from one: the checks here (``check_at_least`` and
+    the others) start their message with the field's name, so the line names the option the user typed instead of
+    the config table, which the user may not have."""
+    words = problem.split(maxsplit=1)
+    field = words[0].rstrip(":,") if words else ""
+    return option_name(field) if field in options else None
 
 
 def load_config(
@@ -214,15 +230,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def check_model_choice(arch: str, sta: str | None, source: str | Path | None, label: str,
                        layer: str | None = None) -> None:
     """An architecture the registry has, an STA spec it can take and, when given, a ``layer`` among its stages
-    (or ``pool``): checked when a file is read, not when the network is built hours later."""
+    (or ``pool``): checked when a file is read, not when the network is built hours later. ``label`` (the table)
+    goes before the problem; empty when ``source`` is the option that gave the value."""
     from mars_sta import model_entry, parse_sta
 
+    prefix = f"{label} " if label else ""
     try:
         entry = model_entry(arch)
         spec = parse_sta(sta)
         if spec is not None:
             spec.resolve(entry.default_sta_stage, entry.stages, arch)
     except ValueError as exc:
-        raise InputError(source, f"{label} {exc}") from None
+        raise InputError(source, f"{prefix}{exc}") from None
     if layer is not None and layer not in (*entry.stages, "pool"):
-        raise InputError(source, f"{label} layer {layer!r}: expected pool or one of {', '.join(entry.stages)}")
+        raise InputError(source, f"{prefix}layer {layer!r}: expected pool or one of {', '.join(entry.stages)}")

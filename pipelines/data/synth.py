@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
-from flow.errors import InputError
-from pipelines.data.synth_folder import Generator, rewriting
+from pipelines.data.synth_files import SynthFiles
 
 GENERATOR_VERSION = 3
 # Pairs differ only in the direction of motion; their order fixes the class order (classInd.txt).
@@ -117,44 +113,27 @@ def mirror_maps(classes: list[str], info: dict) -> tuple[dict[int, int], dict[in
     return maps[0], maps[1]
 
 
-def dataset_files(config: Mapping[str, Any]) -> list[str]:
-    """The files a generation with this (recorded) config writes, relative to its folder; synth.json aside."""
-    classes = ALL_CLASSES[: int(config["classes"])]
-    videos = [f"videos/{name}/{name}_{index + 1:04d}.avi" for name in classes
-              for index in range(int(config["videos_per_class"]))]
-    splits = [f"splits/{kind}list0{number}.txt" for kind in ("train", "test") for number in (1, 2, 3)]
-    return [*videos, "splits/classInd.txt", *splits, "clips.csv"]
-
-
-TRIMMED = Generator(format="mars-sta-synth", files_of=dataset_files, name="a synthetic dataset")
-
-
 def generate(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> dict:
     """Write ``videos/<class>/<video>.avi``, ``splits/`` (3 UCF-101-style splits), ``clips.csv`` and ``synth.json``.
 
-    ``synth.json`` is written last, so its presence means the dataset is complete. Returns its content.
+    ``synth.json`` is written last, so its presence means the dataset is complete; it lists every file written, so
+    a rerun into ``out_dir`` replaces exactly those (``SynthFiles``). Returns its content.
     """
     out = Path(out_dir)
-    with rewriting(out, TRIMMED, asdict(config)):
-        info = _write_dataset(out, config)
-    return info
-
-
-def _write_dataset(out: Path, config: SynthConfig) -> dict:
+    files = SynthFiles(out)
     classes = config.class_names
     facts = []
     for label, name in enumerate(classes):
         folder = out / "videos" / name
-        folder.mkdir(parents=True, exist_ok=True)
         for index in range(config.videos_per_class):
             video = f"{name}_{index + 1:04d}"
             frames, fact = render_clip(config, label, index)
-            _write_video(folder / f"{video}.avi", frames, config.fps)
+            files.video(folder / f"{video}.avi", frames, config.fps)
             facts.append({"video": f"{name}/{video}", "label": label, **fact})
-    split_sizes = _write_splits(out / "splits", config)
-    _write_text(out / "clips.csv", _facts_csv(facts))
+    split_sizes = _write_splits(files, out / "splits", config)
+    files.text(out / "clips.csv", _facts_csv(facts))
     info = {
-        "format": TRIMMED.format,
+        "format": "mars-sta-synth",
         "generator_version": GENERATOR_VERSION,
         "config": asdict(config),
         "classes": classes,
@@ -165,8 +144,7 @@ def _write_dataset(out: Path, config: SynthConfig) -> dict:
         "videos": len(facts),
         "splits": split_sizes,
     }
-    _write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
-    return info
+    return files.finish(info)
 
 
 def render_clip(config: SynthConfig, label: int, index: int) -> tuple[np.ndarray, dict]:
@@ -392,30 +370,10 @@ def _corrupt_and_degrade(rng: np.random.Generator, frames: np.ndarray, config: S
 # ---------------------------------------------------------------- files
 
 
-def _write_video(path: Path, frames: np.ndarray, fps: float) -> None:
-    """MJPG in AVI through OpenCV's own muxer (no FFmpeg needed, same bytes every time), renamed into place."""
-    partial = path.with_name(f".{path.stem}.partial.avi")
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(partial), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    if not writer.isOpened():
-        raise InputError(path, "OpenCV could not open an MJPG video writer here")
-    for frame in frames:
-        writer.write(np.ascontiguousarray(frame[..., ::-1]))
-    writer.release()
-    os.replace(partial, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(partial, path)
-
-
-def _write_splits(folder: Path, config: SynthConfig) -> dict[str, dict[str, int]]:
+def _write_splits(files: SynthFiles, folder: Path, config: SynthConfig) -> dict[str, dict[str, int]]:
     """classInd.txt and three seeded train/test partitions in UCF-101's formats (trainlist lines carry labels)."""
     classes = config.class_names
-    _write_text(folder / "classInd.txt", "".join(f"{i + 1} {name}\n" for i, name in enumerate(classes)))
+    files.text(folder / "classInd.txt", "".join(f"{i + 1} {name}\n" for i, name in enumerate(classes)))
     per_class_train = min(config.videos_per_class - 1, max(1, round(config.train_fraction * config.videos_per_class)))
     sizes = {}
     for number in (1, 2, 3):
@@ -428,8 +386,8 @@ def _write_splits(folder: Path, config: SynthConfig) -> dict[str, dict[str, int]
             for index in range(config.videos_per_class):
                 entry = f"{name}/{name}_{index + 1:04d}.avi"
                 (train if index in chosen else test).append((entry, label))
-        _write_text(folder / f"trainlist0{number}.txt", "".join(f"{e} {label + 1}\n" for e, label in train))
-        _write_text(folder / f"testlist0{number}.txt", "".join(f"{e}\n" for e, _ in test))
+        files.text(folder / f"trainlist0{number}.txt", "".join(f"{e} {label + 1}\n" for e, label in train))
+        files.text(folder / f"testlist0{number}.txt", "".join(f"{e}\n" for e, _ in test))
         sizes[str(number)] = {"train": len(train), "test": len(test)}
     return sizes
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flow.atomic import atomic_output, write_json_atomic
 from flow.errors import InputError
+from flow.progress import progress_bar
 from flow.store import FlowStore
 from pipelines.core.checkpoint import model_from_checkpoint
 from pipelines.core.config import check_at_least, config_to_dict
@@ -60,12 +60,14 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
     missing = [v for v in videos if v not in store]
     if missing:
         raise InputError(store_path, f"{len(missing)} video(s) to detect in are not in the store, e.g. {missing[0]!r}")
+    for video in videos:  # each file opens and is whole before the first is scored
+        store.num_frames(video)
     clips = WindowClips(store, stream_spec(trained.stream).test_clips, trained.frames, trained.size,
                         trained.normalization, False)
     classes = loc_payload["classes"]
     started = time.perf_counter()
     results, timelines = {}, {}
-    for video in tqdm(videos, disable=not progress, desc="detect", leave=False):
+    for video in progress_bar(videos, disable=not progress, desc="detect", unit="video", leave=False):
         timelines[video] = TemporalWeights(store.num_frames(video) - 1)
         results[video] = _detect_video(video, store, clips, proposal.to(device), localization.to(device), classes,
                                        trained, config, device, timelines[video])

@@ -26,7 +26,7 @@ from pipelines.core.config import build_config, check_model_choice, config_to_di
 from pipelines.core.device import check_device
 from pipelines.core.manifest import fingerprint
 from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
-from pipelines.data.synth_folder import check_folder
+from pipelines.data.synth_files import check_target
 from pipelines.detection.annotations import SUBSET_NAMES, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
@@ -36,7 +36,7 @@ from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.detection.summary import summarize
-from pipelines.detection.synth import UNTRIMMED, UntrimmedConfig, generate_untrimmed
+from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, normalization_of
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector
@@ -237,7 +237,7 @@ def check_detection_outputs(plan: DetectionPlan, pending: Pending) -> None:
     is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
     other videos or other preprocessing."""
     if plan.synth is not None and pending(*synth_stage(plan)):
-        check_folder(plan.videos.parent, UNTRIMMED)
+        check_target(plan.videos.parent)
         check_deletable(plan.store, plan.run_folder, "[detection.synth]")
     else:
         check_store(plan.extract, plan.videos, plan.store, "[detection] store")
@@ -262,7 +262,7 @@ def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] 
     for model, config in plan.train.items():
         folders[model] = _train_stage(plan, stage, model, config, inputs, log, progress)
     for model, config in plan.rc3d.items():
-        folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log)
+        folders[model] = _train_rc3d_stage(plan, stage, model, config, inputs, log, progress)
     folders.pop(TEACHER, None)
     test = read_annotations(plan.annotations, plan.config.test_subset)
     with FlowStore(plan.store) as store:
@@ -293,7 +293,7 @@ def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: Detector
 
 
 def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3DConfig, inputs: dict[str, Any],
-                      log: Callable[[str], None]) -> Path:
+                      log: Callable[[str], None], progress: bool) -> Path:
     """Train one R-C3D row: end to end from the store, or heads-only after caching its backbone's maps."""
     folder, features = plan.out / model, plan.out / "features" / model
     backbone = {"pretrained": fingerprint(config.pretrained) if config.pretrained else None}
@@ -302,7 +302,8 @@ def _train_rc3d_stage(plan: DetectionPlan, stage: Stage, model: str, config: RC3
         reads = FeaturesConfig(stride=config.stride, layer=layer, buffer=config.buffer, device=config.device)
         stage("detection-features", f"cache the backbone features of {model}",
               {"store": inputs["store"], "config": config_to_dict(reads), **backbone},
-              lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log))
+              lambda: build_features(reads, Path(config.pretrained), plan.store, features, log=log,
+                                     progress=progress))
     heads = {"features": FeatureStore(features).manifest["key"]} if config.mode == "heads" else {}
     key = {**inputs, "config": config_to_dict(config), **backbone, **heads}
 

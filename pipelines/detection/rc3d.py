@@ -9,6 +9,7 @@ reads it too) and the heads, with optimizer and RNG states for exact resume.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -29,6 +30,7 @@ from pipelines.core.config import check_at_least, check_choices, check_one_of, c
 from pipelines.core.device import resolve_device
 from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gradients, barrier, init_distributed,
                                         rank_device)
+from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
 from pipelines.data.clips import NORMALIZATIONS, Normalization
 from pipelines.detection.annotations import SUBSET_NAMES, Annotations
@@ -256,26 +258,26 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
                               {"store": store_path, "annotations": truth.source, "features": features})
     parts = context.world_size * config.accumulate
     key = _resume_key(config, manifest, store, features, parts)
-    out.mkdir(parents=True, exist_ok=True)
-    for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
-        started = time.perf_counter()
-        model.heads.train()
-        model.backbone.train(config.mode == "end-to-end")
-        order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))
-        losses = [loss for first in range(0, len(order), parts)
-                  for loss in _step(model, samples, order[first:first + parts], epoch, cache, store, config,
-                                    optimizer, device, context)]
-        total, count = all_reduce_sum([sum(losses), len(losses)], context, device)
+    with folder_lock(out) if context.is_main else contextlib.nullcontext():  # creates it: all checks are done
+        for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
+            started = time.perf_counter()
+            model.heads.train()
+            model.backbone.train(config.mode == "end-to-end")
+            order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))
+            losses = [loss for first in range(0, len(order), parts)
+                      for loss in _step(model, samples, order[first:first + parts], epoch, cache, store, config,
+                                        optimizer, device, context)]
+            total, count = all_reduce_sum([sum(losses), len(losses)], context, device)
+            if context.is_main:
+                _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
+                log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {total / max(count, 1):.3f} on "
+                    f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
+            barrier(context)
         if context.is_main:
-            _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
-            log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {total / max(count, 1):.3f} on "
-                f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
-        barrier(context)
-    if not context.is_main:
-        return {}
-    write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "processes": context.world_size,
-                                              "outputs": {"rc3d": str(out / MODEL)}})
-    return {"rc3d": str(out / MODEL)}
+            write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes,
+                                                      "processes": context.world_size,
+                                                      "outputs": {"rc3d": str(out / MODEL)}})
+    return {"rc3d": str(out / MODEL)} if context.is_main else {}
 
 
 def _optimizer(config: RC3DConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -89,6 +89,9 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     if missing:
         raise InputError(features or store_path, f"{len(missing)} video(s) to detect in are not in it, e.g. "
                                                  f"{missing[0]!r}")
+    if isinstance(source[0], FlowStore):  # each file opens and is whole before the first is detected in
+        for video in videos:
+            source[0].num_frames(video)
     started, results = time.perf_counter(), {}
     for video in videos:
         feature_map, bounds, frames_per_step, fps, grid = source[1](video)

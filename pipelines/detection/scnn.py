@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
+from flow.progress import LOG_INTERVAL, progress_bar
 from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
@@ -44,6 +44,7 @@ from pipelines.detection.annotations import SUBSET_NAMES, Annotations
 from pipelines.detection.clips import WindowClips, fps_of
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
+from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, stage_manifest
 
 NETWORKS = ("proposal", "localization")
@@ -164,7 +165,6 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
     context = init_distributed(device)
     device = rank_device(device, context)
     say = log if context.is_main else (lambda message: None)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = stage_manifest("train-detector", config_to_dict(config), {
         "store": store_path, "annotations": truth.source,
         **{f"teacher_{n}": teacher / f"{n}.pth" for n in NETWORKS if teacher is not None}})
@@ -178,12 +178,14 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
             raise InputError(truth.source, f"no window reaches tIoU {thresholds[network][0]} with the {truth.subset} "
                                            f"ground truth (window lengths {list(config.window_lengths)})")
     paths = {}
-    for network in NETWORKS:
-        run = _Training(network, config, windows[network], clips, truth.classes, device, context, say, progress)
-        paths[network] = _train_network(run, out, _resume_key(network, manifest, store), teacher)
-    if context.is_main:
-        write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "processes":
-                                                  context.world_size, "outputs": {k: str(v) for k, v in paths.items()}})
+    with folder_lock(out) if context.is_main else contextlib.nullcontext():  # creates it: all checks are done
+        for network in NETWORKS:
+            run = _Training(network, config, windows[network], clips, truth.classes, device, context, say, progress)
+            paths[network] = _train_network(run, out, _resume_key(network, manifest, store), teacher)
+        if context.is_main:
+            write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes, "processes":
+                                                      context.world_size, "outputs": {k: str(v) for k, v in
+                                                                                      paths.items()}})
     return {k: str(v) for k, v in paths.items()} if context.is_main else {}
 
 
@@ -273,9 +275,9 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
         order = _epoch_sample(run.windows, network, config, epoch)
         parts = run.context.world_size * config.accumulate
         batches = np.array_split(order, max(1, min(-(-len(order) // config.batch_size), len(order) // parts)))
-        losses = [_step(run, student, optimizer, batch, (epoch, step)) for step, batch in enumerate(tqdm(
-            batches, disable=not run.progress or not run.context.is_main, leave=False,
-            desc=f"{network} {epoch + 1}/{config.epochs}"))]
+        losses = [_step(run, student, optimizer, batch, (epoch, step)) for step, batch in enumerate(progress_bar(
+            batches, unit="batch", disable=not run.progress or not run.context.is_main, leave=False,
+            desc=f"{network} {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL))]
         total, count = all_reduce_sum([float(np.sum(losses)), float(len(losses))], run.context, run.device)
         if run.context.is_main:
             _save(path, network, model, optimizer, config, run.classes, epoch, key)

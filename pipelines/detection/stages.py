@@ -7,7 +7,7 @@ from typing import Any
 
 from flow.errors import InputError
 from flow.store import FlowStore
-from pipelines.core.config import build_config, read_toml
+from pipelines.core.config import build_config, check_model_choice, read_toml
 from pipelines.detection.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
@@ -36,13 +36,29 @@ def train_detector_stage(store: Path, annotations: Path, out: Path, config_path:
             raise InputError(None, "--teacher is for S-CNN's mars stream (R-C3D reads rgb or flow)")
         config = build_config(RC3DConfig, detection_table(config_path, "rc3d"), given, source=config_path,
                               table="[detection.rc3d]")
+        check_network(config.arch, config.sta, given, config_path, "[detection.rc3d]", config.layer)
         return train_rc3d(config, store, read_annotations(annotations, config.subset), out, features, log=log)
     if features is not None:
         raise InputError(None, "--features is for --detector rc3d (S-CNN reads clips from the flow store)")
     config = build_config(DetectorConfig, detection_table(config_path, "train"), given, source=config_path,
                           table="[detection.train]")
+    check_network(config.arch, config.sta, given, config_path, "[detection.train]")
     truth = read_annotations(annotations, config.subset)
     return train_detector(config, store, truth, out, log=log, progress=progress, teacher=teacher)
+
+
+def check_network(arch: str, sta: str | None, given: Mapping[str, Any], source: Path | None, table: str,
+                  layer: str | None = None) -> None:
+    """Architecture, STA spec and layer as the registry knows them, before any work (an unknown stage would
+    otherwise stop S-CNN after its proposal network trained). ``--arch`` was checked as the command line was read;
+    an STA spec from ``--sta`` is named by the option, anything else by the config file and table."""
+    from_option = "sta" in given
+    check_model_choice(arch, None if from_option else sta, source, table, layer)
+    if from_option:
+        try:
+            check_model_choice(arch, sta, "--sta", "")
+        except InputError as exc:  # the registry's message names the key, which the option already does
+            raise InputError(exc.path, exc.problem.removeprefix("sta: ")) from None
 
 
 def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Path | None, subset: str,
@@ -54,6 +70,9 @@ def detect_stage(model_dir: Path, store: Path | None, out: Path, annotations: Pa
     A folder with ``rc3d.pth`` is R-C3D (table ``[detection.rc3d_detect]``), end to end or on ``features``."""
     given = {k: v for k, v in options.items() if v is not None}
     if (model_dir / MODEL).is_file():
+        if store is None and features is None:
+            raise InputError(model_dir, "is an R-C3D model: give --store (end to end) or --features (its heads on "
+                                        "cached features)")
         config = build_config(RC3DDetectConfig, detection_table(config_path, "rc3d_detect"), given,
                               source=config_path, table="[detection.rc3d_detect]")
         available = (FeatureStore(features).video_ids() if features is not None else

@@ -9,7 +9,8 @@ stream seeded by (seed, subset, index): the same seed gives the same files in an
 
 Written: ``videos/<video>.avi``, the ground truth as a THUMOS'14 folder (``annotations/<Class>_<subset>.txt``,
 ``Ambiguous_<subset>.txt``, ``detclasslist.txt``) and as an ActivityNet-style ``annotations.json``, and
-``synth.json`` last (its presence means the dataset is complete).
+``synth.json`` last (its presence means the dataset is complete; it lists every file written, so a rerun into the
+same folder replaces exactly those: ``pipelines.data.synth_files``).
 """
 from __future__ import annotations
 
@@ -17,16 +18,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
 from pipelines.data.synth import (
     ALL_CLASSES, SynthConfig, _background, _corrupt_and_degrade, _pan_offsets, _sprite, _sprite_matrix, _trajectory,
-    _write_text, _write_video,
 )
-from pipelines.data.synth_folder import Generator, rewriting
+from pipelines.data.synth_files import SynthFiles
 
 UNTRIMMED_VERSION = 1
 SUBSETS = {"val": "validation", "test": "testing"}  # THUMOS'14 trains detectors on val and reports on test
@@ -87,43 +86,22 @@ class Instance:
     ambiguous: bool = False
 
 
-def untrimmed_files(config: Mapping[str, Any]) -> list[str]:
-    """The files a generation with this (recorded) config writes, relative to its folder; synth.json aside."""
-    counts = {"val": int(config["val_videos"]), "test": int(config["test_videos"])}
-    labels = [*ALL_CLASSES[: int(config["classes"])], "Ambiguous"]
-    return [*(f"videos/video_{subset}_{index + 1:04d}.avi" for subset, count in counts.items()
-              for index in range(count)),
-            *(f"annotations/{label}_{subset}.txt" for subset in SUBSETS for label in labels),
-            "annotations/detclasslist.txt", "annotations.json"]
-
-
-UNTRIMMED = Generator(format="mars-sta-synth-untrimmed", files_of=untrimmed_files,
-                      name="an untrimmed synthetic dataset")
-
-
 def generate_untrimmed(out_dir: str | Path, config: UntrimmedConfig = UntrimmedConfig()) -> dict:
     """Write the videos and both ground-truth formats to ``out_dir``; returns ``synth.json``'s content."""
     out = Path(out_dir)
-    with rewriting(out, UNTRIMMED, asdict(config)):
-        info = _write_dataset(out, config)
-    return info
-
-
-def _write_dataset(out: Path, config: UntrimmedConfig) -> dict:
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+    files = SynthFiles(out)
     database = {}
     for subset, count in (("val", config.val_videos), ("test", config.test_videos)):
         for index in range(count):
             video = f"video_{subset}_{index + 1:04d}"
             frames, instances = render_video(config, subset, index)
-            _write_video(out / "videos" / f"{video}.avi", frames, config.fps)
+            files.video(out / "videos" / f"{video}.avi", frames, config.fps)
             database[video] = _json_entry(config, subset, len(frames), instances)
-    _write_annotations(out, config, database)
-    info = {"format": UNTRIMMED.format, "generator_version": UNTRIMMED_VERSION, "config": asdict(config),
+    _write_annotations(files, out, config, database)
+    info = {"format": "mars-sta-synth-untrimmed", "generator_version": UNTRIMMED_VERSION, "config": asdict(config),
             "classes": config.class_names, "videos": len(database),
             "instances": sum(len(entry["annotations"]) for entry in database.values())}
-    _write_text(out / "synth.json", json.dumps(info, indent=2) + "\n")
-    return info
+    return files.finish(info)
 
 
 def render_video(config: UntrimmedConfig, subset: str, index: int) -> tuple[np.ndarray, list[Instance]]:
@@ -201,7 +179,7 @@ def _json_entry(config: UntrimmedConfig, subset: str, length: int, instances: li
     return {"subset": SUBSETS[subset], "duration": round(length / config.fps, 2), "annotations": annotations}
 
 
-def _write_annotations(out: Path, config: UntrimmedConfig, database: dict) -> None:
+def _write_annotations(files: SynthFiles, out: Path, config: UntrimmedConfig, database: dict) -> None:
     """The same ground truth as a THUMOS'14 folder and as an ActivityNet-style JSON."""
     folder = out / "annotations"
     lines: dict[str, list[str]] = {f"{label}_{subset}.txt": [] for subset in SUBSETS
@@ -212,9 +190,9 @@ def _write_annotations(out: Path, config: UntrimmedConfig, database: dict) -> No
             start, end = item["segment"]
             lines[f"{item['label']}_{subset}.txt"].append(f"{video} {start:.2f} {end:.2f}\n")
     for name, rows in lines.items():
-        _write_text(folder / name, "".join(rows))
-    _write_text(folder / "detclasslist.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(config.class_names)))
+        files.text(folder / name, "".join(rows))
+    files.text(folder / "detclasslist.txt", "".join(f"{i + 1} {n}\n" for i, n in enumerate(config.class_names)))
     taxonomy = [{"nodeName": name, "parentName": "Root", "nodeId": i + 1, "parentId": 0}
                 for i, name in enumerate(config.class_names)]
     payload = {"version": "mars-sta synthetic untrimmed", "taxonomy": taxonomy, "database": database}
-    _write_text(out / "annotations.json", json.dumps(payload, indent=1) + "\n")
+    files.text(out / "annotations.json", json.dumps(payload, indent=1) + "\n")

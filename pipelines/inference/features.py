@@ -35,9 +35,10 @@ import torch
 
 from flow.errors import InputError, write_error
 from flow.merge import link_or_copy
+from flow.progress import progress_bar
 from flow.shard import parse_shard
-from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, remove_temporaries, video_path,
-                        write_json_atomic)
+from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, is_dangling_link,
+                        remove_temporaries, video_path, write_json_atomic)
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
 from pipelines.core.config import build_config, check_at_least, read_toml
 from pipelines.core.device import resolve_device
@@ -154,7 +155,7 @@ def feature_key(checkpoint_sha256: str, reads: BackboneInput, preprocessing: dic
 
 
 def build_features(config: FeaturesConfig, checkpoint_path: Path, store_path: Path, out: Path,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Write the feature store ``out`` for every video of the flow store; a rerun computes only what is missing.
 
     Args:
@@ -163,6 +164,7 @@ def build_features(config: FeaturesConfig, checkpoint_path: Path, store_path: Pa
         store_path: the flow store of the videos.
         out: the feature store folder.
         log: where the summary lines go.
+        progress: show a progress bar over the videos (plain lines when stderr is not a terminal).
     """
     checkpoint = load_checkpoint(checkpoint_path)
     store = FlowStore(store_path)
@@ -179,7 +181,7 @@ def build_features(config: FeaturesConfig, checkpoint_path: Path, store_path: Pa
         remove_temporaries(out)
         _drop_stale(out, manifest["key"], log)
         write_json_atomic(out / MANIFEST, manifest)
-        for video in videos:
+        for video in progress_bar(videos, desc="features", unit="video", disable=not progress or not videos):
             if _is_current(video_path(out, video), manifest["key"]):
                 continue
             feature_map, bounds = video_map(backbone, store, video, reads, device)
@@ -341,7 +343,9 @@ class FeatureStore:
         return finished_ids(self.root)
 
     def __contains__(self, video: object) -> bool:
-        return isinstance(video, str) and video_path(self.root, video).is_file()
+        """Listed in the store, as ``video_ids`` lists it (a dangling link too: reading it fails, naming it)."""
+        return isinstance(video, str) and (video_path(self.root, video).is_file()
+                                           or is_dangling_link(video_path(self.root, video)))
 
     def read(self, video: str) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         """The map (C, L, h, w), the buffer boundaries in feature steps and the video's attributes."""
@@ -371,8 +375,9 @@ class FeatureStore:
 
 
 def features_stage(checkpoint: Path, store: Path, out: Path, config_path: Path | None,
-                   options: dict[str, Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+                   options: dict[str, Any], log: Callable[[str], None] = print,
+                   progress: bool = True) -> dict[str, Any]:
     """``features``: the config from the TOML table ``[features]`` and the options given, then the store."""
     table = dict(read_toml(config_path).get("features", {})) if config_path else {}
     config = build_config(FeaturesConfig, table, options, source=config_path)
-    return build_features(config, checkpoint, store, out, log=log)
+    return build_features(config, checkpoint, store, out, log=log, progress=progress)

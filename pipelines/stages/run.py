@@ -278,11 +278,10 @@ def _check_recognition_outputs(plan: RunPlan, configs: StageConfigs, runner: Run
     is not an earlier synthetic set, the deletion of a store this run did not make, a store that holds
     other videos or other preprocessing."""
     from flow.extract import check_store
-    from pipelines.data.synth import TRIMMED
-    from pipelines.data.synth_folder import check_folder
+    from pipelines.data.synth_files import check_target
 
     if configs.synth is not None and runner.pending(*_synth_stage(configs)):
-        check_folder(plan.videos.parent, TRIMMED)
+        check_target(plan.videos.parent)
         check_deletable(plan.store, plan.out, "[synth]")
     else:
         check_store(configs.extract, plan.videos, plan.store, "[data] store")

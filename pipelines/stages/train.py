@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from flow.atomic import remove_temporaries, write_json_atomic, write_text_atomic
 from flow.errors import InputError
 from flow.extract import available_cpus
+from flow.progress import LOG_INTERVAL, progress_bar
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.clips import NORMALIZATIONS
@@ -311,8 +312,10 @@ def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch
 
 
 def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, dataset, config: TrainConfig,
-                 epoch: int, context: DistContext, device: torch.device, amp, workers: int) -> dict[str, float]:
-    """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches."""
+                 epoch: int, context: DistContext, device: torch.device, amp, workers: int,
+                 bar: bool = False) -> dict[str, float]:
+    """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches,
+    its batches read by ``workers`` loader processes; ``bar`` shows a progress bar over them."""
     accumulate = config.accumulate
     plan = batch_plan(len(dataset), config.batch_size, context.world_size * accumulate, config.seed, epoch)
     first_part = context.rank * accumulate
@@ -320,7 +323,9 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, datase
     dataset.set_epoch(epoch)
     student.train()
     sums = [0.0] * 5  # loss, ce, mse, correct, seen
-    for index, (clips, labels) in enumerate(_batches(dataset, mine, workers)):
+    batches = progress_bar(_batches(dataset, mine, workers), total=len(mine), disable=not bar, leave=False,
+                           unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL)
+    for index, (clips, labels) in enumerate(batches):
         step, micro = divmod(index, accumulate)
         torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
         clips, labels = clips.to(device), labels.to(device)
@@ -387,7 +392,7 @@ def _loader_workers(config: TrainConfig, say: Callable[[str], None]) -> int:
 
 
 def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
-          resume: bool = True) -> dict[str, Any]:
+          resume: bool = True, bar: bool = False) -> dict[str, Any]:
     """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``).
 
     Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
@@ -399,6 +404,7 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
         paths: the store, the output folder, and the split files, pretrained weights and teacher when given.
         progress: receives one line per epoch (and notes) on the main process.
         resume: continue from an existing ``last.pth`` of the same run.
+        bar: show a progress bar over each epoch's batches on the main process (plain lines in a log).
     """
     _check_teacher_path(config, paths)
     fine_tuning = paths.pretrained is not None
@@ -413,7 +419,7 @@ def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None
     with folder_lock(out) if context.is_main else contextlib.nullcontext():
         if context.is_main:
             remove_temporaries(out)  # of a run killed while writing a checkpoint
-        return _train_locked(config, paths, fine_tuning, device, context, say, out, resume)
+        return _train_locked(config, paths, fine_tuning, device, context, say, out, resume, bar and context.is_main)
 
 
 def _warn_collapsed_time(config: TrainConfig, in_channels: int, say: Callable[[str], None]) -> None:
@@ -463,7 +469,8 @@ class _Run:
 
 
 def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
-                  context: DistContext, say: Callable[[str], None], out: Path, resume: bool) -> dict[str, Any]:
+                  context: DistContext, say: Callable[[str], None], out: Path, resume: bool,
+                  bar: bool) -> dict[str, Any]:
     run = _prepare(config, paths, fine_tuning, device, context, say)
     last_path, best_path, metrics_path = out / ckpt.LAST, out / ckpt.BEST, out / "metrics.jsonl"
     if last_path.exists() and not resume:
@@ -481,7 +488,7 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
                "preprocessing": run.data.store.preprocessing, "train_config": config_to_dict(config),
                "split": config.split, "run_key": run.manifest["key"]}
     for epoch in range(start_epoch, config.epochs):
-        row = _run_epoch(run, epoch)
+        row = _run_epoch(run, epoch, bar)
         history.append(row)
         is_best = row["val_acc"] > best_acc
         best_acc = max(best_acc, row["val_acc"])
@@ -599,13 +606,14 @@ def _build_model(config: TrainConfig, paths: TrainPaths, num_classes: int, fine_
     return model
 
 
-def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+def _run_epoch(run: _Run, epoch: int, bar: bool = False) -> dict[str, Any]:
     """Train and validate one epoch; a plateau schedule steps on the validation loss, a step schedule per epoch."""
     config = run.config
     started = time.perf_counter()
     row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
     row.update(_train_epoch(run.student, run.teacher, run.loss_fn, run.optimizer, run.scheduler, run.scaler,
-                            run.train_set, config, epoch, run.context, run.device, run.amp, run.loader_workers))
+                            run.train_set, config, epoch, run.context, run.device, run.amp, run.loader_workers,
+                            bar))
     if run.teacher is None:
         row.pop("mse")
     row.update(validate(run.model, run.val_set, config, run.device, run.amp, run.context))
