@@ -85,7 +85,8 @@ preset = "cheap"
 REFUSED_STORE = ("{case}/{store}: {table} writes new videos, so this store's flow would be stale, but this run did "
                  "not make the store (not in {case}/out/stages/stores.json) and will not delete it: name a new store, "
                  "or delete it yourself")
-NOT_OURS = "{case}/data: folder is not empty and not {what} (found {found!r}); generate into an empty or new folder"
+NOT_OURS = ("{case}/data: folder is not empty and not a synthetic dataset written by synth (found {found!r}, which no "
+            "synth.json there lists): give a new or empty folder")
 
 
 # -- the user's files --------------------------------------------------------------------------------------------
@@ -163,13 +164,13 @@ CONFIG = "{case}/run.toml: "
 MODELS = 'models = ["s-cnn"]'
 CASES = [
     Case("[detection.synth] into a user's dataset", DETECTION,
-         NOT_OURS.format(case="{case}", what="an untrimmed synthetic dataset", found="annotations.json"),
+         NOT_OURS.format(case="{case}", found="annotations.json"),
          _user_detection_data),
     Case("[detection.synth] into a synthetic set holding a user's video", DETECTION,
-         NOT_OURS.format(case="{case}", what="an untrimmed synthetic dataset", found="videos/holiday.avi"),
+         NOT_OURS.format(case="{case}", found="videos/holiday.avi"),
          _synthetic_set_with_a_user_video),
     Case("[synth] into a user's dataset", RECOGNITION,
-         NOT_OURS.format(case="{case}", what="a synthetic dataset", found="splits/classInd.txt"),
+         NOT_OURS.format(case="{case}", found="splits"),
          _user_recognition_data),
     Case("[detection] store naming a folder this run did not make", _detection((MODELS, MODELS + '\nstore = "mine"')),
          REFUSED_STORE.format(case="{case}", store="mine", table="[detection.synth]"), _user_folder),
