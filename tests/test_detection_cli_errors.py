@@ -71,7 +71,8 @@ def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespac
     c.loop_file.unlink()
     c.loop_file.symlink_to(c.loop_file.name)
     for name, text in {"detector_toml": SCNN_TOML,
-                       "tiny_toml": tiny_train_toml().replace("epochs = 2", "epochs = 1")}.items():
+                       "tiny_toml": tiny_train_toml().replace("epochs = 2", "epochs = 1"),
+                       "bad_sta_toml": '[detection.train]\nsta = "layer9"\n'}.items():
         setattr(c, name, root / f"{name}.toml")
         getattr(c, name).write_text(text)
     c.rc3d = _tiny_rc3d(c.store, c.annotations_json, root / "rc3d")
@@ -134,6 +135,12 @@ ROWS = [
     Row("train-detector --sta with an unknown stage", _train_detector("--sta", "layer9"),
         lambda c: ["--sta", r"unknown stage 'layer9' for tiny_resnet \(stages: layer1, layer2, layer3\)$"],
         _nothing_created),
+    Row("train-detector --detector rc3d --sta with an unknown stage",
+        _train_detector("--detector", "rc3d", "--sta", "layer9"),
+        lambda c: ["--sta", r"unknown stage 'layer9' for tiny_resnet \(stages: layer1, layer2, layer3\)$"],
+        _nothing_created),
+    Row("train-detector with an unknown stage in its config file", _train_detector("--config", "{bad_sta_toml}"),
+        lambda c: [_path(c, "bad_sta_toml"), r"\[detection.train\] sta: .*unknown stage 'layer9'"], _nothing_created),
     Row("train-detector --epochs 0", _train_detector("--epochs", "0"),
         lambda c: ["--epochs", r"0 is not in the range x>=1"], _nothing_created),
     Row("train-detector on a folder another process is writing",
