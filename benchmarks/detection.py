@@ -27,10 +27,10 @@ from flow.extract import ExtractConfig, extract_flow  # noqa: E402
 from flow.store import FlowStore  # noqa: E402
 from mars_sta import build_model  # noqa: E402
 from pipelines.core.checkpoint import save_checkpoint  # noqa: E402
-from pipelines.detection.annotations import read_annotations  # noqa: E402
+from pipelines.data.annotations import read_annotations  # noqa: E402
 from pipelines.detection.rc3d import RC3DConfig, train_rc3d  # noqa: E402
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d  # noqa: E402
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed  # noqa: E402
+from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed  # noqa: E402
 from pipelines.inference.features import FeaturesConfig, build_features  # noqa: E402
 
 

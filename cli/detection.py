@@ -38,7 +38,7 @@ def _parse_tiou(ctx: click.Context, param: click.Parameter, value: str) -> list[
 def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: list[float], protocol: str,
                    as_json: bool) -> None:
     """Per-class AP and mAP of DETECTIONS (ActivityNet results JSON) at each tIoU threshold."""
-    from pipelines.detection.evaluation import evaluate_file, format_table
+    from pipelines.scoring.detection_map import evaluate_file, format_table
 
     result = evaluate_file(detections, annotations_path, subset, tiou, protocol,
                            warn=lambda line: click.echo(line, err=True))
@@ -174,7 +174,7 @@ def detection_demo(out: Path, seeds: tuple[int, ...], config_path: Path | None) 
 
 def synth_untrimmed(out_dir: Path, options: dict) -> None:
     """``synth --untrimmed``: the untrimmed generator with the options the user gave."""
-    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+    from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 
     try:
         config = UntrimmedConfig(**options)

@@ -88,7 +88,7 @@ def untrimmed_store(tmp_path_factory) -> SimpleNamespace:
     """UNTRIMMED videos (``data/``: videos, THUMOS'14 ``annotations/``, ``annotations.json``) and their flow store,
     extracted with the cheap TV-L1 preset. Shared by every detection test: read it, or copy it to change it."""
     from flow.extract import ExtractConfig, extract_flow
-    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+    from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 
     root = tmp_path_factory.mktemp("untrimmed")
     generate_untrimmed(root / "data", UntrimmedConfig(**UNTRIMMED))

@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO, immutable_folder, run_cli, tiny_train_toml
 from flow.progress import LOG_INTERVAL
-from pipelines.detection.annotations import read_annotations
+from pipelines.data.annotations import read_annotations
 from pipelines.detection.rc3d import RC3DConfig
 from pipelines.detection.scnn import DetectorConfig
 
@@ -59,7 +59,7 @@ def _tiny_rc3d(store: Path, annotations: Path, out: Path) -> Path:
 def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespace:
     """Every input, made once; the shared stores are only ever read or copied."""
     from pipelines.data.synth import SynthConfig, generate
-    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+    from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 
     root = tmp_path_factory.mktemp("detection_cli")
     c = SimpleNamespace(root=root, store=untrimmed_store.store, annotations=untrimmed_store.annotations,

@@ -25,8 +25,8 @@ import pytest
 
 from conftest import run_cli
 from flow.errors import InputError
-from pipelines.detection.annotations import read_annotations
-from pipelines.detection.evaluation import evaluate_detections, read_detections
+from pipelines.data.annotations import read_annotations
+from pipelines.scoring.detection_map import evaluate_detections, read_detections
 
 TRUTH = {  # video -> (subset, duration, [(label, start, end)])
     "v1": ("test", 100.0, [("jump", 0, 10), ("jump", 20, 30), ("run", 60, 70), ("Ambiguous", 45, 55)]),

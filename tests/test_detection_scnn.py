@@ -11,7 +11,7 @@ import torch
 from conftest import run_cli, share_untrimmed
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.scnn import overlap_loss
-from pipelines.detection.evaluation import segment_tiou
+from pipelines.scoring.detection_map import segment_tiou
 from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
 from pipelines.inference.features import FeatureStore
 

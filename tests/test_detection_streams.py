@@ -8,9 +8,9 @@ import torch
 
 from conftest import run_cli
 from pipelines.core.checkpoint import load_checkpoint
-from pipelines.detection.annotations import read_annotations
+from pipelines.data.annotations import read_annotations
 from pipelines.detection.scnn import DetectorConfig, train_detector
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 
 TINY = {"frames": 4, "size": 24, "batch_size": 8, "epochs": 1, "seed": 1, "device": "cpu", "window_lengths": (8, 16),
         "proposal_positive": 0.5}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from pipelines.detection.annotations import read_annotations
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed, render_video
+from pipelines.data.annotations import read_annotations
+from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed, render_video
 
 SMALL = dict(classes=2, val_videos=2, test_videos=1, frames=(40, 56), action_frames=(8, 14), idle_frames=(0, 3),
              instances=(1, 2), size=24, seed=4)

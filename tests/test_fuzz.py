@@ -140,7 +140,7 @@ def config_classes() -> dict[str, type]:
     from pipelines.detection.rc3d import RC3DConfig
     from pipelines.detection.rc3d_detect import RC3DDetectConfig
     from pipelines.detection.scnn import DetectorConfig
-    from pipelines.detection.synth import UntrimmedConfig
+    from pipelines.data.untrimmed import UntrimmedConfig
     from pipelines.inference.features import FeaturesConfig
 
     return {"extract": ExtractConfig, "import": ImportConfig, "evaluate": EvaluateConfig, "fuse": FuseConfig,
@@ -561,7 +561,7 @@ def thumos_folder(draw) -> dict[str, bytes]:
 
 def fixed_truths() -> list[Any]:
     """The valid annotations in both formats, read once: what results files are checked against."""
-    from pipelines.detection.annotations import read_annotations
+    from pipelines.data.annotations import read_annotations
 
     if not _TRUTHS:
         with tempfile.TemporaryDirectory() as folder:
@@ -578,7 +578,7 @@ _TRUTHS: list[Any] = []
 
 def _fixed_predictions() -> dict[str, Any]:
     """Detections of every case the evaluation tells apart: hits, duplicates, misses, Ambiguous, unknown videos."""
-    from pipelines.detection.evaluation import Predictions
+    from pipelines.scoring.detection_map import Predictions
 
     jump, run = Predictions(), Predictions()
     for video, start, end, score in [("v1", 0, 10, .9), ("v1", 0, 10, .8), ("v3", 0, 10, .7), ("v2", 0, 5, .6)]:
@@ -592,7 +592,7 @@ def _evaluate_every_way(predictions: dict[str, Any], truth: Any) -> None:
     """Both protocols, with numpy's warnings as errors, and the table as the CLI prints it (UTF-8)."""
     import warnings
 
-    from pipelines.detection.evaluation import evaluate_detections, format_table
+    from pipelines.scoring.detection_map import evaluate_detections, format_table
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -603,7 +603,7 @@ def _evaluate_every_way(predictions: dict[str, Any], truth: Any) -> None:
 
 
 def parse_results_file(content: bytes) -> None:
-    from pipelines.detection.evaluation import check_result_videos, read_results
+    from pipelines.scoring.detection_map import check_result_videos, read_results
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder, "results.json")
@@ -616,7 +616,7 @@ def parse_results_file(content: bytes) -> None:
 
 
 def _parse_annotations(path: Path) -> None:
-    from pipelines.detection.annotations import read_annotations
+    from pipelines.data.annotations import read_annotations
 
     truth = read_annotations(path, "test")
     truth.subset_videos(["v1", "v3", "video_test_0009", "video_val_0001"])

@@ -103,7 +103,7 @@ def _user_detection_data(folder: Path, shared: SimpleNamespace) -> None:
 
 def _synthetic_set_with_a_user_video(folder: Path, shared: SimpleNamespace) -> None:
     """An untrimmed synthetic set (another seed than the config's), to which the user added a video of their own."""
-    from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+    from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 
     generate_untrimmed(folder / "data", UntrimmedConfig(classes=2, val_videos=1, test_videos=1, frames=(32, 40),
                                                         action_frames=(8, 12), idle_frames=(0, 2), size=16, seed=5))

@@ -1,7 +1,8 @@
-"""Temporal action detection: untrimmed synthetic data, THUMOS'14 and ActivityNet annotations, the ActivityNet and
-THUMOS'14 evaluations, and the detectors (the S-CNN-style detector, and R-C3D end to end or its heads on the feature
-store) with their stages, demo and report.
+"""Temporal action detection's networks and stages: S-CNN's sliding windows and its proposal and localization
+networks, R-C3D end to end or its heads on the feature store, their tests (``detect``), and the ``[detection]``
+table of ``run``. Its data (annotations, untrimmed synthetic videos) lives in ``pipelines.data``, its mAP in
+``pipelines.scoring`` and its summary and pages in ``pipelines.report``.
 
-It sits beside ``pipelines.stages`` and imports only the layers below (``report``, ``inference``, ``scoring``,
-``data``, ``core``), never the recognition stages.
+It sits between ``stages`` (whose ``run`` orchestrates its stages) and ``report``, and imports only the layers
+below.
 """

@@ -15,15 +15,6 @@ from pipelines.detection.windows import clip_indices
 from pipelines.inference.features import read_grid
 
 
-def fps_of(store: FlowStore, video: str) -> float:
-    """The frame rate the store records for ``video``: seconds in annotations become frames with it."""
-    fps = float(store.attrs(video).get("fps") or 0.0)
-    if not fps > 0:
-        raise InputError(store.path_of(video), "records no frame rate, so annotation times cannot become frames "
-                                               "(extract it with --fps)")
-    return fps
-
-
 class WindowClips:
     """Clips (C, T, size, size) float32 of windows of the store's videos, of one clip kind: ``rgb``, ``flow`` or
     ``rgb+flow`` (what a stream spec's ``train_clips`` / ``test_clips`` names)."""

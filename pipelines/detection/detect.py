@@ -17,7 +17,8 @@ from flow.store import FlowStore
 from pipelines.core.checkpoint import model_from_checkpoint
 from pipelines.core.config import check_at_least, config_to_dict
 from pipelines.core.stream_specs import stream_spec
-from pipelines.detection.clips import WindowClips, fps_of
+from pipelines.data.annotations import fps_of
+from pipelines.detection.clips import WindowClips
 from pipelines.detection.scnn import detector_config_of
 from pipelines.detection.windows import clip_indices, sliding_windows, temporal_nms
 from pipelines.core.device import resolve_device

@@ -6,7 +6,7 @@ fingerprints of its inputs, and resumable: extraction and ``features`` skip fini
 resumes after its last finished epoch. Layout: ``OUT/detection/store`` (unless ``store`` says),
 ``OUT/detection/<model>/`` (checkpoints, ``detections.json``), ``OUT/detection/teacher-flow/`` (the flow detector
 a ``mars`` stream distils from), ``OUT/detection/features/<model>/`` (the backbone maps a heads-only R-C3D row
-trains on) and ``OUT/detection/report.json`` (``pipelines.detection.summary``).
+trains on) and ``OUT/detection/report.json`` (``pipelines.report.detection_summary``).
 """
 from __future__ import annotations
 
@@ -27,16 +27,16 @@ from pipelines.core.device import check_device
 from pipelines.core.manifest import fingerprint
 from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
 from pipelines.data.synth_files import check_target
-from pipelines.detection.annotations import SUBSET_NAMES, read_annotations
+from pipelines.data.annotations import SUBSET_NAMES, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
-from pipelines.detection.evaluation import DEFAULT_TIOU, PROTOCOLS
+from pipelines.scoring.detection_map import DEFAULT_TIOU, PROTOCOLS
 from mars_sta import model_entry
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
-from pipelines.detection.summary import summarize
-from pipelines.detection.synth import UntrimmedConfig, generate_untrimmed
+from pipelines.report.detection_summary import summarize
+from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, normalization_of
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector

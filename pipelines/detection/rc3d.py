@@ -33,8 +33,8 @@ from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gra
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
 from pipelines.data.clips import NORMALIZATIONS, Normalization
-from pipelines.detection.annotations import SUBSET_NAMES, Annotations
-from pipelines.detection.clips import fps_of
+from pipelines.data.annotations import SUBSET_NAMES, Annotations
+from pipelines.data.annotations import fps_of
 from pipelines.detection.rc3d_targets import anchor_targets, proposals, roi_targets, sample_losses
 from pipelines.inference.features import BackboneInput, FeatureStore, buffers
 

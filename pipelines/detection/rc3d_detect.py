@@ -21,7 +21,7 @@ from mars_sta.rc3d import decode_segments
 from pipelines.core.config import config_to_dict
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import file_sha256, stage_manifest
-from pipelines.detection.clips import fps_of
+from pipelines.data.annotations import fps_of
 from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of
 from pipelines.detection.rc3d_targets import proposals
 from pipelines.detection.windows import temporal_nms

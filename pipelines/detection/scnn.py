@@ -40,8 +40,9 @@ from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_redu
                                         rank_device)
 from pipelines.core.stream_specs import stream_spec
 from pipelines.data.clips import NORMALIZATIONS
-from pipelines.detection.annotations import SUBSET_NAMES, Annotations
-from pipelines.detection.clips import WindowClips, fps_of
+from pipelines.data.annotations import SUBSET_NAMES, Annotations
+from pipelines.data.annotations import fps_of
+from pipelines.detection.clips import WindowClips
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
 from pipelines.core.lock import folder_lock

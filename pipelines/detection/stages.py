@@ -8,7 +8,7 @@ from typing import Any
 from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.config import build_config, check_model_choice, read_toml
-from pipelines.detection.annotations import read_annotations
+from pipelines.data.annotations import read_annotations
 from pipelines.detection.detect import DetectConfig, detect
 from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d

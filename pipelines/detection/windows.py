@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.detection.evaluation import segment_tiou
+from pipelines.scoring.detection_map import segment_tiou
 
 SCNN_LENGTHS = (16, 32, 64, 128, 256, 512)  # S-CNN's window lengths, frames
 SCNN_OVERLAP = 0.75

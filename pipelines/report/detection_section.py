@@ -1,4 +1,4 @@
-"""The report's detection section, drawn from ``detection/report.json`` alone (``pipelines.detection.summary``):
+"""The report's detection section, drawn from ``detection/report.json`` alone (``pipelines.report.detection_summary``):
 the Table VI-style mAP table, per-class AP, precision-recall curves, and Fig. 6-style timelines of ground truth
 against each detector's detections with STA's temporal weight along the video.
 

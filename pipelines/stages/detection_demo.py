@@ -16,11 +16,11 @@ from typing import Any
 
 from flow.atomic import write_json_atomic
 from pipelines.core.config import read_toml
-from pipelines.detection.annotations import read_annotations
-from pipelines.detection.evaluation import evaluate_detections, read_detections
+from pipelines.data.annotations import read_annotations
+from pipelines.scoring.detection_map import evaluate_detections, read_detections
 from pipelines.detection.pipeline import MODELS
-from pipelines.detection.report import write_detection_report
-from pipelines.detection.summary import combine_seeds
+from pipelines.report.detection_pages import write_detection_report
+from pipelines.report.detection_summary import combine_seeds
 from pipelines.report.detection_section import cells, over_seeds, read_summary
 from pipelines.stages.demo import packaged_config
 from pipelines.stages.run import load_plan, run
@@ -79,7 +79,7 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
 def run_detection_demos(out: Path, seeds: Sequence[int], config_path: Path | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """The demo for each seed; with several, each runs in ``out/seed-S`` and ``out/detection/report.json`` holds
-    Table VI as mean ± sd over them (``pipelines.detection.summary.combine_seeds``), drawn in ``report.md``/``.html``.
+    Table VI as mean ± sd over them (``pipelines.report.detection_summary.combine_seeds``), drawn in ``report.md``/``.html``.
 
     Args:
         out: the demo folder.

@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from flow.errors import InputError
-from pipelines.detection.annotations import Annotations, json_number, read_annotations, read_json_table
+from pipelines.data.annotations import Annotations, json_number, read_annotations, read_json_table
 
 PROTOCOLS = ("activitynet", "thumos14")
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from flow.store import FlowStore
-from pipelines.detection.annotations import Annotations
-from pipelines.detection.clips import fps_of
-from pipelines.detection.evaluation import evaluate_detections, read_detections
+from pipelines.data.annotations import Annotations
+from pipelines.data.annotations import fps_of
+from pipelines.scoring.detection_map import evaluate_detections, read_detections
 
 PR_TIOU = 0.5
 TIMELINE_SCORE = 0.3  # detections below this score are left off the timelines

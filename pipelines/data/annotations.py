@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from flow.errors import InputError
+from flow.store import FlowStore
 
 AMBIGUOUS = "Ambiguous"
 # Subset names of the two formats: THUMOS'14 file suffixes and ActivityNet's "subset" values.
@@ -375,3 +376,12 @@ def _error(where: str, problem: str) -> InputError:
     """An InputError whose one line reads ``<file>: line N: problem`` (``where`` holds the file and the line)."""
     path, _, place = where.partition(": ")
     return InputError(path, f"{place}: {problem}" if place else problem)
+
+
+def fps_of(store: FlowStore, video: str) -> float:
+    """The frame rate the store records for ``video``: seconds in annotations become frames with it."""
+    fps = float(store.attrs(video).get("fps") or 0.0)
+    if not fps > 0:
+        raise InputError(store.path_of(video), "records no frame rate, so annotation times cannot become frames "
+                                               "(extract it with --fps)")
+    return fps
