@@ -140,7 +140,16 @@ RUNS = {  # commands that succeed, run with the bad-input cases below
                         "thumos14"],
     "outside anet": lambda f: _outside(f, "anet"),
     "outside thumos": lambda f: _outside(f, "thumos"),
+    "overrun": lambda f: _overrun(f),
 }
+
+
+def _overrun(files):
+    """A kick in v2 from 45 s to 80 s, past the video's 50 s, and a kick detection at 45-50 s."""
+    truth = _edit_json(files, lambda d: d["database"]["v2"]["annotations"].append(
+        {"segment": [45.0, 80.0], "label": "kick"}))
+    results = _results(files, lambda r: r["v2"].append({"label": "kick", "score": 0.9, "segment": [45, 50]}))
+    return [str(results), "--annotations", str(truth), "--tiou", "0.5", "--json"]
 
 
 def test_cli_json_output(outcomes):
@@ -169,6 +178,17 @@ def test_result_videos_outside_the_subset_warn_and_count_as_false_positives(outc
     # jump: the extra detections rank first and are false: precision 0, 0, 1/3, 1/4, 1/5, 1/3 at recall
     # 0, 0, 1/3, 1/3, 1/3, 2/3 -> AP = 1/3 * 1/3 + 1/3 * 1/3 = 2/9.
     assert json.loads(result.stdout)["per_class"]["jump"] == pytest.approx([2 / 9])
+
+
+def test_segment_past_the_video_is_clipped_with_one_warning(outcomes):
+    result = outcomes["overrun"]
+    assert result.returncode == 0, result.stderr
+    line, = result.stderr.splitlines()
+    assert re.fullmatch(r"warning: \S+\.json: video 'v2', annotation 2: segment 45-80 s ends after the video "
+                        r"\(50\.00 s\); clipped to 45-50\.00 s", line), line
+    # kick: two instances, 30-40 and the clipped 45-50, which the detection at 45-50 matches: AP = 1/2. Unclipped,
+    # its tIoU would be 5/35 and the AP 0.
+    assert json.loads(result.stdout)["per_class"]["kick"] == pytest.approx([0.5])
 
 
 def test_subset_videos_are_the_annotated_ones_and_for_thumos_those_named_after_it(tmp_path):
@@ -235,10 +255,6 @@ CASES = {
     "annotation end not after start": Case("annotation end not after start", _annotations(
         lambda f: _edit_thumos(f, "jump_test.txt", "v1 0.0 10.0\nv1 30.0 20.0\n")),
         [r"jump_test\.txt", r"line 2: end 20 s is not after start 30 s"]),
-    "annotation beyond the video": Case("annotation beyond the video", _annotations(
-        lambda f: _edit_json(f, lambda d: d["database"]["v2"]["annotations"].append(
-            {"segment": [45.0, 80.0], "label": "kick"}))),
-        [r"bad_\w+\.json", r"video 'v2', annotation 2: segment 45-80 s ends after the video \(50\.00 s\)"]),
     "annotation of an unknown class": Case("annotation of an unknown class", _annotations(
         lambda f: _edit_json(f, lambda d: d.update(taxonomy=[
             {"nodeName": "jump", "parentName": "Root"}, {"nodeName": "run", "parentName": "Root"},
@@ -339,6 +355,23 @@ def test_annotated_video_missing_from_the_store(synth_store, tmp_path):
     with FlowStore(synth_store.store) as store, pytest.raises(InputError) as caught:
         truth.check_videos(store)
     assert str(caught.value).startswith(str(tmp_path / "gt" / "left_test.txt") + ": line 2: video 'nope/nope_0001'")
+
+
+def test_store_length_clips_a_thumos_segment_and_an_ambiguous_only_video_is_fine(synth_store, tmp_path):
+    from flow.store import FlowStore
+
+    with FlowStore(synth_store.store) as store:
+        video, other = store.video_ids()[:2]
+        seconds = store.num_frames(video) / float(store.attrs(video)["fps"])
+        truth = read_annotations(write_thumos_folder(tmp_path / "gt", {
+            video: ("test", 0, [("left", 0, seconds + 5), ("left", seconds + 1, seconds + 2)]),
+            other: ("test", 0, [("Ambiguous", 0, 0.1)])}))
+        said: list[str] = []
+        truth.check_videos(store, warn=said.append)
+    assert len(said) == 2 and all(f"video {video!r}" in line for line in said), said
+    assert said[0].endswith(f"clipped to 0-{seconds:.2f} s") and said[1].endswith("left out"), said
+    assert [(s.start, s.end) for s in truth.videos[video].segments] == [(0, pytest.approx(seconds))]
+    assert truth.videos[other].segments == [] and truth.in_frames(other, 25.0) == []
 
 
 def test_detection_commands_have_help():

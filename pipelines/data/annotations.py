@@ -4,7 +4,8 @@ THUMOS'14 ships one ``<Class>_<subset>.txt`` per class (lines ``video start end`
 and ``Ambiguous_<subset>.txt`` for stretches that are neither action nor background; ActivityNet puts everything
 in ``{"database": {video: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``. Both are read
 into :class:`Annotations`, checked line by line, so that a bad entry stops the command before any work with one
-line naming the file and the line (or, in a JSON, the entry).
+line naming the file and the line (or, in a JSON, the entry). A segment that runs past its video's end, as a few
+of THUMOS'14's own do, is clipped to the video with one warning line instead.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -28,6 +31,12 @@ SUBSET_NAMES = (*SUBSET_ALIASES, *SUBSET_ALIASES.values())
 CLASS_LIST_FILE = "detclasslist.txt"  # the THUMOS'14 toolkit's "<id> <Class>" list, used when present
 # A segment may end this far past the video (seconds): annotation times are rounded to 0.1 s, frame counts are not.
 DURATION_SLACK_S = 0.1
+Warn = Callable[[str], None]
+
+
+def warn_on_stderr(line: str) -> None:
+    """Where the readers' warning lines go by default: one line each on stderr, as the CLI prints them."""
+    print(line, file=sys.stderr)
 _FILE_PATTERN = re.compile(r"^(?P<label>.+)_(?P<subset>val|test|train|validation|testing|training)\.txt$")
 
 
@@ -98,8 +107,8 @@ class Annotations:
         return [(int(math.floor(s.start * fps)), max(int(math.ceil(s.end * fps)), int(math.floor(s.start * fps)) + 1),
                  index[s.label]) for s in self.videos[video].segments]
 
-    def check_videos(self, store) -> None:
-        """Every video must be in ``store`` (a :class:`flow.store.FlowStore`) and every segment within its length.
+    def check_videos(self, store: FlowStore, warn: Warn = warn_on_stderr) -> None:
+        """Every video must be in ``store``; a segment past the video's end is clipped to it, with a warning.
 
         The length is the store's frame count at the fps it recorded, so seconds and frames agree.
         """
@@ -109,24 +118,25 @@ class Annotations:
                 raise _error(first or str(self.source), f"video {video!r} is not in the store {store.root}")
             fps = float(store.attrs(video)["fps"])
             if fps > 0:
-                _check_within(entry, store.num_frames(video) / fps)
+                _clip_within(video, entry, store.num_frames(video) / fps, warn)
 
 
-def read_annotations(path: str | os.PathLike, subset: str = "test",
-                     classes: Sequence[str] | None = None) -> Annotations:
+def read_annotations(path: str | os.PathLike, subset: str = "test", classes: Sequence[str] | None = None,
+                     warn: Warn = warn_on_stderr) -> Annotations:
     """Read a THUMOS'14 annotation folder or an ActivityNet-style JSON file, keeping the videos of ``subset``.
 
     Args:
         path: a folder of ``<Class>_<subset>.txt`` files, or a ``.json`` file.
         subset: ``test``, ``val`` or ``train`` (ActivityNet's ``testing``, ``validation``, ``training`` match too).
         classes: the classes the labels must come from; by default the file's own class list.
+        warn: receives a line for each segment clipped to its video's ``duration`` (JSON files only).
     """
     source = Path(path)
     if not source.exists():
         raise InputError(source, "annotations not found")
     if source.is_dir():
         return _read_thumos_folder(source, subset, classes)
-    return _read_activitynet_json(source, subset, classes)
+    return _read_activitynet_json(source, subset, classes, warn)
 
 
 def subset_matches(wanted: str, given: str) -> bool:
@@ -272,7 +282,7 @@ def _read_thumos_file(path: Path, label: str) -> list[tuple[str, Segment]]:
 # ---------------------------------------------------------------- ActivityNet-style JSON
 
 
-def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | None) -> Annotations:
+def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | None, warn: Warn) -> Annotations:
     data, database = read_json_table(path, "database", "annotation")
     known = list(classes) if classes is not None else _json_classes(path, data, database)
     videos = {}
@@ -284,7 +294,7 @@ def _read_activitynet_json(path: Path, subset: str, classes: Sequence[str] | Non
             given = f"got {json.dumps(entry['subset'])[:40]}" if "subset" in entry else "it has none"
             raise _error(where, f"'subset' must name the video's subset, such as 'testing' or 'validation' ({given})")
         if subset_matches(subset, entry["subset"]):
-            videos[video] = _read_json_video(entry, subset, known, where)
+            videos[video] = _read_json_video(video, entry, subset, known, where, warn)
     if not videos:
         raise InputError(path, f"no video of subset {subset!r}")
     return Annotations(source=path, subset=subset, classes=known, videos=videos)
@@ -308,7 +318,8 @@ def _json_classes(path: Path, data: dict, database: dict) -> list[str]:
     return sorted(labels - {AMBIGUOUS})
 
 
-def _read_json_video(entry: dict, subset: str, known: list[str], where: str) -> VideoAnnotation:
+def _read_json_video(name: str, entry: dict, subset: str, known: list[str], where: str, warn: Warn
+                     ) -> VideoAnnotation:
     duration = entry.get("duration")
     if duration is not None and not _is_number(duration):
         raise _error(where, f"duration {duration!r} is not a number")
@@ -325,7 +336,7 @@ def _read_json_video(entry: dict, subset: str, known: list[str], where: str) -> 
         parsed = _segment(float(segment[0]), float(segment[1]), label, at)
         (video.ambiguous if label == AMBIGUOUS else video.segments).append(parsed)
     if video.duration is not None:
-        _check_within(video, video.duration)
+        _clip_within(name, video, video.duration, warn)
     return video
 
 
@@ -340,11 +351,25 @@ def _segment(start: float, end: float, label: str, where: str) -> Segment:
     return Segment(start, end, label, where)
 
 
-def _check_within(video: VideoAnnotation, duration: float) -> None:
-    for segment in video.segments + video.ambiguous:
-        if segment.end > duration + DURATION_SLACK_S:
-            raise _error(segment.where, f"segment {segment.start:g}-{segment.end:g} s ends after the video "
-                                        f"({duration:.2f} s)")
+def _clip_within(name: str, video: VideoAnnotation, duration: float, warn: Warn) -> None:
+    """Clip each segment that ends after the video to its end (dropped if it starts there), one warning each.
+
+    THUMOS'14's own files hold such segments (val 0000364 and 0000856, test 0000270 and 0001496); the original
+    evaluation keeps their videos, so they must neither stop training nor evaluation.
+    """
+    for kept in (video.segments, video.ambiguous):
+        within = []
+        for segment in kept:
+            if segment.end <= duration + DURATION_SLACK_S:
+                within.append(segment)
+                continue
+            where = segment.where if f"'{name}'" in segment.where else f"{segment.where}: video {name!r}"
+            fate = "left out" if segment.start >= duration else f"clipped to {segment.start:g}-{duration:.2f} s"
+            warn(f"warning: {where}: segment {segment.start:g}-{segment.end:g} s ends after the video "
+                 f"({duration:.2f} s); {fate}")
+            if segment.start < duration:
+                within.append(replace(segment, end=duration))
+        kept[:] = within
 
 
 def _seconds(text: str, where: str) -> float:
