@@ -37,7 +37,11 @@ def _parse_tiou(ctx: click.Context, param: click.Parameter, value: str) -> list[
 @click.option("--json", "as_json", is_flag=True, help='Print {"tiou", "mAP", "per_class"} (AP as fractions).')
 def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: list[float], protocol: str,
                    as_json: bool) -> None:
-    """Per-class AP and mAP of DETECTIONS (ActivityNet results JSON) at each tIoU threshold."""
+    """Per-class AP and mAP of DETECTIONS at each tIoU threshold.
+
+    DETECTIONS is an ActivityNet results JSON, or the THUMOS'14 toolkit's text: one 'video start end class score'
+    line per detection, the class a name or a number of the annotation folder's detclasslist.txt.
+    """
     from pipelines.scoring.detection_map import evaluate_file, format_table
 
     result = evaluate_file(detections, annotations_path, subset, tiou, protocol,

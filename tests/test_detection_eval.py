@@ -191,6 +191,35 @@ def test_segment_past_the_video_is_clipped_with_one_warning(outcomes):
     assert json.loads(result.stdout)["per_class"]["kick"] == pytest.approx([0.5])
 
 
+def _thumos_text(files, class_numbers: bool) -> Path:
+    """RESULTS as the THUMOS'14 toolkit's text lines, classes by number (detclasslist.txt) or by name."""
+    numbers = {name: 10 + i for i, name in enumerate(CLASSES)}
+    lines = [f"{video} {d['segment'][0]:.1f} {d['segment'][1]:.1f} "
+             f"{numbers.get(d['label'], d['label']) if class_numbers else d['label']} {d['score']}\n"
+             for video, found in RESULTS.items() for d in found]
+    return _write(files, "".join(lines))
+
+
+def test_thumos_text_detections_score_as_the_json(files, tmp_path):
+    folder = write_thumos_folder(tmp_path / "thumos")
+    (folder / "detclasslist.txt").write_text("".join(f"{10 + i} {name}\n" for i, name in enumerate(CLASSES)))
+    by_name = run_cli("eval-detection", str(_thumos_text(files, False)), "--annotations", str(files["thumos"]),
+                      "--tiou", "0.5,0.6", "--json")
+    by_number = run_cli("eval-detection", str(_thumos_text(files, True)), "--annotations", str(folder),
+                        "--tiou", "0.5,0.6", "--json")
+    as_json = run_cli("eval-detection", str(files["results"]), "--annotations", str(files["thumos"]),
+                      "--tiou", "0.5,0.6", "--json")
+    assert json.loads(by_name.stdout) == json.loads(by_number.stdout) == json.loads(as_json.stdout)
+
+
+def test_thumos_text_class_number_without_class_list_is_one_line(files):
+    result = run_cli("eval-detection", str(_thumos_text(files, True)), "--annotations", str(files["thumos"]),
+                     check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert re.fullmatch(r"error: \S+: line 1: class number 10 needs annotations with a detclasslist\.txt \(or "
+                        r"give the class name\)\n", result.stderr), result.stderr
+
+
 def test_subset_videos_are_the_annotated_ones_and_for_thumos_those_named_after_it(tmp_path):
     truth = {"v1": ("test", 100.0, [("jump", 0, 10)]), "v4": ("test", 50.0, [("Ambiguous", 0, 5)]),
              "v9": ("val", 20.0, [("jump", 0, 5)])}
@@ -308,6 +337,12 @@ CASES = {
     "ids with an extension": Case("no result video in the subset", _in_results(
         lambda f: _results(f, lambda r: {f"{video}.avi": found for video, found in r.items()})),
         [r"bad_\w+\.json", r"none of its 3 videos is a video of subset 'test' of \S+gt\.json \(e\.g\. 'v1\.avi'\)"]),
+    "malformed detection line": Case("malformed detection line", _in_results(
+        lambda f: _write(f, "v1 0.0 10.0 jump 0.9\nv1 20.0 30.0 jump\n")),
+        [r"bad_\w+\.json", r"line 2: expected 'video start end class score', got 'v1 20\.0 30\.0 jump'"]),
+    "detection time not a number": Case("detection time not a number", _in_results(
+        lambda f: _write(f, "v1 0.0 1O.0 jump 0.9\n")),
+        [r"bad_\w+\.json", r"line 1: '1O\.0' is not a number"]),
     "malformed detection": Case("malformed detection", _in_results(
         lambda f: _results(f, lambda r: {"v1": [{"label": "jump", "segment": [0, 1]}]})),
         [r"bad_\w+\.json", r"video 'v1', detection 0: expected \{'label', 'score', 'segment': \[start, end\]\}"]),

@@ -70,6 +70,8 @@ class Annotations:
     videos: dict[str, VideoAnnotation]
     # A JSON lists every video of its subset; a THUMOS'14 folder only those with a line in some file.
     lists_every_video: bool = True
+    # The THUMOS'14 toolkit's class numbers (detclasslist.txt), which its detection text files use for classes.
+    class_ids: dict[int, str] = field(default_factory=dict)
 
     def in_subset(self, video: str) -> bool:
         """Whether ``video`` belongs to the subset: listed, or (THUMOS'14 folder) named ``video_<subset>_<number>``.
@@ -222,7 +224,8 @@ def _checked(pairs: list[tuple[str, Any]], repeated: dict[int, str], no_text: li
 def _read_thumos_folder(folder: Path, subset: str, classes: Sequence[str] | None) -> Annotations:
     files = _class_files(folder)
     file_classes = sorted({label for label, _ in files} - {AMBIGUOUS})
-    known = list(classes) if classes is not None else _class_list(folder) or file_classes
+    class_ids = _class_ids(folder)
+    known = list(classes) if classes is not None else list(class_ids.values()) or file_classes
     for label, name in sorted(files):
         if label != AMBIGUOUS and label not in known:
             raise InputError(folder / files[label, name], f"unknown class {label!r} (known: {', '.join(known)})")
@@ -234,7 +237,8 @@ def _read_thumos_folder(folder: Path, subset: str, classes: Sequence[str] | None
         for video, segment in _read_thumos_file(folder / files[label, name], label):
             entry = videos.setdefault(video, VideoAnnotation(subset=subset))
             (entry.ambiguous if label == AMBIGUOUS else entry.segments).append(segment)
-    return Annotations(source=folder, subset=subset, classes=known, videos=videos, lists_every_video=False)
+    return Annotations(source=folder, subset=subset, classes=known, videos=videos, lists_every_video=False,
+                       class_ids=class_ids)
 
 
 def _class_files(folder: Path) -> dict[tuple[str, str], str]:
@@ -249,18 +253,18 @@ def _class_files(folder: Path) -> dict[tuple[str, str], str]:
     return found
 
 
-def _class_list(folder: Path) -> list[str]:
-    """The toolkit's ``detclasslist.txt`` (``<id> <Class>`` lines) when the folder has one."""
+def _class_ids(folder: Path) -> dict[int, str]:
+    """The toolkit's ``detclasslist.txt`` (``<id> <Class>`` lines) when the folder has one: class by number."""
     path = folder / CLASS_LIST_FILE
     if not path.is_file():
-        return []
-    names = []
+        return {}
+    names = {}
     for number, line in enumerate(read_utf8(path).splitlines(), 1):
         fields = line.split()
         if fields and (len(fields) != 2 or not fields[0].isdigit()):
             raise InputError(path, f"line {number}: expected '<id> <Class>', got {line.strip()!r}")
         if fields:
-            names.append(fields[1])
+            names[int(fields[0])] = fields[1]
     return names
 
 

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from flow.errors import InputError
-from pipelines.data.annotations import Annotations, json_number, read_annotations, read_json_table
+from pipelines.data.annotations import Annotations, json_number, read_annotations, read_json_table, read_utf8
 
 PROTOCOLS = ("activitynet", "thumos14")
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -74,13 +74,21 @@ def segment_tiou(segment: Sequence[float], candidates: np.ndarray) -> np.ndarray
 
 
 def read_detections(path: str | os.PathLike) -> dict[str, Predictions]:
-    """An ActivityNet results file, ``{"results": {video: [{"label", "score", "segment"}]}}``, grouped by class."""
+    """A results file (see :func:`read_results`) grouped by class."""
     return read_results(path)[1]
 
 
-def read_results(path: str | os.PathLike) -> tuple[list[str], dict[str, Predictions]]:
-    """The video ids of a results file and its detections grouped by class; each detection checked first."""
+def read_results(path: str | os.PathLike, class_ids: Mapping[int, str] | None = None
+                 ) -> tuple[list[str], dict[str, Predictions]]:
+    """The video ids of a results file and its detections grouped by class; each detection checked first.
+
+    Two formats: ActivityNet's JSON, ``{"results": {video: [{"label", "score", "segment"}]}}``, and the THUMOS'14
+    toolkit's text, one ``video start end class score`` line per detection, the class a name or a number of
+    ``class_ids`` (the annotations' ``detclasslist.txt``).
+    """
     path = Path(path)
+    if not _looks_like_json(path):
+        return _read_text_results(path, read_utf8(path), class_ids or {})
     results = read_json_table(path, "results", "result")[1]
     by_class: dict[str, Predictions] = {}
     for video, items in results.items():
@@ -88,6 +96,49 @@ def read_results(path: str | os.PathLike) -> tuple[list[str], dict[str, Predicti
             label, score, (start, end) = _detection(item, path, f"video {video!r}, detection {number}")
             by_class.setdefault(label, Predictions()).add(video, start, end, score)
     return list(results), by_class
+
+
+def _looks_like_json(path: Path) -> bool:
+    """Whether the file opens as a JSON object does (a BOM and white space aside), from its first bytes only."""
+    with path.open("rb") as handle:
+        head = handle.read(4096).removeprefix(b"\xef\xbb\xbf")
+    return head.lstrip()[:1] in (b"{", b"[")
+
+
+def _read_text_results(path: Path, text: str, class_ids: Mapping[int, str]
+                       ) -> tuple[list[str], dict[str, Predictions]]:
+    """The THUMOS'14 toolkit's detection lines, checked as the JSON's detections are."""
+    videos: dict[str, None] = {}
+    by_class: dict[str, Predictions] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise InputError(path, f"line {number}: expected 'video start end class score', got {line.strip()[:80]!r}")
+        video, start, end, label, score = fields
+        if label.isdigit():
+            if int(label) not in class_ids:
+                raise InputError(path, f"line {number}: class number {label} is not in the annotations' "
+                                       f"detclasslist.txt" if class_ids else f"line {number}: class number {label} "
+                                       f"needs annotations with a detclasslist.txt (or give the class name)")
+            label = class_ids[int(label)]
+        item = {"label": label, "score": _text_number(score, path, number),
+                "segment": [_text_number(start, path, number), _text_number(end, path, number)]}
+        label, value, (first, last) = _detection(item, path, f"line {number}")
+        videos[video] = None
+        by_class.setdefault(label, Predictions()).add(video, first, last, value)
+    if not videos:
+        raise InputError(path, "holds no detection (expected ActivityNet's results JSON or 'video start end class "
+                               "score' lines)")
+    return list(videos), by_class
+
+
+def _text_number(text: str, path: Path, number: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(path, f"line {number}: {text[:40]!r} is not a number") from None
 
 
 def check_result_videos(path: str | os.PathLike, videos: Sequence[str], annotations: Annotations) -> str | None:
@@ -149,7 +200,7 @@ def evaluate_file(detections: str | os.PathLike, annotations: str | os.PathLike,
     ``warn`` receives the line saying that some result videos are not videos of the subset.
     """
     truth = read_annotations(annotations, subset)
-    videos, predictions = read_results(detections)
+    videos, predictions = read_results(detections, truth.class_ids)
     warning = check_result_videos(detections, videos, truth)
     if warning:
         warn(warning)
