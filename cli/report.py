@@ -34,6 +34,16 @@ def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
     click.echo(f"report: {path}")
 
 
+def _parse_window(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``4:10`` -> (4, 10), frames START < STOP, both >= 0."""
+    if value is None:
+        return None
+    start, colon, stop = value.partition(":")
+    if not (colon and start.strip().isdigit() and stop.strip().isdigit() and int(start) < int(stop)):
+        raise click.BadParameter(f"{value!r} is not START:STOP with 0 <= START < STOP (frames, e.g. 4:10)")
+    return int(start), int(stop)
+
+
 @click.command("attention")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="A checkpoint trained with --sta (e.g. RUN/split1/train-sta-mars/best.pth).")
@@ -42,7 +52,11 @@ def report(run_dir: Path, out: Path | None, videos: int, device: str) -> None:
 @click.option("--out", required=True, type=WRITABLE_FOLDER,
               help="Folder for the PNGs and attention.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: str) -> None:
+@click.option("--window", callback=_parse_window, default=None, metavar="START:STOP",
+              help="Flow-grid frames [START, STOP) of the action (a synthetic video's motion window, say): report "
+                   "how far each channel's gate selects them, not only the channel mean.")
+def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: str,
+              window: tuple[int, int] | None) -> None:
     """STA weights of one video under the test protocol: per-frame curves, channel × frame maps, frames overlaid.
 
     Needs matplotlib (pip install 'mars-sta[report]').
@@ -54,8 +68,12 @@ def attention(checkpoint: Path, store: Path, video_id: str, out: Path, device: s
     from pipelines.report.attention_figures import write_attention
 
     result = collect_attention(checkpoint, store, video_id, device=device)
-    paths = write_attention(result, out)
+    paths = write_attention(result, out, window=window)
     click.echo(result.describe())
+    if window is not None:
+        from pipelines.inference.attention import describe_selection, window_selection
+
+        click.echo(describe_selection(window_selection(result, *window), *window))
     for kind, path in paths.items():
         click.echo(f"{kind}: {path}")
 

@@ -106,14 +106,39 @@ def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
     scores = np.load(tiny_run.out / "split1" / "scores" / "sta-mars-test.npz")
     video = str(scores["video_ids"][0])
     result = run_cli("attention", "--checkpoint", str(tiny_run.sta), "--store", str(tiny_run.store),
-                     "--video", video, "--out", str(tmp_path / "att"))
+                     "--video", video, "--out", str(tmp_path / "att"), "--window", "2:5")
     assert result.stdout.startswith(f"{video}: predicted ")
+    assert re.search(r"^window 2:5: channel-mean weight inside 0\.\d{3} \(uniform 0\.\d{3}\); channels favouring it "
+                     r"[01]\.\d{3}; mean \|W_in - W_out\| 0\.\d{3} \(\d+ clips\)$", result.stdout, re.M), result.stdout
     for name in ("overlay.png", "frame_weights.png", "channel_frame.png"):
         assert _image(tmp_path / "att" / name)[..., :3].std() > 5
     weights = json.loads((tmp_path / "att" / "attention.json").read_text())
+    assert weights["window"] == [2, 5] and all(0 < module["window_selection"]["uniform_share"] < 1
+                                               for module in weights["modules"])
     classes = [str(c) for c in scores["classes"]]
     assert weights["video"] == video
     assert weights["predicted"] == classes[int(np.argmax(scores["logits"][0]))]  # same clips, same average
+
+
+def test_window_selection_sees_channels_that_the_channel_mean_hides():
+    from pipelines.inference.attention import ModuleWeights, VideoAttention, window_selection
+
+    inside = np.arange(8) < 3  # frames 0, 1, 2 of an 8-frame clip; the gate keeps all 8 frames
+    gate = np.stack([np.where(inside, 0.9, 0.1), np.where(inside, 0.1, 0.9)])[None]  # (1 clip, 2 channels, 8)
+    attention = VideoAttention(video_id="v", checkpoint="c", stream="sta-rgb", arch="tiny", sta="layer4", classes=["a"],
+                               windows=[np.arange(8)], frames=np.zeros((1, 8, 4, 4, 3), np.uint8),
+                               modules=[ModuleWeights("layer4.sta", gate)], probabilities=np.ones(1))
+    found = window_selection(attention, 0, 3)
+    # the two channels cancel in the mean (0.5 everywhere: the uniform share 3/8) yet each selects strongly
+    assert found.channel_mean_share == pytest.approx(3 / 8) and found.uniform_share == pytest.approx(3 / 8)
+    assert found.channels_favouring_window == 0.5 and found.mean_abs_contrast == pytest.approx(0.8)
+    assert window_selection(attention, 0, 8) is None and found.clips == 1
+
+
+def test_attention_window_must_be_start_before_stop(tmp_path):
+    result = run_cli("attention", "--checkpoint", "x.pth", "--store", "s", "--video", "v", "--out",
+                     str(tmp_path / "att"), "--window", "5:2", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--window" in result.stderr, result.stderr
 
 
 @needs_matplotlib

@@ -91,6 +91,63 @@ class VideoAttention:
         }
 
 
+@dataclass(frozen=True)
+class WindowSelection:
+    """How far one STA module's gate picks a window of frames, over a video's test clips.
+
+    The channel mean alone hides selection: channels can move in opposite directions and cancel. So beside the
+    share of the channel-mean weight inside the window (against the share of frames inside, which a uniform gate
+    gives), it reports each channel's own contrast: ``W_in − W_out``, its mean weight on frames inside the window
+    less its mean weight outside.
+
+    Args:
+        channel_mean_share: the share of the channel-mean temporal weight that falls inside the window.
+        uniform_share: the share of frames inside the window (what a gate constant in time gives).
+        channels_favouring_window: the share of channels (over clips) with ``W_in > W_out``.
+        mean_abs_contrast: the mean of ``|W_in − W_out|`` over channels and clips.
+        clips: the test clips that have frames both inside and outside the window (the others say nothing).
+    """
+
+    channel_mean_share: float
+    uniform_share: float
+    channels_favouring_window: float
+    mean_abs_contrast: float
+    clips: int
+
+
+def window_selection(attention: VideoAttention, start: int, stop: int, module: ModuleWeights | None = None
+                     ) -> WindowSelection | None:
+    """The selection measures of ``module`` (the shown one by default) for flow-grid frames ``[start, stop)``;
+    None when no test clip has frames both inside and outside the window."""
+    module = module or attention.shown
+    frames = attention.frames.shape[1]
+    shares, uniform, favouring, contrast = [], [], [], []
+    for window, gate in zip(attention.windows, module.weights):  # gate: (channels, L)
+        inside = (window >= start) & (window < stop)
+        if inside.all() or not inside.any():
+            continue
+        per_frame = np.stack([upsample_weights(channel, frames) for channel in gate])  # (channels, T)
+        difference = per_frame[:, inside].mean(axis=1) - per_frame[:, ~inside].mean(axis=1)
+        mean_weights = per_frame.mean(axis=0)
+        shares.append(mean_weights[inside].sum() / mean_weights.sum())
+        uniform.append(inside.mean())
+        favouring.append((difference > 0).mean())
+        contrast.append(np.abs(difference).mean())
+    if not shares:
+        return None
+    return WindowSelection(float(np.mean(shares)), float(np.mean(uniform)), float(np.mean(favouring)),
+                           float(np.mean(contrast)), len(shares))
+
+
+def describe_selection(selection: WindowSelection | None, start: int, stop: int) -> str:
+    """One line for the terminal: the channel-mean share beside the per-channel measures."""
+    if selection is None:
+        return f"window {start}:{stop}: no test clip has frames both inside and outside it"
+    return (f"window {start}:{stop}: channel-mean weight inside {selection.channel_mean_share:.3f} (uniform "
+            f"{selection.uniform_share:.3f}); channels favouring it {selection.channels_favouring_window:.3f}; "
+            f"mean |W_in - W_out| {selection.mean_abs_contrast:.3f} ({selection.clips} clips)")
+
+
 def upsample_weights(weights: np.ndarray, frames: int) -> np.ndarray:
     """Weights of L feature frames spread over ``frames`` clip frames (linear, by frame centres; ends held)."""
     length = len(weights)

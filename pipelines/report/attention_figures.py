@@ -5,6 +5,7 @@ matplotlib is imported lazily through ``pipelines.report.figures``.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 
 from flow.atomic import write_json_atomic
-from pipelines.inference.attention import VideoAttention
+from pipelines.inference.attention import VideoAttention, window_selection
 from pipelines.report.figures import new_figure, save
 from pipelines.report.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
 
@@ -170,8 +171,10 @@ def flow_strip(frames: np.ndarray, flow: np.ndarray, indices: np.ndarray, title:
     return figure
 
 
-def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
-    """The three pictures and the weights as JSON, into ``out_dir``; returns ``{kind: path}``."""
+def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str = "",
+                    window: tuple[int, int] | None = None) -> dict[str, Path]:
+    """The three pictures and the weights as JSON, into ``out_dir``; returns ``{kind: path}``. With ``window``
+    (flow-grid frames ``[start, stop)``), the JSON also holds how far each STA module's gate selects it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -180,5 +183,11 @@ def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str 
         "overlay": save(attention_overlay(attention), out_dir / f"{prefix}overlay.png"),
     }
     paths["json"] = out_dir / f"{prefix}attention.json"
-    write_json_atomic(paths["json"], attention.to_json())
+    found = attention.to_json()
+    if window is not None:
+        found["window"] = list(window)
+        for module, entry in zip(attention.modules, found["modules"]):
+            selection = window_selection(attention, *window, module)
+            entry["window_selection"] = None if selection is None else asdict(selection)
+    write_json_atomic(paths["json"], found)
     return paths
