@@ -385,18 +385,19 @@ def _import(job: ImportJob) -> int:
 
 def _add_frames(writer: _ImportWriter, folder: Path, names: list[str]) -> tuple[int, int]:
     """Store each frame's JPEG bytes after checking that it decodes and has the first frame's size."""
-    size = None
+    size: tuple[int, int] | None = None
     for name in names:
         data = _jpeg_bytes(folder / name)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise VideoError(folder, f"{name} cannot be decoded")
+        height, width = image.shape[:2]
         if size is None:
-            size = image.shape[:2]
-        elif image.shape[:2] != size:
-            raise VideoError(folder, f"{name} is {image.shape[1]}x{image.shape[0]}, the first frame "
-                                     f"{size[1]}x{size[0]}")
+            size = (height, width)
+        elif (height, width) != size:
+            raise VideoError(folder, f"{name} is {width}x{height}, the first frame {size[1]}x{size[0]}")
         writer.add_jpeg(data)
+    assert size is not None, "_flow_sequences refuses a folder of fewer than 2 frames before the frames are read"
     return size
 
 
@@ -441,7 +442,9 @@ def _flow_sequences(folder: Path, job: ImportJob, frames: int) -> list[tuple[str
 
 
 def _number(name: str) -> int:
-    return int(_NUMBERED.match(name)["number"])
+    match = _NUMBERED.match(name)
+    assert match is not None, "_sequence lists only numbered names"
+    return int(match["number"])
 
 
 def _jpeg_bytes(path: Path) -> bytes:

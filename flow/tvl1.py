@@ -1,10 +1,11 @@
 """TV-L1 optical flow between two gray frames with OpenCV's CPU ``DualTVL1OpticalFlow``.
 
-Parameters are kept under the keyword names of ``cv2.optflow.DualTVL1OpticalFlow_create`` (OpenCV's own spelling,
+Parameters are kept under the keyword names of ``cv2.optflow.DualTVL1OpticalFlow.create`` (OpenCV's own spelling,
 ``lambda_`` and ``innnerIterations`` included), so a store's manifest can be passed straight back to OpenCV.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -12,7 +13,7 @@ import numpy as np
 
 from flow.errors import InputError
 
-# The values DualTVL1OpticalFlow_create() uses when given no arguments (OpenCV 4.x and 5.0).
+# The values DualTVL1OpticalFlow.create() uses when given no arguments (OpenCV 4.x and 5.0).
 OPENCV_DEFAULTS: dict[str, Any] = {
     "tau": 0.25,
     "lambda_": 0.15,
@@ -53,11 +54,12 @@ class TVL1:
     """
 
     def __init__(self, params: dict[str, Any]) -> None:
-        self._solver = cv2.optflow.DualTVL1OpticalFlow_create(**params)
+        self._solver = cv2.optflow.DualTVL1OpticalFlow.create(**params)
 
     def __call__(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         """Flow (H, W, 2) float32 in pixels, channel 0 = x, 1 = y, with previous(x, y) ≈ following(x + u, y + v)."""
-        return self._solver.calc(previous, following, None)
+        # OpenCV's stubs type the flow argument as a required array; None lets calc allocate it.
+        return self._solver.calc(previous, following, None)  # type: ignore[call-overload]
 
 
 # -- backends ------------------------------------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class PairFlows:
     """
 
     def __init__(self, backend: str, params: dict[str, Any], device: str = "cpu", batch_pairs: int = 1) -> None:
+        self._solve: Callable[[np.ndarray, np.ndarray], np.ndarray]
         if backend == "torch":
             from flow.tvl1_torch import TorchTVL1
 

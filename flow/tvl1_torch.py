@@ -15,7 +15,7 @@ The dual TV-L1 of Zach, Pock and Bischof with Wedel et al.'s median filtering, i
 - stop a warp once the squared flow change summed over the level is at most epsilon² · H · W.
 
 OpenCV stops each pair on its own; here a pair that has converged leaves the batch until the next warp, so a batch
-gives each pair the flow it gets alone. Parameters go by the keyword names of ``cv2.optflow.DualTVL1OpticalFlow_create``
+gives each pair the flow it gets alone. Parameters go by the keyword names of ``cv2.optflow.DualTVL1OpticalFlow.create``
 (``lambda_``, ``innnerIterations``), so one dict serves both backends and the store's manifest.
 
 This is the only module of ``flow`` that imports torch; extraction imports it only for ``--backend torch``.
@@ -75,8 +75,10 @@ class TVL1Params:
     @property
     def steps(self) -> tuple[float, float, float, float]:
         """lambda·theta, theta, tau/theta and gamma rounded to float32, as OpenCV passes them to its loops."""
-        return tuple(float(np.float32(value)) for value in (self.lambda_ * self.theta, self.theta,
-                                                             self.tau / self.theta, self.gamma))
+        lambda_theta, theta, tau_over_theta, gamma = (
+            float(np.float32(value)) for value in (self.lambda_ * self.theta, self.theta, self.tau / self.theta,
+                                                   self.gamma))
+        return lambda_theta, theta, tau_over_theta, gamma
 
 
 def _problems(p: dict[str, Any]) -> list[str]:
@@ -171,8 +173,9 @@ def _solve_group(first: torch.Tensor, second: torch.Tensor, params: TVL1Params, 
     for level in range(len(pyramid) - 1, -1, -1):
         flow = _solve_level(*pyramid[level], flow, params, iterate)
         if level:
-            flow = _resize_linear(flow, pyramid[level - 1][0].shape[-2:])
-            flow[:, :2] *= np.float32(1 / params.scaleStep)  # u3 is not a displacement and keeps its scale
+            finer_height, finer_width = pyramid[level - 1][0].shape[-2:]
+            flow = _resize_linear(flow, (finer_height, finer_width))
+            flow[:, :2] *= float(np.float32(1 / params.scaleStep))  # u3 is not a displacement and keeps its scale
     return flow[:, :2]
 
 
@@ -185,7 +188,8 @@ def _pyramid(first: torch.Tensor, second: torch.Tensor, nscales: int,
         size = (round(height * scale_step), round(width * scale_step))  # cvRound: half to even, as round()
         if min(size) < MIN_LEVEL_SIZE:
             break
-        levels.append(tuple(_resize_linear(image, size, 1 / scale_step) for image in levels[-1]))
+        first_level, second_level = (_resize_linear(image, size, 1 / scale_step) for image in levels[-1])
+        levels.append((first_level, second_level))
     return levels
 
 

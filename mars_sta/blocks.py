@@ -85,6 +85,7 @@ class ResidualBlock(nn.Module):
         self.downsample = downsample
         self.relu = nn.ReLU(inplace=True)
         self.attention_at_input = attention is not None and attention.position == "input"
+        self.sta: Attention | None
         if attention is None:
             self.sta = None
         elif self.attention_at_input:
@@ -96,7 +97,7 @@ class ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attention_at_input:
+        if self.sta is not None and self.attention_at_input:
             x = self.sta(x)
         out = self.residual(x)
         if self.sta is not None and not self.attention_at_input:

@@ -29,6 +29,7 @@ from mars_sta.spec import AttentionSpec, StageAttention
 P3D_STAGES = ("layer1", "layer2", "layer3")  # the 3D stages, where ``sta=`` may put attention
 P3D_VARIANTS = ("A", "B", "C")
 _WIDTHS = (64, 128, 256, 512)
+_STAGE_STRIDES: tuple[int | Stride, ...] = (1, (1, 2, 2), (1, 2, 2))  # of each 3D stage's first block
 _MIN_FRAMES = 16  # the stem's and the three stage max-pools each halve time: 16 → 8 → 4 → 2 → 1
 
 
@@ -149,7 +150,7 @@ class P3D(nn.Module):
         self.temporal_pool = nn.MaxPool3d(kernel_size=(2, 1, 1), stride=(2, 1, 1))
         size = strided_size(strided_size((sample_size, sample_size), 2), 2)
         in_planes, first_index = 64, 0
-        for name, planes, count, stride in zip(P3D_STAGES, _WIDTHS, layers, (1, (1, 2, 2), (1, 2, 2))):
+        for name, planes, count, stride in zip(P3D_STAGES, _WIDTHS, layers, _STAGE_STRIDES):
             stage_attention = attention.at(name) if attention else None
             stage, in_planes, size = _p3d_stage(in_planes, planes, count, stride, size, stage_attention, first_index)
             self.add_module(name, stage)

@@ -104,6 +104,7 @@ def load_pretrained(
     """
     if adapt_input not in ADAPT_INPUT_CHOICES:
         raise ValueError(f"adapt_input must be 'average' or None, got {adapt_input!r}")
+    raw: object
     if isinstance(path_or_state, dict):
         source, raw = IN_MEMORY, path_or_state
     else:

@@ -9,6 +9,7 @@ Table IV's formula.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -138,9 +139,10 @@ def _measure(arch: str, sta: str | None, kwargs: dict) -> tuple[ModelCost, list[
                            kwargs["sample_size"])
     with FlopCounterMode(display=False) as counter:
         inputs = _attention_inputs(model, clip)
-    classifier = getattr(model, model_entry(model.arch).classifier)
+    classifier = getattr(model, model_entry(arch).classifier)
     params = sum(p.numel() for p in model.parameters())
-    canonical = model.build_kwargs["sta"]
+    # build_model's plain attribute, which nn.Module's __getattr__ types as a tensor or a submodule.
+    canonical = cast(dict[str, Any], model.build_kwargs)["sta"]
     label = arch if canonical is None else f"{arch} + sta {canonical}"
     cost = ModelCost(label, params, params - sum(p.numel() for p in classifier.parameters()),
                      counter.get_total_flops() // 2)

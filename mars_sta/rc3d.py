@@ -35,9 +35,9 @@ def backbone_map(model: nn.Module, clip: torch.Tensor, layer: str) -> torch.Tens
     names = getattr(model, "stage_names", None)
     if names is None or layer not in (*names, POOL):
         raise ValueError(f"layer {layer!r} is not a stage of this backbone (stages: {names}, or {POOL!r})")
-    x = model.maxpool(model.relu(model.bn1(model.conv1(clip))))
     last = len(names) if layer == POOL else names.index(layer) + 1
-    for name in names[:last]:
+    x = clip
+    for name in ("conv1", "bn1", "relu", "maxpool", *names[:last]):
         x = getattr(model, name)(x)
     return x.mean(dim=(3, 4), keepdim=True) if layer == POOL else x
 

@@ -110,8 +110,9 @@ def build_model(
     if spec is not None:
         spec = spec.resolve(entry.default_sta_stage, entry.stages, name)
     model = entry.factory(**kwargs, attention=spec)
-    model.arch = name
-    model.build_kwargs = {**kwargs, "sta": None if spec is None else str(spec)}
+    # Plain attributes: nn.Module types its __setattr__ for tensors and submodules only.
+    model.arch = name  # type: ignore[assignment]
+    model.build_kwargs = {**kwargs, "sta": None if spec is None else str(spec)}  # type: ignore[assignment]
     return model
 
 

@@ -71,12 +71,13 @@ class ResNet3D(nn.Module):
         block_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        padding = tuple(k // 2 for k in stem_kernel)
+        padding = (stem_kernel[0] // 2, stem_kernel[1] // 2, stem_kernel[2] // 2)
         self.conv1 = nn.Conv3d(in_channels, stem_width, stem_kernel, stride=stem_stride, padding=padding, bias=False)
         self.bn1 = nn.BatchNorm3d(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1) if max_pool else nn.Identity()
-        size = tuple((sample_size + 2 * p - k) // s + 1 for k, s, p in zip(stem_kernel, stem_stride, padding))[1:]
+        _, height, width = ((sample_size + 2 * p - k) // s + 1 for k, s, p in zip(stem_kernel, stem_stride, padding))
+        size = (height, width)
         if max_pool:
             size = strided_size(size, 2)
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))

@@ -29,7 +29,7 @@ def _check_init(init: str) -> None:
         raise ValueError(f"unknown attention init {init!r} (expected one of {', '.join(INITS)})")
 
 
-def _open_gate(layer: nn.Module) -> None:
+def _open_gate(layer: nn.Conv1d | nn.Linear | nn.BatchNorm1d) -> None:
     """Make ``layer`` (the one in front of the Sigmoid: a conv, a linear or a BatchNorm layer) output a constant
     logit of ``IDENTITY_GATE``.
 
@@ -37,8 +37,11 @@ def _open_gate(layer: nn.Module) -> None:
     residual block near identity; the weight still receives gradient, so the gate learns from the first step (the
     layers in front of it from the second).
     """
-    nn.init.zeros_(layer.weight)
-    nn.init.constant_(layer.bias, math.log(IDENTITY_GATE / (1.0 - IDENTITY_GATE)))
+    weight, bias = layer.weight, layer.bias
+    # Every gate layer is built with a bias (BatchNorm with affine=True), so both are tensors.
+    assert isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)
+    nn.init.zeros_(weight)
+    nn.init.constant_(bias, math.log(IDENTITY_GATE / (1.0 - IDENTITY_GATE)))
 
 
 def _authors_start(module: nn.Module) -> None:
@@ -61,6 +64,7 @@ def _live_deconv(deconv: nn.ConvTranspose1d) -> None:
     the Conv1 signal), and then neither Conv2's weight nor anything before the ReLU ever receives gradient. With
     opposite end taps and a zero bias every sample whose Conv1 output is not all zero has a positive value somewhere.
     """
+    assert deconv.bias is not None, "the Deconv is built with a bias"
     nn.init.zeros_(deconv.weight)
     nn.init.zeros_(deconv.bias)
     with torch.no_grad():
@@ -154,6 +158,7 @@ class STA(Attention):
         self.attention = attention
         self.conv1 = nn.Conv3d(channels, 1, kernel_size=(1, *self.spatial_size))
         gate_channels = channels if attention == "st" else 1
+        self.deconv: nn.ConvTranspose1d | None
         if deconv:
             self.deconv = nn.ConvTranspose1d(1, 1, kernel_size, stride=stride)
             self.conv2 = nn.Conv1d(1, gate_channels, kernel_size, stride=stride)

@@ -11,11 +11,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
 from flow.errors import InputError
 
-ConfigT = TypeVar("ConfigT")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
 
 # The tables a config file may hold, and the sub-tables of those that have them: one file serves every stage
 # (``run`` reads it whole, ``train --config`` its ``[train]``), so a name no stage reads is a misspelling that would

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -108,19 +108,29 @@ def average_gradients(parameters: list[torch.nn.Parameter], context: DistContext
     used = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32, device=parameters[0].device)
     dist.all_reduce(used)
     reduced = [p for p, count in zip(parameters, used.tolist()) if count > 0]
+    grads = []
     for parameter in reduced:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
-    flat = torch.cat([p.grad.flatten() for p in reduced])
+        grads.append(parameter.grad)
+    flat = torch.cat([grad.flatten() for grad in grads])
     dist.all_reduce(flat)
     flat /= context.world_size
-    for parameter, chunk in zip(reduced, flat.split([p.numel() for p in reduced])):
-        parameter.grad.copy_(chunk.view_as(parameter))
+    for grad, chunk in zip(grads, flat.split([grad.numel() for grad in grads])):
+        grad.copy_(chunk.view_as(grad))
 
 
 def barrier(context: DistContext) -> None:
     if context.active:
         dist.barrier()
+
+
+class _SplitForward(Protocol):
+    """The two halves of forward that every registered network has."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
 class LogitsAndFeatures(torch.nn.Module):
@@ -132,5 +142,7 @@ class LogitsAndFeatures(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.forward_features(x)
-        return self.net.forward_head(features), features
+        # nn.Module's __getattr__ types attributes of a plain Module as tensors or submodules
+        net = cast(_SplitForward, self.net)
+        features = net.forward_features(x)
+        return net.forward_head(features), features
