@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mars_sta.blocks import ResidualBlock, Stride, init_backbone_weights, make_shortcut, strided_size
+from mars_sta.inputs import InputConfig
 from mars_sta.registry import register_model
 from mars_sta.spec import AttentionSpec, StageAttention
 
@@ -207,6 +208,7 @@ def _downsample_2d(in_planes: int, out_planes: int) -> nn.Sequential:
 
 
 @register_model("p3d199", default_shortcut="B", stages=P3D_STAGES, default_sta_stage="layer3",
+                default_input=InputConfig(size=160),
                 first_conv="conv1_custom")
 def p3d199(*, num_classes: int, in_channels: int, sample_size: int, sample_duration: int, shortcut: str,
            attention: AttentionSpec | None) -> P3D:

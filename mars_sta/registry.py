@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from mars_sta.inputs import InputConfig
 from mars_sta.spec import AttentionSpec, parse_sta
 
 Factory = Callable[..., nn.Module]
@@ -19,7 +20,8 @@ Factory = Callable[..., nn.Module]
 class ModelEntry:
     """A registered architecture: its factory, what ``build_model`` must know before calling it, and the layers
     that loading other weights treats apart (``first_conv`` is adapted between RGB and flow input, ``classifier``
-    is replaced when the class count differs)."""
+    is replaced when the class count differs); ``default_input`` is how its usual weights read clips, and what
+    ``build_model`` sizes it for when no size is given."""
 
     name: str
     factory: Factory
@@ -28,6 +30,7 @@ class ModelEntry:
     default_sta_stage: str
     first_conv: str = "conv1"
     classifier: str = "fc"
+    default_input: InputConfig = InputConfig()
 
     @property
     def description(self) -> str:
@@ -40,7 +43,7 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register_model(
     name: str, *, default_shortcut: str | None, stages: tuple[str, ...], default_sta_stage: str,
-    first_conv: str = "conv1", classifier: str = "fc",
+    first_conv: str = "conv1", classifier: str = "fc", default_input: InputConfig = InputConfig(),
 ) -> Callable[[Factory], Factory]:
     """Register ``factory(*, num_classes, in_channels, sample_size, sample_duration, shortcut, attention)``.
 
@@ -51,13 +54,14 @@ def register_model(
         default_sta_stage: the stage ``sta="default"`` means.
         first_conv: the module that reads the input clip (its weight is adapted between 2 and 3 channels).
         classifier: the module that gives the logits (replaced when a file's class count differs).
+        default_input: the clips its usual weights read (frames, side, normalisation), as timm's ``PretrainedCfg``.
     """
 
     def decorate(factory: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelEntry(name, factory, default_shortcut, stages, default_sta_stage, first_conv,
-                                     classifier)
+                                     classifier, default_input)
         return factory
 
     return decorate
@@ -81,8 +85,8 @@ def build_model(
     *,
     num_classes: int,
     in_channels: int = 3,
-    sample_size: int = 112,
-    sample_duration: int = 16,
+    sample_size: int | None = None,
+    sample_duration: int | None = None,
     shortcut: str | None = None,
     sta: str | AttentionSpec | None = None,
 ) -> nn.Module:
@@ -94,14 +98,16 @@ def build_model(
         name: a registry name (``list_models()``).
         num_classes: classes of the classifier.
         in_channels: 3 for RGB clips, 2 for flow.
-        sample_size: the clip's height and width; fixes the spatial size attention modules are built for.
-        sample_duration: frames per clip; matters only to C3D's flattened head.
+        sample_size: the clip's height and width; fixes the spatial size attention modules are built for (None:
+            the entry's ``default_input.size``).
+        sample_duration: frames per clip; matters only to C3D's flattened head (None: ``default_input.frames``).
         shortcut: "A" or "B"; None takes the architecture's default (None for C3D, which has no shortcuts).
         sta: an STA spec (``"layer4"``, ``"layer3:ta"``, ...) or None for the plain network.
     """
     entry = model_entry(name)
-    sizes = {"num_classes": num_classes, "in_channels": in_channels, "sample_size": sample_size,
-             "sample_duration": sample_duration}
+    sizes = {"num_classes": num_classes, "in_channels": in_channels,
+             "sample_size": entry.default_input.size if sample_size is None else sample_size,
+             "sample_duration": entry.default_input.frames if sample_duration is None else sample_duration}
     for label, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")

@@ -7,6 +7,7 @@ whole clip (16 frames at 16f) to weigh, unlike ResNeXt-101's ``layer4`` at 16 fr
 from __future__ import annotations
 
 from mars_sta.blocks import BasicBlock
+from mars_sta.inputs import InputConfig
 from mars_sta.registry import register_model
 from mars_sta.resnet import ResNet3D
 from mars_sta.spec import AttentionSpec
@@ -14,7 +15,8 @@ from mars_sta.spec import AttentionSpec
 TINY_STAGES = ("layer1", "layer2", "layer3")
 
 
-@register_model("tiny_resnet", default_shortcut="B", stages=TINY_STAGES, default_sta_stage="layer3")
+@register_model("tiny_resnet", default_shortcut="B", stages=TINY_STAGES, default_sta_stage="layer3",
+                default_input=InputConfig(size=32, normalization="unit"))
 def tiny_resnet(*, num_classes: int, in_channels: int, sample_size: int, sample_duration: int, shortcut: str,
                 attention: AttentionSpec | None) -> ResNet3D:
     """Tiny 3D ResNet (widths 16/32/64, temporal length kept) for CPU experiments and the demo."""
