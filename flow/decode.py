@@ -97,6 +97,8 @@ class StoredFrame:
     def rgb(self) -> np.ndarray:
         """The RGB frame as a store reads it back: through its JPEG coding when there is one."""
         stored = self.bgr if self.jpeg is None else cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR)
+        if stored is None:
+            raise VideoError(None, "OpenCV could not decode the JPEG it made of a frame")
         return cv2.cvtColor(stored, cv2.COLOR_BGR2RGB)
 
 

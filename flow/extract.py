@@ -15,14 +15,14 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import h5py
@@ -287,8 +287,18 @@ def library_versions(backend: str = "opencv") -> dict[str, str]:
     return versions
 
 
+class ListedJob(Protocol):
+    """What the failure list needs of a job (an extraction's or an import's)."""
+
+    @property
+    def video_id(self) -> str: ...
+
+    @property
+    def relative_source(self) -> str: ...
+
+
 def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
-                      jobs: list[VideoJob]) -> dict[str, dict[str, str]]:
+                      jobs: Sequence[ListedJob]) -> dict[str, dict[str, str]]:
     """Write failures.json: this run's failures plus earlier ones of videos this run did not look at."""
     sources = {job.video_id: job.relative_source for job in jobs}
     current = {r.video_id: {"source": sources[r.video_id], "reason": r.failure} for r in results if r.failure}

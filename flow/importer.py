@@ -377,18 +377,20 @@ def _import(job: ImportJob) -> int:
 
 def _add_frames(writer: _ImportWriter, folder: Path, names: list[str]) -> tuple[int, int]:
     """Store each frame's JPEG bytes after checking that it decodes and has the first frame's size."""
-    size = None
+    size: tuple[int, int] | None = None
     for name in names:
         data = _jpeg_bytes(folder / name)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise VideoError(folder, f"{name} cannot be decoded")
         if size is None:
-            size = image.shape[:2]
+            size = (image.shape[0], image.shape[1])
         elif image.shape[:2] != size:
             raise VideoError(folder, f"{name} is {image.shape[1]}x{image.shape[0]}, the first frame "
                                      f"{size[1]}x{size[0]}")
         writer.add_jpeg(data)
+    if size is None:
+        raise VideoError(folder, "has no frames")
     return size
 
 
@@ -433,7 +435,11 @@ def _flow_sequences(folder: Path, job: ImportJob, frames: int) -> list[tuple[str
 
 
 def _number(name: str) -> int:
-    return int(_NUMBERED.match(name)["number"])
+    """The number of a file name that ``_sequence`` listed (so it has one)."""
+    match = _NUMBERED.match(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not a numbered JPEG name")
+    return int(match["number"])
 
 
 def _jpeg_bytes(path: Path) -> bytes:

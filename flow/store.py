@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import h5py
@@ -190,7 +190,7 @@ class StoreLock:
     def __init__(self, root: str | os.PathLike, shared: bool = False) -> None:
         self.root = Path(root)
         self.shared = shared
-        self._handle = None
+        self._handle: IO[str] | None = None
 
     def __enter__(self) -> StoreLock:
         if self.shared:
