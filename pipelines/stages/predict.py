@@ -171,7 +171,8 @@ class Predictor:
 
     def __call__(self, video: str | os.PathLike) -> Prediction:
         logits, clips = [], 0
-        for decoder, decoded in zip(self.decoders, self.decode(video)):
+        for decoder in self.decoders:  # one decoded video in memory at a time
+            decoded = decoder(video)
             for engine in decoder.engines:
                 video_clips, _ = engine.video_clips(decoded, [(decoded.video_id, 0)])[0]
                 logits.append(engine.video_scores(video_clips)[0].numpy())
