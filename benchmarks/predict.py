@@ -36,7 +36,8 @@ from flow.extract import ExtractConfig  # noqa: E402
 from mars_sta import build_model  # noqa: E402
 from pipelines.core.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.core.manifest import config_hash  # noqa: E402
-from pipelines.stages.predict import PredictConfig, Predictor, decode_video  # noqa: E402
+from flow.decode import FrameCoding, decode_video  # noqa: E402
+from pipelines.stages.predict import PredictConfig, Predictor  # noqa: E402
 
 CLASSES = [f"class_{k:03d}" for k in range(101)]
 
@@ -74,6 +75,7 @@ def main() -> None:
     cv2.setNumThreads(1)  # TV-L1 as one extraction worker runs it
 
     preprocessing = ExtractConfig(short_side=args.short_side, preset=args.preset).preprocessing()
+    coding = FrameCoding.of_store(preprocessing)
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         videos = make_videos(work / "videos", args.videos, args.frames)
@@ -89,8 +91,8 @@ def main() -> None:
         rows = []
         for video in videos:
             times = [(seconds(lambda: mars(video)), seconds(lambda: two_stream(video)),
-                      seconds(lambda: decode_video(video, preprocessing, rgb=False, flow=True)),
-                      seconds(lambda: decode_video(video, preprocessing, rgb=True, flow=False)))
+                      seconds(lambda: decode_video(video, preprocessing, coding, rgb=False, flow=True)),
+                      seconds(lambda: decode_video(video, preprocessing, coding, rgb=True, flow=False)))
                      for _ in range(args.repeats)]
             rows.append(tuple(min(column) for column in zip(*times)))
             mars_s, both_s, flow_s, rgb_s = rows[-1]

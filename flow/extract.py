@@ -15,26 +15,26 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import h5py
 import numpy as np
 
 from flow import store as layout
+from flow.decode import FrameCoding, stored_frames
 from flow.errors import InputError, VideoError
 from flow.progress import progress_bar
-from flow.quantize import QUANTIZATIONS, quantize
+from flow.quantize import QUANTIZATIONS
 from flow.shard import Shard, parse_shard, resolve_shard
-from flow.tvl1 import (BACKEND_CLASSES, BACKENDS, PRESETS, PairFlows, check_device_name, device_kind, preset_params,
-                       resolve_device)
+from flow.tvl1 import BACKEND_CLASSES, BACKENDS, PRESETS, check_device_name, device_kind, preset_params, resolve_device
 from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_videos
 
 # What a manifest written before the backend choice existed means by the keys it lacks.
@@ -145,6 +145,11 @@ class VideoJob:
     backend: str = "opencv"
     device: str = "cpu"
     batch_pairs: int = 1
+
+    @property
+    def coding(self) -> FrameCoding:
+        return FrameCoding(bound=self.bound, quantization=self.quantization, tvl1=self.tvl1, backend=self.backend,
+                           device=self.device, batch_pairs=self.batch_pairs, jpeg_quality=self.jpeg_quality)
 
 
 @dataclass(frozen=True)
@@ -282,8 +287,18 @@ def library_versions(backend: str = "opencv") -> dict[str, str]:
     return versions
 
 
+class ListedJob(Protocol):
+    """What the failure list needs of a job (an extraction's or an import's)."""
+
+    @property
+    def video_id(self) -> str: ...
+
+    @property
+    def relative_source(self) -> str: ...
+
+
 def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
-                      jobs: list[VideoJob]) -> dict[str, dict[str, str]]:
+                      jobs: Sequence[ListedJob]) -> dict[str, dict[str, str]]:
     """Write failures.json: this run's failures plus earlier ones of videos this run did not look at."""
     sources = {job.video_id: job.relative_source for job in jobs}
     current = {r.video_id: {"source": sources[r.video_id], "reason": r.failure} for r in results if r.failure}
@@ -417,19 +432,18 @@ def _extract(job: VideoJob) -> int:
                  "quantization": job.quantization, "frame_encoding": "jpeg", "jpeg_quality": job.jpeg_quality,
                  "source": job.relative_source, "source_size": stat.st_size, "source_mtime": stat.st_mtime,
                  "source_sha256": layout.file_sha256(job.source)}
-        writer = layout.VideoFileWriter(Path(job.final), attrs, job.jpeg_quality)
+        writer = layout.VideoFileWriter(Path(job.final), attrs)
         try:
-            solver = PairFlows(job.backend, job.tvl1, job.device, job.batch_pairs)  # one per video (flow.tvl1.TVL1)
-            for frame in reader:
-                writer.add_frame(frame)
-                for flow in solver.push(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)):
-                    writer.add_flow(quantize(flow, job.bound, job.quantization))
-            for flow in solver.flush():
-                writer.add_flow(quantize(flow, job.bound, job.quantization))
+            height = width = 0
+            for stored in stored_frames(reader, job.coding):  # one TV-L1 solver per video (flow.tvl1.TVL1)
+                assert stored.jpeg is not None  # an extraction's coding always has a JPEG quality
+                writer.add_jpeg(stored.jpeg)
+                for codes in stored.flow_codes:
+                    writer.add_flow(codes)
+                height, width = stored.bgr.shape[:2]
             if writer.num_frames < 2:
                 raise VideoError(job.source, f"has {writer.num_frames} frame; flow needs at least 2")
             pairs = writer.num_frames - 1
-            width, height = reader.size
             writer.commit(height, width)
         except BaseException:
             writer.abort()

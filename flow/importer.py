@@ -340,15 +340,7 @@ def import_video(job: ImportJob) -> VideoResult:
 
 
 class _ImportWriter(layout.VideoFileWriter):
-    """The store's video writer, taking JPEG bytes as they are instead of encoding frames."""
-
-    def __init__(self, final: Path, attrs: dict[str, Any]) -> None:
-        super().__init__(final, attrs, jpeg_quality=100)  # the encoder is never used: bytes are stored as given
-
-    def add_jpeg(self, data: bytes) -> None:
-        index = self._frames.shape[0]
-        self._frames.resize((index + 1,))
-        self._frames[index] = np.frombuffer(data, np.uint8)
+    """The store's video writer, able to write a store file of RGB frames only."""
 
     def add_no_flow(self, height: int, width: int) -> None:
         """The ``flow`` dataset a store file must have, with no chunk ever written (it costs no space)."""

@@ -27,7 +27,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import h5py
@@ -190,7 +190,7 @@ class StoreLock:
     def __init__(self, root: str | os.PathLike, shared: bool = False) -> None:
         self.root = Path(root)
         self.shared = shared
-        self._handle = None
+        self._handle: IO[str] | None = None
 
     def __enter__(self) -> StoreLock:
         if self.shared:
@@ -255,14 +255,13 @@ class VideoFileWriter:
     UCF-101 video). The temporary file is created when the video starts, so a running writer shows on disk.
     """
 
-    def __init__(self, final: Path, attrs: dict[str, Any], jpeg_quality: int) -> None:
+    def __init__(self, final: Path, attrs: dict[str, Any]) -> None:
         self.final = final
         self.temp = final.with_name(f"{final.name}{TEMP_MARK}{os.getpid()}")
         final.parent.mkdir(parents=True, exist_ok=True)
         self.temp.touch()
         self._file = h5py.File(self.temp, "w", driver="core", backing_store=False)
         self._file.attrs.update(attrs)
-        self._jpeg_params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
         self._frames = self._file.create_dataset("frames", shape=(0,), maxshape=(None,),
                                                  dtype=h5py.vlen_dtype(np.uint8), chunks=(FRAME_ID_CHUNK,))
         self._flow: h5py.Dataset | None = None
@@ -271,13 +270,11 @@ class VideoFileWriter:
     def num_frames(self) -> int:
         return self._frames.shape[0]
 
-    def add_frame(self, bgr: np.ndarray) -> None:
-        ok, encoded = cv2.imencode(".jpg", bgr, self._jpeg_params)
-        if not ok:
-            raise RuntimeError("OpenCV could not JPEG-encode a frame")
+    def add_jpeg(self, data: bytes | np.ndarray) -> None:
+        """Append one frame as its JPEG bytes, stored as given."""
         index = self._frames.shape[0]
         self._frames.resize((index + 1,))
-        self._frames[index] = encoded.ravel()
+        self._frames[index] = np.frombuffer(data, np.uint8)
 
     def add_flow(self, codes: np.ndarray) -> None:
         if self._flow is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO, TINY_TRAIN
 from flow.errors import InputError
@@ -155,3 +156,55 @@ def test_checkpoints_of_other_classes_are_not_fused(mars_checkpoint, tmp_path):
     torch.save(payload, tmp_path / "other.pth")
     with pytest.raises(InputError, match="other classes"):
         load_streams([mars_checkpoint, tmp_path / "other.pth"])
+
+
+def _recorded_torch_tvl1(checkpoint: Path, target: Path, device_kind: str) -> Path:
+    """``checkpoint`` as if its training store's flow had come from the torch TV-L1 on ``device_kind``."""
+    from flow.tvl1 import BACKEND_CLASSES
+    from pipelines.core.manifest import config_hash
+
+    payload = torch.load(checkpoint, weights_only=True)
+    preprocessing = {**payload["preprocessing"], "tvl1_backend": "torch", "tvl1_class": BACKEND_CLASSES["torch"],
+                     "tvl1_device": device_kind}
+    payload.update(preprocessing=preprocessing, preprocessing_hash=config_hash(preprocessing))
+    torch.save(payload, target)
+    return target
+
+
+def test_a_checkpoint_trained_on_torch_tvl1_flow_is_fed_torch_tvl1_flow(flow_teacher, synth_store, tmp_path,
+                                                                       monkeypatch):
+    import cv2
+
+    from flow.quantize import quantize
+    from flow.tvl1_torch import TorchTVL1
+    from flow.video import VideoReader
+    from pipelines.stages.predict import PredictConfig, Predictor
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("OpenCV's TV-L1 was called")
+
+    # On these frames both backends give the same codes, so what tells them apart is that OpenCV's is never made.
+    monkeypatch.setattr(cv2.optflow, "DualTVL1OpticalFlow_create", refuse)
+    checkpoint = _recorded_torch_tvl1(flow_teacher, tmp_path / "torch-flow.pth", "cpu")
+    predictor = Predictor([checkpoint], PredictConfig(device="cpu"))
+    video = synth_store.videos / f"{load_split(synth_store.splits, 1).test[0][0]}.avi"
+    (decoded,) = predictor.decode(video)
+
+    preprocessing = predictor.engines[0].checkpoint.preprocessing
+    gray = np.stack([cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) for frame in VideoReader(video, 0)])
+    torch_codes = quantize(TorchTVL1(preprocessing["tvl1"])(gray[:-1], gray[1:]), preprocessing["bound"],
+                           preprocessing["quantization"])
+    np.testing.assert_array_equal(decoded.flow_codes(decoded.video_id), torch_codes)  # 16 pairs: one batch
+    assert len(predictor(video).classes) == 4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the CUDA it asks for")
+def test_a_checkpoint_of_cuda_tvl1_flow_is_refused_without_cuda(flow_teacher, test_videos, tmp_path):
+    checkpoint = _recorded_torch_tvl1(flow_teacher, tmp_path / "cuda-flow.pth", "cuda")
+    before = checkpoint.read_bytes()
+    result = predict_cli(test_videos[0], checkpoint)
+    assert result.returncode == 2 and not result.stdout, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {checkpoint}: its flow was computed by the torch TV-L1 on CUDA and torch sees no CUDA device here "
+        "(flow computed on the CPU differs slightly, so it is not used instead)"]
+    assert checkpoint.read_bytes() == before

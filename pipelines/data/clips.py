@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -32,6 +33,29 @@ from flow.importer import has_flow
 from flow.store import FlowStore
 
 MODES: dict[str, int] = {"rgb": 3, "flow": 2, "rgb+flow": 5}
+
+
+class ClipSource(Protocol):
+    """What the clip datasets read videos from: a ``FlowStore``, or one video decoded in memory
+    (``flow.decode.DecodedVideo``, prediction); ``root`` names it in errors."""
+
+    root: Path
+
+    @property
+    def preprocessing(self) -> dict[str, Any]: ...
+
+    @property
+    def bound(self) -> float: ...
+
+    def video_ids(self) -> list[str]: ...
+
+    def num_frames(self, video_id: str) -> int: ...
+
+    def frame_size(self, video_id: str) -> tuple[int, int]: ...
+
+    def frames(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
+
+    def flow_codes(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray: ...
 ACTIVITYNET_MEAN = (114.7748, 107.7354, 99.4750)  # R, G, B on the 0..255 scale; MARS subtracts it, no std
 SCALES = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)  # MARS multi-scale crop, fractions of the short side
 POSITIONS = ("c", "tl", "tr", "bl", "br")
@@ -135,7 +159,7 @@ class _StoreClips(Dataset):
 
     def __init__(
         self,
-        store: FlowStore | str | Path,
+        store: ClipSource | str | Path,
         items: Sequence[tuple[str, int]],
         mode: str,
         sample_duration: int,
@@ -147,7 +171,7 @@ class _StoreClips(Dataset):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if sample_duration < 1 or sample_size < 1:
             raise ValueError("sample_duration and sample_size must be positive")
-        self.store = store if isinstance(store, FlowStore) else FlowStore(store)
+        self.store: ClipSource = FlowStore(store) if isinstance(store, (str, Path)) else store
         if mode != "rgb" and not has_flow(self.store.preprocessing):
             raise InputError(self.store.root, f"holds RGB frames only ({self.store.preprocessing.get('source_layout')} "
                                               f"layout); {mode} clips need flow (import a layout with flow, or "
@@ -262,7 +286,7 @@ class ClipDataset(_StoreClips):
 
     def __init__(
         self,
-        store: FlowStore | str | Path,
+        store: ClipSource | str | Path,
         items: Sequence[tuple[str, int]],
         mode: str,
         sample_duration: int = 16,
@@ -329,7 +353,7 @@ class VideoClips(_StoreClips):
 
     def __init__(
         self,
-        store: FlowStore | str | Path,
+        store: ClipSource | str | Path,
         items: Sequence[tuple[str, int]],
         mode: str,
         sample_duration: int = 16,

@@ -15,11 +15,10 @@ from typing import Callable, Sequence
 import torch
 
 from flow.errors import InputError
-from flow.store import FlowStore
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
 from pipelines.core.device import autocast
 from pipelines.core.manifest import config_hash
-from pipelines.data.clips import Normalization, VideoClips
+from pipelines.data.clips import ClipSource, Normalization, VideoClips
 
 
 class Engine:
@@ -38,7 +37,7 @@ class Engine:
         self.model = self.checkpoint.build_model().to(device)
         self.device, self.batch_size, self.amp = device, batch_size, amp
 
-    def video_clips(self, store: FlowStore, items: Sequence[tuple[str, int]], clips: int | None = None,
+    def video_clips(self, store: ClipSource, items: Sequence[tuple[str, int]], clips: int | None = None,
                     crops: int = 1) -> VideoClips:
         """The test clips of ``items`` as this network reads them; a store of other preprocessing is refused."""
         checkpoint = self.checkpoint

@@ -1,10 +1,10 @@
 """Prediction on new videos: decode, preprocess as the checkpoint's training store did, test, print the top classes.
 
 Each checkpoint records its store's preprocessing (``preprocessing``: short side, frame rate, JPEG quality, TV-L1
-parameters, bound, quantisation). A video is decoded and resized as ``extract-flow`` does; RGB frames go through
-the same JPEG round trip the store's frames went through; only a Flow checkpoint has TV-L1 computed, with the
-recorded parameters and quantisation. RGB, MARS and STA-MARS checkpoints never compute optical flow, which is the
-speed MARS is about. Clips are then cut, resized and normalised by the evaluation code itself (``VideoClips``, the
+backend and parameters, bound, quantisation). A video goes through the code ``extract-flow`` runs
+(``flow.decode``) with that recorded coding: RGB frames through the same JPEG round trip, and only for a Flow
+checkpoint TV-L1 with the recorded backend (OpenCV or torch, on the device kind it ran on) and quantisation. RGB,
+MARS and STA-MARS checkpoints never compute optical flow, which is the speed MARS is about. Clips are then cut, resized and normalised by the evaluation code itself (``VideoClips``, the
 MARS protocol: every non-overlapping clip on the flow-frame grid, centre crop, raw logits averaged), so a
 prediction equals the scores ``evaluate`` gives the same video. Several checkpoints are fused as ``fuse`` does by
 default: the equal average of raw logits.
@@ -24,12 +24,10 @@ import numpy as np
 import torch
 
 from flow.errors import InputError
+from flow.decode import DecodedVideo, FrameCoding, decode_video
 from flow.importer import has_flow
 from flow.progress import progress_bar
-from flow.quantize import quantize
-from flow.store import FlowStore
-from flow.tvl1 import TVL1, preset_params
-from flow.video import VideoReader, find_videos
+from flow.video import find_videos
 from pipelines.core import checkpoint as ckpt
 from pipelines.core.checkpoint import Checkpoint
 from pipelines.core.device import resolve_device
@@ -77,35 +75,6 @@ class PredictSummary:
     seconds: float = 0.0
 
 
-class DecodedVideo(FlowStore):
-    """One decoded video behind FlowStore's reading methods, so that ``VideoClips`` (the evaluation code) cuts,
-    resizes and normalises its clips. Nothing is on disk: ``FlowStore.__init__``, which reads a manifest, is not
-    called."""
-
-    VIDEO_ID = "video"
-
-    def __init__(self, rgb: np.ndarray | None, codes: np.ndarray | None, count: int, size: tuple[int, int],
-                 preprocessing: dict[str, Any]) -> None:  # noqa: super().__init__ would look for a store folder
-        self.root = Path("<decoded video>")
-        self.manifest = {"preprocessing": preprocessing}
-        self._rgb, self._codes, self._count, self._size = rgb, codes, count, size
-
-    def video_ids(self) -> list[str]:
-        return [self.VIDEO_ID]
-
-    def num_frames(self, video_id: str) -> int:
-        return self._count
-
-    def frame_size(self, video_id: str) -> tuple[int, int]:
-        return self._size
-
-    def frames(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        return self._rgb[start:stop]
-
-    def flow_codes(self, video_id: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
-        return self._codes[start:stop]
-
-
 def checkpoint_preprocessing(checkpoint: Checkpoint) -> dict[str, Any]:
     """The store preprocessing a checkpoint was trained on, checked against its recorded hash."""
     preprocessing = checkpoint.preprocessing
@@ -139,6 +108,32 @@ def load_streams(checkpoints: Sequence[str | os.PathLike], device: torch.device 
     return engines, engines[0].checkpoint.classes
 
 
+@dataclass(frozen=True)
+class VideoDecoder:
+    """Decodes a video for checkpoints of one training store: with the store's preprocessing and flow coding (its
+    TV-L1 backend and parameters), RGB frames only when a network reads them, TV-L1 only when one reads flow."""
+
+    engines: list[Engine]
+    preprocessing: dict[str, Any]
+    coding: FrameCoding
+    rgb: bool
+    flow: bool
+
+    @classmethod
+    def of(cls, engines: list[Engine]) -> VideoDecoder:
+        checkpoint = engines[0].checkpoint
+        preprocessing = checkpoint_preprocessing(checkpoint)
+        needs_flow = [engine.checkpoint.spec.needs_flow for engine in engines]
+        try:
+            coding = FrameCoding.of_store(preprocessing)
+        except InputError as exc:
+            raise InputError(checkpoint.path, exc.problem) from None
+        return cls(engines, preprocessing, coding, rgb=not all(needs_flow), flow=any(needs_flow))
+
+    def __call__(self, video: str | os.PathLike) -> DecodedVideo:
+        return decode_video(video, self.preprocessing, self.coding, rgb=self.rgb, flow=self.flow)
+
+
 def list_videos(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Files as given; a folder stands for every video below it (searched recursively by extension)."""
     videos: list[Path] = []
@@ -168,17 +163,18 @@ class Predictor:
         groups: dict[str, list[Engine]] = {}
         for engine in self.engines:  # checkpoints of one store share one decoding of each video
             groups.setdefault(json.dumps(engine.checkpoint.preprocessing, sort_keys=True), []).append(engine)
-        self._groups = list(groups.values())
+        self.decoders = [VideoDecoder.of(engines) for engines in groups.values()]
+
+    def decode(self, video: str | os.PathLike) -> list[DecodedVideo]:
+        """The video as each group of checkpoints' training store would hold it."""
+        return [decoder(video) for decoder in self.decoders]
 
     def __call__(self, video: str | os.PathLike) -> Prediction:
         logits, clips = [], 0
-        for engines in self._groups:
-            needs_flow = [engine.checkpoint.spec.needs_flow for engine in engines]
-            decoded = decode_video(video, engines[0].checkpoint.preprocessing, rgb=not all(needs_flow),
-                                   flow=any(needs_flow))
-            for engine in engines:
-                videos = engine.video_clips(decoded, [(DecodedVideo.VIDEO_ID, 0)])
-                video_clips, _ = videos[0]
+        for decoder in self.decoders:  # one decoded video in memory at a time
+            decoded = decoder(video)
+            for engine in decoder.engines:
+                video_clips, _ = engine.video_clips(decoded, [(decoded.video_id, 0)])[0]
                 logits.append(engine.video_scores(video_clips)[0].numpy())
                 clips = max(clips, len(video_clips))
         fused = fused_scores(logits, [1.0] * len(logits)) if len(logits) > 1 else logits[0].astype(np.float64)
@@ -186,37 +182,6 @@ class Predictor:
         top = np.argsort(-fused, kind="stable")[: min(self.config.top_k, len(self.classes))]
         return Prediction(str(video), [self.classes[i] for i in top], [float(probabilities[i]) for i in top],
                           [float(fused[i]) for i in top], clips)
-
-
-def decode_video(path: str | os.PathLike, preprocessing: dict[str, Any], rgb: bool, flow: bool) -> DecodedVideo:
-    """Decode and resize as the store was made; RGB frames through its JPEG coding, flow only when asked."""
-    quality = preprocessing.get("jpeg_quality")
-    jpeg = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if quality else None
-    solver = TVL1(preprocessing.get("tvl1") or preset_params("default")) if flow else None
-    frames, codes, previous = [], [], None
-    with VideoReader(path, preprocessing.get("short_side") or 0, preprocessing.get("fps")) as reader:
-        for bgr in reader:
-            if rgb:
-                frames.append(cv2.cvtColor(_jpeg_round_trip(bgr, jpeg, path) if jpeg else bgr, cv2.COLOR_BGR2RGB))
-            if solver is not None:
-                gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-                if previous is not None:
-                    codes.append(quantize(solver(previous, gray), float(preprocessing["bound"]),
-                                          preprocessing["quantization"]))
-                previous = gray
-        width, height = reader.size
-    number = len(frames) if rgb else len(codes) + 1
-    if number < 2:
-        raise InputError(path, f"has {number} frame; prediction needs at least 2")
-    return DecodedVideo(np.stack(frames) if rgb else None, np.stack(codes) if flow else None, number,
-                        (height, width), preprocessing)
-
-
-def _jpeg_round_trip(bgr: np.ndarray, params: list[int], path: str | os.PathLike) -> np.ndarray:
-    ok, encoded = cv2.imencode(".jpg", bgr, params)
-    if not ok:
-        raise InputError(path, "a frame could not be JPEG-encoded")
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)
 
 
 def predict(config: PredictConfig, inputs: Sequence[str | os.PathLike], checkpoints: Sequence[str | os.PathLike],
