@@ -21,9 +21,9 @@ from conftest import REPO, run_cli, share_untrimmed
 from mars_sta import build_model
 from mars_sta.rc3d import ProposalSubnet, decode_segments, encode_segments, make_anchors, temporal_roi_pool
 from flow.errors import InputError
-from pipelines.core.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.core.checkpoint import RC3DExtras, load_checkpoint, save_checkpoint
 from pipelines.core.config import build_config
-from pipelines.detection.rc3d import RC3DConfig
+from pipelines.detection.rc3d import RC3DConfig, rc3d_config_of
 from pipelines.detection.rc3d_targets import anchor_targets, roi_targets, smooth_l1
 from pipelines.inference.features import FeatureStore
 
@@ -135,9 +135,12 @@ def test_heads_on_features_equal_end_to_end_and_resume_exactly(data):
     assert not FeatureStore(data / "feats").verify()
     _train_heads(data, data / "straight", 2)
     _train_heads(data, data / "resumed", 1)
-    assert "epoch 1/2" not in _train_heads(data, data / "resumed", 2).stdout
-    a, b = (load_checkpoint(data / run / "rc3d.pth").payload for run in ("straight", "resumed"))
-    assert all(torch.equal(a["heads"][k], b["heads"][k]) for k in a["heads"])
+    second = _train_heads(data, data / "resumed", 2).stdout  # extending a finished run trains the added epoch only
+    assert "epoch 1/2" not in second and second.count("epoch 2/2") == 1
+    a, b = (load_checkpoint(data / run / "rc3d.pth") for run in ("straight", "resumed"))
+    assert a.epoch == b.epoch == 2 and all(torch.equal(a.detector.heads[k], b.detector.heads[k])
+                                          for k in a.detector.heads)
+    _format_1_resumes_at_its_next_epoch(data, a)
     found = {}
     for name, source in (("cached", ["--features", str(data / "feats")]), ("e2e", ["--store", str(data / "store")])):
         run_cli("detect", "--model", str(data / "straight"), *source, "--out", str(data / f"{name}.json"),
@@ -145,6 +148,28 @@ def test_heads_on_features_equal_end_to_end_and_resume_exactly(data):
         found[name] = json.loads((data / f"{name}.json").read_text())["results"]
     assert sorted(found["cached"]) == ["video_test_0001", "video_test_0002"]
     assert sum(map(len, found["cached"].values())) > 0 and found["cached"] == found["e2e"]
+
+
+def _format_1_resumes_at_its_next_epoch(data, straight):
+    """An ``rc3d.pth`` as format 1 wrote it (JSON strings at the top, the epoch's 0-based index) reads as epoch 1
+    and continues to the weights of the run trained straight."""
+    _train_heads(data, data / "format1", 1)
+    path = data / "format1" / "rc3d.pth"
+    payload = torch.load(path, weights_only=True)
+    detector = payload.pop("detector")
+    payload.update(format_version=1, epoch=payload["epoch"] - 1, heads=detector["heads"],
+                   features_checkpoint_sha256=detector["features_checkpoint_sha256"],
+                   **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads", "rc3d_config")})
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)
+    assert loaded.epoch == 1 and isinstance(loaded.detector, RC3DExtras)
+    assert loaded.detector.rc3d_config["mode"] == "heads" and loaded.detector.reads["layer"] == "layer3"
+    assert rc3d_config_of(loaded).anchor_scales == (2, 4, 8)
+    second = _train_heads(data, data / "format1", 2).stdout
+    assert "epoch 1/2" not in second and second.count("epoch 2/2") == 1
+    resumed = load_checkpoint(path)
+    assert resumed.epoch == 2 and all(torch.equal(straight.detector.heads[k], resumed.detector.heads[k])
+                                      for k in straight.detector.heads)
 
 
 def test_killed_features_run_resumes_to_the_same_store(data):
@@ -224,11 +249,11 @@ def test_two_processes_equal_one_process_accumulating_the_same_buffers(data, tmp
         "processes"] == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun's processes, so sums run in the same order
     train(tmp_path / "one", "--accumulate", "2")
-    ddp, one = (load_checkpoint(tmp_path / run / "rc3d.pth").payload for run in ("ddp", "one"))
-    for part in ("heads", "state_dict"):
-        compared = [key for key in one[part] if not key.endswith(("running_mean", "running_var", "batches_tracked"))]
+    ddp, one = (load_checkpoint(tmp_path / run / "rc3d.pth") for run in ("ddp", "one"))
+    for a, b in ((ddp.detector.heads, one.detector.heads), (ddp.state_dict, one.state_dict)):
+        compared = [key for key in b if not key.endswith(("running_mean", "running_var", "batches_tracked"))]
         for key in compared:
-            torch.testing.assert_close(ddp[part][key], one[part][key], rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     plain = train(tmp_path / "one", check=False)  # one buffer per step is another run: refused, not mixed
     assert plain.returncode == 2 and "was trained with another config" in plain.stderr
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import run_cli, share_untrimmed
-from pipelines.core.checkpoint import load_checkpoint
-from pipelines.detection.scnn import overlap_loss
+from pipelines.core.checkpoint import SCNNExtras, load_checkpoint
+from pipelines.detection.scnn import NETWORKS, detector_config_of, overlap_loss
 from pipelines.scoring.detection_map import segment_tiou
 from pipelines.detection.windows import clip_indices, label_windows, sliding_windows, temporal_nms
 from pipelines.inference.features import FeatureStore
@@ -93,11 +93,11 @@ def test_train_detect_evaluate_and_exact_resume(data):
     straight, resumed = data / "straight", data / "resumed"
     _train(data, straight, 2, "--sta", "layer3")
     _train(data, resumed, 1, "--sta", "layer3")
-    second = _train(data, resumed, 2, "--sta", "layer3")
-    assert "epoch 1/2" not in second.stdout and "localization epoch 2/2" in second.stdout
+    second = _train(data, resumed, 2, "--sta", "layer3")  # extending a finished run trains the added epoch only
+    assert "epoch 1/2" not in second.stdout and second.stdout.count("epoch 2/2") == 2
     for network in ("proposal", "localization"):
         a, b = (load_checkpoint(folder / f"{network}.pth").payload for folder in (straight, resumed))
-        assert a["epoch"] == b["epoch"] == 1
+        assert a["epoch"] == b["epoch"] == 2
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     loc = load_checkpoint(straight / "localization.pth").payload
     assert loc["stream"] == "sta-flow" and loc["model_kwargs"]["num_classes"] == 3 and loc["classes"] == [
@@ -115,6 +115,32 @@ def test_train_detect_evaluate_and_exact_resume(data):
     report = json.loads(run_cli("eval-detection", str(results), "--annotations", str(data / "data" / "annotations"),
                                 "--json").stdout)
     assert len(report["mAP"]) == 5 and all(0 <= v <= 1 for v in report["mAP"])
+
+
+def _as_format_1(path):
+    """Rewrite a detector checkpoint as format 1 wrote it: JSON strings at the top, the epoch's 0-based index."""
+    payload = torch.load(path, weights_only=True)
+    detector = payload.pop("detector")
+    payload.update(format_version=1, epoch=payload["epoch"] - 1, network=detector["network"],
+                   detector_config=json.dumps(detector["detector_config"]), epochs=payload["epoch"])
+    torch.save(payload, path)
+    return detector
+
+
+@pytest.mark.numerics
+def test_a_format_1_detector_loads_and_resumes_at_its_next_epoch(data):
+    old = data / "format1"
+    _train(data, old, 1, "--sta", "layer3")
+    written = {network: _as_format_1(old / f"{network}.pth") for network in NETWORKS}
+    loaded = load_checkpoint(old / "localization.pth")
+    assert loaded.epoch == 1 and loaded.detector == SCNNExtras("localization", json.loads(json.dumps(
+        written["localization"]["detector_config"])))
+    assert detector_config_of(loaded).sta == "layer3"
+    second = _train(data, old, 2, "--sta", "layer3")
+    assert "epoch 1/2" not in second.stdout and second.stdout.count("epoch 2/2") == 2
+    for network in NETWORKS:  # the same weights as the run trained straight (the test above)
+        a, b = (load_checkpoint(folder / f"{network}.pth") for folder in (data / "straight", old))
+        assert a.epoch == b.epoch == 2 and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
 def test_changed_config_refuses_to_resume(data):

@@ -3,13 +3,21 @@
 A checkpoint alone rebuilds its model: ``arch`` and ``model_kwargs`` go to ``mars_sta.build_model``. Everything
 in it is a plain type, a tensor or a list, so ``torch.load(..., weights_only=True)`` reads it; the reading itself
 is ``mars_sta.pretrained.read_checkpoint``, the project's one reader of checkpoint files, and ``load_checkpoint``
-turns what it read into a ``Checkpoint``.
+turns what it read into a ``Checkpoint``. Stages write through ``Checkpoint.make`` and ``save``, never a dict of
+their own.
+
+Format 2: ``epoch`` counts the epochs trained, in every checkpoint, and a detector's own fields lie in one nested
+dict, ``detector`` (``SCNNExtras`` or ``RC3DExtras``). Format 1 detector checkpoints (``detector_config`` or
+``heads`` at the top, JSON strings, ``epoch`` the 0-based index of the last epoch) are read into the same types.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, cast
+
+import json
 
 import torch
 
@@ -18,7 +26,7 @@ from flow.errors import InputError
 from pipelines.core.stream_specs import StreamSpec, stream_spec
 
 FORMAT = "mars-sta"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LAST, BEST = "last.pth", "best.pth"  # a training run's folder: every epoch, and the best on validation
 
 
@@ -30,7 +38,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     with atomic_output(path) as handle:
         sink = _Sink(handle)
         try:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, sink)
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, cast(IO[bytes], sink))
         except RuntimeError:
             if sink.error is None:
                 raise
@@ -40,7 +48,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 class _Sink:
     """The file torch.save writes to; keeps the OSError of a failed write, which torch turns into a RuntimeError."""
 
-    def __init__(self, handle: BinaryIO) -> None:
+    def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
         self.error: OSError | None = None
 
@@ -56,14 +64,54 @@ class _Sink:
 
 
 # what each field must hold, so a damaged or hand-made file is refused here rather than deep in a stage
-REQUIRED = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
-OPTIONAL = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)), "train_config": dict,
-            "epoch": int}
+REQUIRED: dict[str, type | tuple[type, ...]] = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
+OPTIONAL: dict[str, type | tuple[type, ...]] = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)), "train_config": dict,
+            "epoch": int, "detector": dict, "run_key": str}
+
+
+@dataclass(frozen=True)
+class SCNNExtras:
+    """An S-CNN network's own fields: which of the two it is, and the ``DetectorConfig`` it was trained with."""
+
+    network: str
+    detector_config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "scnn", "network": self.network, "detector_config": self.detector_config}
+
+
+@dataclass(frozen=True)
+class RC3DExtras:
+    """R-C3D's own fields: the heads' weights and arguments, what the backbone reads, its ``RC3DConfig``, and the
+    digest of the checkpoint its training features came from (empty when trained end to end)."""
+
+    heads: dict[str, torch.Tensor]
+    heads_kwargs: dict[str, Any]
+    reads: dict[str, Any]
+    rc3d_config: dict[str, Any]
+    features_checkpoint_sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "rc3d", "heads": self.heads, "heads_kwargs": self.heads_kwargs, "reads": self.reads,
+                "rc3d_config": self.rc3d_config, "features_checkpoint_sha256": self.features_checkpoint_sha256}
+
+
+DetectorExtras = SCNNExtras | RC3DExtras
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What continuing a run needs beyond the weights: optimizer, scheduler and random number generator states."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One of this project's checkpoint files, made only by ``load_checkpoint``, which has checked it.
+    """One of this project's checkpoint files: read by ``load_checkpoint`` (which checks it) or made by
+    ``Checkpoint.make`` to be saved.
 
     Args:
         path: the file.
@@ -76,7 +124,13 @@ class Checkpoint:
         preprocessing_hash: the hash of that preprocessing.
         train_config: the training config as a dict.
         epoch: epochs trained.
-        payload: everything the file holds, resume state included.
+        payload: everything the file holds (empty in one made to be saved).
+        run_key: what a run must match to continue this one.
+        detector: a detector's own fields; None for a recognition network.
+        resume: what continuing the run needs; None in a ``best.pth`` or a file made outside training.
+        best_val_acc: the best validation accuracy so far (recognition).
+        metrics: the last epoch's metrics row (recognition).
+        split: the split trained on (recognition).
     """
 
     path: Path
@@ -89,7 +143,37 @@ class Checkpoint:
     preprocessing_hash: str | None
     train_config: dict[str, Any]
     epoch: int
-    payload: dict[str, Any] = field(repr=False)
+    payload: dict[str, Any] = field(repr=False, default_factory=dict)
+    run_key: str | None = None
+    detector: DetectorExtras | None = None
+    resume: ResumeState | None = field(repr=False, default=None)
+    best_val_acc: float | None = None
+    metrics: dict[str, Any] | None = None
+    split: int | None = None
+
+    @classmethod
+    def make(cls, path: Path, *, arch: str, model_kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor],
+             stream: str, classes: list[str], epoch: int, **optional: Any) -> Checkpoint:
+        """A checkpoint to be saved at ``path``; ``optional`` takes the other fields by name."""
+        defaults: dict[str, Any] = {"preprocessing": None, "preprocessing_hash": None, "train_config": {}}
+        return cls(path=path, arch=arch, model_kwargs=dict(model_kwargs), state_dict=state_dict, stream=stream,
+                   classes=list(classes), epoch=epoch, **{**defaults, **optional})
+
+    def to_payload(self) -> dict[str, Any]:
+        """The plain dict the file holds: what ``weights_only`` loading reads back."""
+        payload: dict[str, Any] = {
+            "arch": self.arch, "model_kwargs": self.model_kwargs, "state_dict": self.state_dict,
+            "stream": self.stream, "classes": self.classes, "epoch": self.epoch, "train_config": self.train_config}
+        optional = {"preprocessing": self.preprocessing, "preprocessing_hash": self.preprocessing_hash,
+                    "run_key": self.run_key, "best_val_acc": self.best_val_acc, "metrics": self.metrics,
+                    "split": self.split, "detector": self.detector.to_dict() if self.detector else None}
+        payload.update({key: value for key, value in optional.items() if value is not None})
+        if self.resume is not None:
+            payload.update(dataclasses.asdict(self.resume))
+        return payload
+
+    def save(self) -> None:
+        save_checkpoint(self.path, self.to_payload())
 
     @property
     def spec(self) -> StreamSpec:
@@ -97,7 +181,10 @@ class Checkpoint:
 
     @property
     def normalization(self) -> str:
-        return self.train_config.get("normalization", "mars")
+        """The input normalization trained with (an S-CNN detector keeps it in its config)."""
+        if isinstance(self.detector, SCNNExtras):
+            return str(self.detector.detector_config.get("normalization", "mars"))
+        return str(self.train_config.get("normalization", "mars"))
 
     @property
     def sample_duration(self) -> int:
@@ -147,17 +234,48 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(path, f"checkpoint format {version!r} is newer than this mars-sta reads"
                          if isinstance(version, int) else f"checkpoint format {version!r} is not a version number")
+    epoch, detector = _detector_fields(path, payload, version)
     _check_fields(path, payload)
     stream_spec(payload["stream"])
+    resume = ResumeState(payload["optimizer"], payload.get("scheduler"), payload["rng"]) \
+        if "optimizer" in payload and "rng" in payload else None
     return Checkpoint(
         path=path, arch=payload["arch"], model_kwargs=payload["model_kwargs"], state_dict=payload["state_dict"],
         stream=str(payload["stream"]), classes=[str(name) for name in payload["classes"]],
         preprocessing=payload.get("preprocessing"), preprocessing_hash=payload.get("preprocessing_hash"),
-        train_config=payload.get("train_config", {}), epoch=int(payload.get("epoch", 0)), payload=payload)
+        train_config=payload.get("train_config", {}), epoch=epoch, payload=payload,
+        run_key=payload.get("run_key"), detector=detector, resume=resume, best_val_acc=payload.get("best_val_acc"),
+        metrics=payload.get("metrics"), split=payload.get("split"))
+
+
+def _detector_fields(path: Path, payload: dict[str, Any], version: int) -> tuple[int, DetectorExtras | None]:
+    """Epochs trained and the detector's fields, of either format (format 1 kept the epoch's 0-based index)."""
+    epoch = payload.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        raise InputError(path, f"checkpoint field 'epoch' holds a {type(epoch).__name__}")
+    try:
+        if version < 2 and "detector_config" in payload:
+            return epoch + 1, SCNNExtras(str(payload["network"]), json.loads(payload["detector_config"]))
+        if version < 2 and "heads" in payload:
+            return epoch + 1, RC3DExtras(payload["heads"], json.loads(payload["heads_kwargs"]),
+                                         json.loads(payload["reads"]), json.loads(payload["rc3d_config"]),
+                                         str(payload.get("features_checkpoint_sha256", "")))
+        fields = payload.get("detector")
+        if not isinstance(fields, dict):
+            return epoch, None
+        kind = fields.get("kind")
+        if kind == "scnn":
+            return epoch, SCNNExtras(str(fields["network"]), dict(fields["detector_config"]))
+        if kind == "rc3d":
+            return epoch, RC3DExtras(dict(fields["heads"]), dict(fields["heads_kwargs"]), dict(fields["reads"]),
+                                     dict(fields["rc3d_config"]), str(fields["features_checkpoint_sha256"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, f"detector fields are damaged: {exc}") from None
+    raise InputError(path, f"checkpoint field 'detector' is of unknown kind {fields.get('kind')!r}")
 
 
 def _check_fields(path: Path, payload: dict[str, Any]) -> None:
-    for key, kind in REQUIRED.items():
+    for key in REQUIRED:
         if key not in payload:
             raise InputError(path, f"checkpoint lacks '{key}'")
     for key, kind in {**REQUIRED, **OPTIONAL}.items():
@@ -185,25 +303,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_train_checkpoint(out: Path, payload: dict[str, Any], is_best: bool, optimizer: torch.optim.Optimizer,
-                          scheduler: Any) -> None:
-    """End an epoch: ``best.pth`` when it is the best so far, and always ``last.pth`` with what resuming needs
-    (optimizer, scheduler and random number generator states)."""
-    if is_best:
-        save_checkpoint(out / BEST, payload)
-    save_checkpoint(out / LAST, {**payload, "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict() if scheduler else None, "rng": rng_state()})
+def resume_state(optimizer: torch.optim.Optimizer, scheduler: Any) -> ResumeState:
+    """The optimizer, scheduler and random number generator states as they are now."""
+    return ResumeState(optimizer.state_dict(), scheduler.state_dict() if scheduler else None, rng_state())
 
 
-def restore_train_state(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler: Any) -> tuple[int, float]:
-    """Restore a run from its ``last.pth`` (weights, optimizer, scheduler, random number generators) and return
-    the epoch to start from and the best validation accuracy so far. Whether the file belongs to this run (its
-    ``run_key``) is the training stage's to decide before."""
-    state = checkpoint.payload
-    model.load_state_dict(checkpoint.state_dict)
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"])
-    return checkpoint.epoch, state["best_val_acc"]
+def restore_resume_state(checkpoint: Checkpoint, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Put back what ``resume_state`` saved; the weights are the caller's (a detector has more than one set)."""
+    if checkpoint.resume is None:
+        raise InputError(checkpoint.path, "holds no optimizer state to resume from")
+    optimizer.load_state_dict(checkpoint.resume.optimizer)
+    if scheduler is not None and checkpoint.resume.scheduler is not None:
+        scheduler.load_state_dict(checkpoint.resume.scheduler)
+    restore_rng_state(checkpoint.resume.rng)

@@ -14,7 +14,7 @@ from flow.atomic import atomic_output, write_json_atomic
 from flow.errors import InputError
 from flow.progress import progress_bar
 from flow.store import FlowStore
-from pipelines.core.checkpoint import model_from_checkpoint
+from pipelines.core.checkpoint import load_checkpoint
 from pipelines.core.config import check_at_least, config_to_dict
 from pipelines.core.stream_specs import stream_spec
 from pipelines.data.annotations import fps_of
@@ -54,9 +54,10 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
         progress: show a progress bar.
     """
     device = resolve_device(config.device)
-    proposal, payload = model_from_checkpoint(model_dir / "proposal.pth")
-    localization, loc_payload = model_from_checkpoint(model_dir / "localization.pth")
-    trained = detector_config_of(loc_payload)
+    proposal_checkpoint = load_checkpoint(model_dir / "proposal.pth")
+    localization_checkpoint = load_checkpoint(model_dir / "localization.pth")
+    proposal, localization = proposal_checkpoint.build_model(), localization_checkpoint.build_model()
+    trained = detector_config_of(localization_checkpoint)
     store = FlowStore(store_path)
     missing = [v for v in videos if v not in store]
     if missing:
@@ -65,7 +66,7 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
         store.num_frames(video)
     clips = WindowClips(store, stream_spec(trained.stream).test_clips, trained.frames, trained.size,
                         trained.normalization, False)
-    classes = loc_payload["classes"]
+    classes = localization_checkpoint.classes
     started = time.perf_counter()
     results, timelines = {}, {}
     for video in progress_bar(videos, disable=not progress, desc="detect", unit="video", leave=False):
@@ -82,7 +83,7 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
                             "external_data": {"used": False, "details": "mars-sta S-CNN", "manifest": manifest}})
     count = sum(map(len, results.values()))
     log(f"{count} detections in {len(videos)} videos in {time.perf_counter() - started:.1f} s -> {out}")
-    return {"detections": count, "videos": len(videos), "stream": payload.get("stream")}
+    return {"detections": count, "videos": len(videos), "stream": proposal_checkpoint.stream}
 
 
 @torch.no_grad()

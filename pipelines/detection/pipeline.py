@@ -37,7 +37,7 @@ from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
 from pipelines.detection.scnn import DetectorConfig, train_detector
 from pipelines.report.detection_summary import summarize
 from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
-from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features, normalization_of
+from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features
 
 MODELS = {"s-cnn": False, "sta-s-cnn": True, "r-c3d": False, "sta-r-c3d": True}  # row -> STA in its detector
 RC3D_ROWS = ("r-c3d", "sta-r-c3d")
@@ -215,7 +215,7 @@ def _heads_on_checkpoint(given: RC3DConfig, model: str, pretrained: Path, source
                                  f"so heads-only it makes {'sta-r-c3d' if sta else 'r-c3d'}, not {model}")
     return dataclasses.replace(given, pretrained=str(pretrained), arch=checkpoint.arch,
                                stream=checkpoint.spec.test_clips, size=checkpoint.sample_size,
-                               normalization=normalization_of(checkpoint), sta=sta)
+                               normalization=checkpoint.normalization, sta=sta)
 
 
 def _named(cls: type, values: dict[str, Any], source: Path, table: str) -> Any:

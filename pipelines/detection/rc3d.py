@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,13 +23,13 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
 from mars_sta.rc3d import RC3DHeads, backbone_map
-from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pipelines.core.checkpoint import Checkpoint, RC3DExtras, load_checkpoint
 from pipelines.core.config import check_at_least, check_choices, check_one_of, config_to_dict
 from pipelines.core.device import resolve_device
-from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gradients, barrier, init_distributed,
-                                        rank_device)
+from pipelines.core.distributed import DistContext, average_gradients, init_distributed, rank_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
+from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
 from pipelines.data.clips import NORMALIZATIONS, Normalization
 from pipelines.data.annotations import SUBSET_NAMES, Annotations
 from pipelines.data.annotations import fps_of
@@ -114,9 +112,16 @@ class RC3DConfig:
             raise InputError(None, f"dropout must lie in [0, 1), got {self.dropout}")
 
 
-def rc3d_config_of(payload: dict[str, Any]) -> RC3DConfig:
+def rc3d_extras(checkpoint: Checkpoint) -> RC3DExtras:
+    """An ``rc3d.pth``'s own fields; any other checkpoint is refused."""
+    if not isinstance(checkpoint.detector, RC3DExtras):
+        raise InputError(checkpoint.path, "is not an R-C3D checkpoint (no heads)")
+    return checkpoint.detector
+
+
+def rc3d_config_of(checkpoint: Checkpoint) -> RC3DConfig:
     """The RC3DConfig an ``rc3d.pth`` was trained with."""
-    values = json.loads(payload["rc3d_config"])
+    values = dict(rc3d_extras(checkpoint).rc3d_config)
     tuples = {k: tuple(values[k]) for k in ("anchor_scales", "roi_negative", "offset_stds", "pool")}
     return dataclasses.replace(RC3DConfig(), **{**values, **tuples})
 
@@ -259,20 +264,11 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
     parts = context.world_size * config.accumulate
     key = _resume_key(config, manifest, store, features, parts)
     with folder_lock(out) if context.is_main else contextlib.nullcontext():  # creates it: all checks are done
-        for epoch in range(_resume(out / MODEL, key, model, optimizer), config.epochs):
-            started = time.perf_counter()
-            model.heads.train()
-            model.backbone.train(config.mode == "end-to-end")
-            order = np.random.default_rng([config.seed, epoch]).permutation(len(samples))
-            losses = [loss for first in range(0, len(order), parts)
-                      for loss in _step(model, samples, order[first:first + parts], epoch, cache, store, config,
-                                        optimizer, device, context)]
-            total, count = all_reduce_sum([sum(losses), len(losses)], context, device)
-            if context.is_main:
-                _save(out / MODEL, model, optimizer, config, truth.classes, epoch, key, features)
-                log(f"rc3d ({config.mode}) epoch {epoch + 1}/{config.epochs}: loss {total / max(count, 1):.3f} on "
-                    f"{len(samples)} buffers in {time.perf_counter() - started:.1f} s")
-            barrier(context)
+        task = _RC3DTask(model, samples, cache, store, config, optimizer, device, context, truth.classes,
+                         out / MODEL, key, features)
+        run_epochs(task, LoopSettings(epochs=config.epochs, accumulate=config.accumulate, context=context,
+                                      device=device, out=out, say=log if context.is_main else lambda line: None),
+                   _resume(task))
         if context.is_main:
             write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes,
                                                       "processes": context.world_size,
@@ -287,30 +283,73 @@ def _optimizer(config: RC3DConfig, parameters: list[torch.nn.Parameter]) -> torc
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _step(model: RC3D, samples: list[Buffer], group: np.ndarray, epoch: int,
-          cache: dict[str, tuple[torch.Tensor, list[int]]] | None, store: FlowStore, config: RC3DConfig,
-          optimizer: torch.optim.Optimizer, device: torch.device, context: DistContext) -> list[float]:
-    """One optimizer step on ``group`` (up to processes × accumulate buffers): this rank takes its ``accumulate``
-    of them, each weighted 1 / (processes × accumulate), and the gradients are averaged over ranks. Sampling and
-    dropout are seeded by (seed, epoch, buffer), so one process with ``accumulate = 2`` computes the gradient two
-    processes do, and a resumed run the one a straight run does. Returns this rank's buffer losses."""
-    losses = []
-    for index in group[context.rank * config.accumulate:(context.rank + 1) * config.accumulate]:
-        sample = samples[index]
-        torch.manual_seed(int(np.random.SeedSequence([config.seed, epoch, int(index)]).generate_state(1)[0]))
-        if cache is None:
-            feature_map = model.buffer_map(store, sample.video, sample.first, sample.stop, device)
+class _RC3DTask:
+    """R-C3D as the training loop runs it. An optimizer step takes up to processes × accumulate buffers; this rank
+    takes its ``accumulate`` of them, each weighted 1 / (processes × accumulate), and the gradients are averaged
+    over ranks by hand (the backbone and heads are used piecewise, which DistributedDataParallel cannot wrap).
+    Sampling and dropout are seeded by (seed, epoch, buffer), so one process with ``accumulate = 2`` computes the
+    gradient two processes do, and a resumed run the one a straight run does."""
+
+    def __init__(self, model: RC3D, samples: list[Buffer], cache: dict[str, tuple[torch.Tensor, list[int]]] | None,
+                 store: FlowStore, config: RC3DConfig, optimizer: torch.optim.Optimizer, device: torch.device,
+                 context: DistContext, classes: list[str], path: Path, key: str, features: Path | None) -> None:
+        self.model, self.samples, self.cache, self.store, self.config = model, samples, cache, store, config
+        self.optimizer, self.device, self.context, self.classes = optimizer, device, context, classes
+        self.path, self.key, self.features = path, key, features
+        self.name, self.scheduler = "rc3d", None
+        self.synced: torch.nn.Module | None = None
+        self.metrics: tuple[str, ...] = ("loss", "buffers")
+        self.epoch = 0
+
+    def steps(self, epoch: int) -> Iterator[list[MicroBatch]]:
+        config, rank = self.config, self.context.rank
+        self.epoch = epoch
+        self.model.heads.train()
+        self.model.backbone.train(config.mode == "end-to-end")
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(self.samples))
+        parts = self.context.world_size * config.accumulate
+        for first in range(0, len(order), parts):
+            group = order[first:first + parts][rank * config.accumulate:(rank + 1) * config.accumulate]
+            yield [MicroBatch(int(np.random.SeedSequence([config.seed, epoch, int(index)]).generate_state(1)[0]),
+                              lambda index=int(index): index) for index in group]
+
+    def loss(self, index: int) -> tuple[torch.Tensor, dict[str, float]]:
+        sample, config = self.samples[index], self.config
+        if self.cache is None:
+            feature_map = self.model.buffer_map(self.store, sample.video, sample.first, sample.stop, self.device)
         else:
-            whole, bounds = cache[sample.video]
-            feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(device)
-        loss = buffer_losses(model, feature_map, sample, config,
-                             np.random.default_rng([config.seed, epoch, int(index)]))
-        (loss / config.accumulate).backward()  # averaged over the ranks next: 1 / parts each
-        losses.append(float(loss.detach()))
-    average_gradients(model.parameters(config.mode), context)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return losses
+            whole, bounds = self.cache[sample.video]
+            feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(self.device)
+        loss = buffer_losses(self.model, feature_map, sample, config,
+                             np.random.default_rng([config.seed, self.epoch, index]))
+        return loss, {"loss": float(loss.detach()), "buffers": 1.0}
+
+    def after_backward(self) -> None:
+        average_gradients(self.model.parameters(self.config.mode), self.context)
+
+    def after_step(self) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        return {"loss": sums["loss"] / max(sums["buffers"], 1)}
+
+    def checkpoint(self, epochs_done: int, row: dict[str, Any]) -> Checkpoint:
+        backbone, heads, reads, config = self.model.backbone, self.model.heads, self.model.reads, self.config
+        extras = RC3DExtras(heads.state_dict(), _heads_kwargs(heads),
+                            {**dataclasses.asdict(reads), "normalization": vars(reads.normalization)},
+                            config_to_dict(config),
+                            file_sha256(config.pretrained) if self.features is not None and config.pretrained else "")
+        return Checkpoint.make(self.path, arch=backbone.arch, model_kwargs=backbone.build_kwargs,
+                               state_dict=backbone.state_dict(), stream=("sta-" if config.sta else "") + config.stream,
+                               classes=self.classes, epoch=epochs_done, run_key=self.key, detector=extras,
+                               train_config={"normalization": config.normalization})
+
+    def best(self, row: dict[str, Any]) -> Path | None:
+        return None
+
+    def describe(self, epochs_done: int, row: dict[str, Any]) -> str:
+        return (f"rc3d ({self.config.mode}) epoch {epochs_done}/{self.config.epochs}: loss {row['loss']:.3f} on "
+                f"{len(self.samples)} buffers in {row['seconds']:.1f} s")
 
 
 def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore
@@ -347,20 +386,6 @@ def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, 
     return config_hash({**manifest["config"], "epochs": None, "accumulate": None, "parts": parts, "inputs": inputs})
 
 
-def _save(path: Path, model: RC3D, optimizer: torch.optim.Optimizer, config: RC3DConfig, classes: list[str],
-          epoch: int, key: str, features: Path | None) -> None:
-    reads = model.reads
-    save_checkpoint(path, {
-        "arch": model.backbone.arch, "model_kwargs": dict(model.backbone.build_kwargs),
-        "state_dict": model.backbone.state_dict(), "stream": ("sta-" if config.sta else "") + config.stream,
-        "classes": list(classes), "train_config": {"normalization": config.normalization},
-        "heads": model.heads.state_dict(), "heads_kwargs": json.dumps(_heads_kwargs(model.heads)),
-        "reads": json.dumps({**dataclasses.asdict(reads), "normalization": vars(reads.normalization)}),
-        "rc3d_config": json.dumps(config_to_dict(config)), "features_checkpoint_sha256":
-            file_sha256(config.pretrained) if features is not None else "",
-        "optimizer": optimizer.state_dict(), "epoch": epoch, "rng": rng_state(), "run_key": key})
-
-
 def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
     return {"channels": heads.proposal.body[0].in_channels, "num_classes": heads.classification.num_classes,
             "anchor_scales": list(heads.anchor_scales), "pool": list(heads.pool),
@@ -369,34 +394,31 @@ def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
             "dropout": heads.classification.body[2].p}
 
 
-def _resume(path: Path, key: str, model: RC3D, optimizer: torch.optim.Optimizer) -> int:
-    """The first epoch still to train: after the checkpoint's, when it was written by the same config and inputs."""
-    if not path.is_file():
+def _resume(task: _RC3DTask) -> int:
+    """The epochs already trained, when ``rc3d.pth`` was written by the same config and inputs."""
+    if not task.path.is_file():
         return 0
-    payload = load_checkpoint(path).payload
-    if payload.get("run_key") != key:
-        raise InputError(path, "was trained with another config or other inputs; use another --out or delete it")
-    model.backbone.load_state_dict(payload["state_dict"])
-    model.heads.load_state_dict(payload["heads"])
-    optimizer.load_state_dict(payload["optimizer"])
-    restore_rng_state(payload["rng"])
-    return int(payload["epoch"]) + 1
+    checkpoint = load_checkpoint(task.path)
+    if checkpoint.run_key != task.key:
+        raise InputError(task.path, "was trained with another config or other inputs; use another --out or delete "
+                                    "it")
+    task.model.backbone.load_state_dict(checkpoint.state_dict)
+    task.model.heads.load_state_dict(rc3d_extras(checkpoint).heads)
+    return restore(checkpoint, task)
 
 
-def load_rc3d(path: Path) -> tuple[RC3D, dict[str, Any]]:
-    """A trained R-C3D (eval mode) and its checkpoint's payload."""
+def load_rc3d(path: Path) -> tuple[RC3D, Checkpoint]:
+    """A trained R-C3D (eval mode) and its checkpoint."""
     checkpoint = load_checkpoint(path)
-    payload = checkpoint.payload
-    if "heads" not in payload:
-        raise InputError(path, "is not an R-C3D checkpoint (no heads)")
-    reads = json.loads(payload["reads"])
+    extras = rc3d_extras(checkpoint)
+    reads = dict(extras.reads)
     normalization = Normalization(**{k: tuple(v) if isinstance(v, list) else v
                                      for k, v in reads.pop("normalization").items()})
-    heads = RC3DHeads(**json.loads(payload["heads_kwargs"]))
+    heads = RC3DHeads(**extras.heads_kwargs)
     try:
-        heads.load_state_dict(payload["heads"])
+        heads.load_state_dict(extras.heads)
     except RuntimeError:  # torch's, for missing or misshapen keys
         raise InputError(path, "holds R-C3D heads of another layout (an older version of mars-sta): train it "
                                "again") from None
     model = RC3D(checkpoint.build_model(), BackboneInput(normalization=normalization, **reads), heads.eval())
-    return model, payload
+    return model, checkpoint

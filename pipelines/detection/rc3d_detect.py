@@ -22,7 +22,7 @@ from pipelines.core.config import config_to_dict
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import file_sha256, stage_manifest
 from pipelines.data.annotations import fps_of
-from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of
+from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of, rc3d_extras
 from pipelines.detection.rc3d_targets import proposals
 from pipelines.detection.windows import temporal_nms
 from pipelines.inference.features import FeatureStore, video_map
@@ -81,10 +81,11 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
         log: where the summary line goes.
     """
     device = resolve_device(config.device)
-    model, payload = load_rc3d(model_dir / MODEL)
+    model, checkpoint = load_rc3d(model_dir / MODEL)
     model.to(device)
-    trained = rc3d_config_of(payload)
-    source = _map_source(model, model_dir / MODEL, payload, store_path, features, device)
+    trained = rc3d_config_of(checkpoint)
+    source = _map_source(model, model_dir / MODEL, rc3d_extras(checkpoint).features_checkpoint_sha256, store_path,
+                         features, device)
     missing = [v for v in videos if v not in source[0]]
     if missing:
         raise InputError(features or store_path, f"{len(missing)} video(s) to detect in are not in it, e.g. "
@@ -96,7 +97,7 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     for video in videos:
         feature_map, bounds, frames_per_step, fps, grid = source[1](video)
         results[video] = _video_detections(model, feature_map.to(device), bounds, trained, config,
-                                           frames_per_step, fps, grid, payload["classes"])
+                                           frames_per_step, fps, grid, checkpoint.classes)
     manifest = stage_manifest("detect", {"detector": "rc3d", **config_to_dict(config)},
                               {"model": model_dir / MODEL, "store": store_path, "features": features})
     write_json_atomic(out, {"version": "VERSION 1.3", "results": results,
@@ -106,13 +107,13 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     return {"detections": count, "videos": len(videos), "seconds": time.perf_counter() - started}
 
 
-def _map_source(model: RC3D, path: Path, payload: dict[str, Any], store_path: Path | None, features: Path | None,
+def _map_source(model: RC3D, path: Path, features_sha256: str, store_path: Path | None, features: Path | None,
                 device: torch.device):
     """(what holds the videos, video -> (map, buffer bounds, grid frames per feature step, fps, grid length))."""
     if features is not None:
         cache = FeatureStore(features)
         recorded = cache.manifest
-        if recorded["checkpoint_sha256"] not in (payload.get("features_checkpoint_sha256"), file_sha256(path)):
+        if recorded["checkpoint_sha256"] not in (features_sha256, file_sha256(path)):
             raise InputError(features, "was computed with another backbone than this model's; run mars-sta "
                                        f"features --checkpoint {path}")
         if (recorded["layer"], recorded["stride"], recorded["buffer"]) != (

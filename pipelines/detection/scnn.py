@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +32,9 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.progress import LOG_INTERVAL, progress_bar
 from flow.store import VIDEOS, FlowStore
-from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from pipelines.core.checkpoint import Checkpoint, SCNNExtras, load_checkpoint
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
-from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, init_distributed,
-                                        rank_device)
+from pipelines.core.distributed import DistContext, LogitsAndFeatures, init_distributed, rank_device
 from pipelines.core.stream_specs import stream_spec
 from pipelines.data.clips import NORMALIZATIONS
 from pipelines.data.annotations import SUBSET_NAMES, Annotations
@@ -47,6 +44,7 @@ from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, stage_manifest
+from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
 
 NETWORKS = ("proposal", "localization")
 STREAMS = ("rgb", "flow", "mars")
@@ -231,7 +229,7 @@ def load_teacher(path: Path, config: DetectorConfig, classes: list[str], device:
     checkpoint = load_checkpoint(path)
     if checkpoint.spec.name != "flow":
         raise InputError(path, f"teacher must be a flow-stream detector, got stream {checkpoint.stream!r}")
-    trained = detector_config_of(checkpoint.payload)
+    trained = detector_config_of(checkpoint)
     if checkpoint.classes != list(classes):
         raise InputError(path, "teacher was trained on other classes than these annotations'")
     if (trained.arch, trained.frames, trained.size) != (config.arch, config.frames, config.size):
@@ -264,28 +262,74 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
     if teacher is not None:
         run.teacher = load_teacher(teacher / f"{network}.pth", config, run.classes, run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    path = out / f"{network}.pth"
-    first = _resume(path, key, model, optimizer)
+    task = _NetworkTask(run, model, optimizer, out / f"{network}.pth", key)
+    first = _resume(task)
     student: torch.nn.Module = LogitsAndFeatures(model)
     if run.context.active:
         student = DistributedDataParallel(student, device_ids=[run.device.index] if run.device.type == "cuda"
                                           else None)
-    for epoch in range(first, config.epochs):
-        started = time.perf_counter()
-        model.train()
-        order = _epoch_sample(run.windows, network, config, epoch)
+    task.synced = student
+    run_epochs(task, LoopSettings(epochs=config.epochs, accumulate=config.accumulate, context=run.context,
+                                  device=run.device, out=out, say=run.log), first)
+    return task.path
+
+
+class _NetworkTask:
+    """One S-CNN network as the training loop runs it: each epoch's window sample cut into steps of
+    processes × accumulate micro-batches, seeded by (seed, network, epoch, step, micro-batch), so one process with
+    ``accumulate = 2`` computes the gradient of two processes and a resumed run that of one that never stopped."""
+
+    def __init__(self, run: _Training, model: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path,
+                 key: str) -> None:
+        self.run, self.model, self.optimizer, self.path, self.key = run, model, optimizer, path, key
+        self.name, self.scheduler = run.network, None
+        self.metrics: tuple[str, ...] = ("loss", "micro_batches")
+        self.synced: torch.nn.Module | None = None
+        self.windows = 0
+
+    def steps(self, epoch: int) -> Iterator[list[MicroBatch]]:
+        run, config = self.run, self.run.config
+        self.model.train()
+        order = _epoch_sample(run.windows, run.network, config, epoch)
+        self.windows = len(order)
         parts = run.context.world_size * config.accumulate
         batches = np.array_split(order, max(1, min(-(-len(order) // config.batch_size), len(order) // parts)))
-        losses = [_step(run, student, optimizer, batch, (epoch, step)) for step, batch in enumerate(progress_bar(
-            batches, unit="batch", disable=not run.progress or not run.context.is_main, leave=False,
-            desc=f"{network} {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL))]
-        total, count = all_reduce_sum([float(np.sum(losses)), float(len(losses))], run.context, run.device)
-        if run.context.is_main:
-            _save(path, network, model, optimizer, config, run.classes, epoch, key)
-        barrier(run.context)
-        run.log(f"{network} epoch {epoch + 1}/{config.epochs}: loss {total / count:.3f} on {len(order)} windows "
-                f"in {time.perf_counter() - started:.1f} s")
-    return path
+        first = run.context.rank * config.accumulate
+        for step, batch in enumerate(progress_bar(
+                batches, unit="batch", disable=not run.progress or not run.context.is_main, leave=False,
+                desc=f"{run.network} {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL)):
+            mine = np.array_split(batch, parts)[first:first + config.accumulate]
+            network = NETWORKS.index(run.network)
+            yield [MicroBatch(_micro_batch_seed(config.seed, network, epoch, step, first + index),
+                              lambda part=part: part) for index, part in enumerate(mine)]
+
+    def loss(self, part: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = _loss(self.run, self.synced or self.model, part)
+        return loss, {"loss": float(loss.detach()), "micro_batches": 1.0}
+
+    def after_backward(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        return {"loss": sums["loss"] / max(sums["micro_batches"], 1), "windows": self.windows}
+
+    def checkpoint(self, epochs_done: int, row: dict[str, Any]) -> Checkpoint:
+        config, network, model = self.run.config, self.run.network, self.model
+        return Checkpoint.make(
+            self.path, arch=model.arch, model_kwargs=model.build_kwargs, state_dict=model.state_dict(),
+            stream=("sta-" if network == "localization" and config.sta else "") + config.stream,
+            classes=self.run.classes, epoch=epochs_done, run_key=self.key,
+            detector=SCNNExtras(network, config_to_dict(config)))
+
+    def best(self, row: dict[str, Any]) -> Path | None:
+        return None
+
+    def describe(self, epochs_done: int, row: dict[str, Any]) -> str:
+        return (f"{self.name} epoch {epochs_done}/{self.run.config.epochs}: loss {row['loss']:.3f} on "
+                f"{row['windows']} windows in {row['seconds']:.1f} s")
 
 
 def _epoch_sample(windows: WindowSet, network: str, config: DetectorConfig, epoch: int) -> np.ndarray:
@@ -296,31 +340,6 @@ def _epoch_sample(windows: WindowSet, network: str, config: DetectorConfig, epoc
     count = min(len(background), int(round(config.background_ratio * len(actions))))
     chosen = np.concatenate([actions, rng.choice(background, count, replace=False)])
     return rng.permutation(chosen)
-
-
-def _step(run: _Training, student: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: np.ndarray,
-          position: tuple[int, int]) -> float:
-    """One optimizer step on ``batch``, cut into processes × accumulate micro-batches; this rank takes its own.
-
-    Dropout is seeded by (seed, network, epoch, step, micro-batch), so one process with ``accumulate = 2``
-    computes the same gradient as two processes, micro-batch for micro-batch, and a resumed run the same as one
-    that never stopped.
-    """
-    accumulate, context = run.config.accumulate, run.context
-    parts = np.array_split(batch, context.world_size * accumulate)
-    first = context.rank * accumulate
-    mine = parts[first:first + accumulate]
-    total = 0.0
-    for index, part in enumerate(mine):
-        torch.manual_seed(_micro_batch_seed(run.config.seed, NETWORKS.index(run.network), *position, first + index))
-        last = index == len(mine) - 1
-        with contextlib.nullcontext() if last or not context.active else student.no_sync():
-            loss = _loss(run, student, part)
-            (loss / accumulate).backward()
-        total += float(loss.detach())
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / len(mine)
 
 
 def _micro_batch_seed(seed: int, network: int, epoch: int, step: int, part: int) -> int:
@@ -349,32 +368,22 @@ def _loss(run: _Training, student: torch.nn.Module, part: np.ndarray) -> torch.T
     return loss
 
 
-def _save(path: Path, network: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-          config: DetectorConfig, classes: list[str], epoch: int, key: str) -> None:
-    save_checkpoint(path, {
-        "arch": model.arch, "model_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
-        "stream": ("sta-" if network == "localization" and config.sta else "") + config.stream,
-        "network": network, "classes": list(classes), "detector_config": json.dumps(config_to_dict(config)),
-        "optimizer": optimizer.state_dict(), "epoch": epoch, "epochs": config.epochs, "rng": rng_state(),
-        "run_key": key,
-    })
-
-
-def _resume(path: Path, key: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """The first epoch still to train: after the checkpoint's, when it was written by the same config and inputs."""
-    if not path.is_file():
+def _resume(task: _NetworkTask) -> int:
+    """The epochs already trained, when the network's checkpoint was written by the same config and inputs."""
+    if not task.path.is_file():
         return 0
-    payload = load_checkpoint(path).payload
-    if payload.get("run_key") != key:
-        raise InputError(path, "was trained with another config or other inputs; use another --out or delete it")
-    model.load_state_dict(payload["state_dict"])
-    optimizer.load_state_dict(payload["optimizer"])
-    restore_rng_state(payload["rng"])
-    return int(payload["epoch"]) + 1
+    checkpoint = load_checkpoint(task.path)
+    if checkpoint.run_key != task.key:
+        raise InputError(task.path, "was trained with another config or other inputs; use another --out or delete "
+                                    "it")
+    task.model.load_state_dict(checkpoint.state_dict)
+    return restore(checkpoint, task)
 
 
-def detector_config_of(payload: dict[str, Any]) -> DetectorConfig:
-    """The DetectorConfig a detector checkpoint was trained with."""
-    values = json.loads(payload["detector_config"])
+def detector_config_of(checkpoint: Checkpoint) -> DetectorConfig:
+    """The DetectorConfig an S-CNN checkpoint was trained with."""
+    if not isinstance(checkpoint.detector, SCNNExtras):
+        raise InputError(checkpoint.path, "is not an S-CNN detector checkpoint")
+    values = dict(checkpoint.detector.detector_config)
     values["window_lengths"] = tuple(values["window_lengths"])
     return dataclasses.replace(DetectorConfig(), **values)

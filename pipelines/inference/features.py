@@ -114,7 +114,7 @@ class BackboneInput:
     def of(cls, checkpoint: Checkpoint, store: FlowStore, config: FeaturesConfig) -> BackboneInput:
         """What ``checkpoint`` was trained to read (a recognition or a detector checkpoint) with ``config``."""
         return cls(checkpoint.spec.test_clips, checkpoint.sample_size,
-                   Normalization.named(normalization_of(checkpoint), store.bound), config.stride, config.buffer,
+                   Normalization.named(checkpoint.normalization, store.bound), config.stride, config.buffer,
                    config.layer)
 
     def buffer_clip(self, store: FlowStore, video: str, first: int, stop: int) -> torch.Tensor:
@@ -123,13 +123,6 @@ class BackboneInput:
         data = read_grid(store, video, self.stream, int(indices[0]), int(indices[-1]) + 1, self.size,
                          self.normalization)[indices - indices[0]]
         return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
-
-
-def normalization_of(checkpoint: Checkpoint) -> str:
-    """The input normalization a checkpoint was trained with (detector checkpoints keep it in their config)."""
-    if "detector_config" in checkpoint.payload:
-        return json.loads(checkpoint.payload["detector_config"]).get("normalization", "mars")
-    return checkpoint.normalization
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +38,13 @@ from pipelines.core.config import check_above, check_at_least, check_one_of, con
 from pipelines.data.clips import NORMALIZATIONS
 from pipelines.data.dataset import StageData, open_stage_data
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
-from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, batch_plan,
+from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, batch_plan,
                                         init_distributed, rank_device)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import stage_key, stage_manifest
 from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
 from pipelines.core.streams import stream_name
+from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
@@ -311,52 +311,89 @@ def validate(model: torch.nn.Module, dataset, config: TrainConfig, device: torch
     return {"val_loss": loss / max(total, 1), "val_acc": 100.0 * correct / max(total, 1)}
 
 
-def _train_epoch(student, teacher, loss_fn, optimizer, scheduler, scaler, dataset, config: TrainConfig,
-                 epoch: int, context: DistContext, device: torch.device, amp, workers: int,
-                 bar: bool = False) -> dict[str, float]:
-    """One pass over this rank's share of the epoch's batch plan, stepping once per ``accumulate`` micro-batches,
-    its batches read by ``workers`` loader processes; ``bar`` shows a progress bar over them."""
-    accumulate = config.accumulate
-    plan = batch_plan(len(dataset), config.batch_size, context.world_size * accumulate, config.seed, epoch)
-    first_part = context.rank * accumulate
-    mine = [step[first_part + a] for step in plan for a in range(accumulate)]
-    dataset.set_epoch(epoch)
-    student.train()
-    sums = [0.0] * 5  # loss, ce, mse, correct, seen
-    batches = progress_bar(_batches(dataset, mine, workers), total=len(mine), disable=not bar, leave=False,
-                           unit="batch", desc=f"epoch {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL)
-    for index, (clips, labels) in enumerate(batches):
-        step, micro = divmod(index, accumulate)
-        torch.manual_seed(_micro_batch_seed(config.seed, epoch, step, first_part + micro))
-        clips, labels = clips.to(device), labels.to(device)
-        inputs, flow_inputs = _split_inputs(clips, config.stream)
-        stepping = micro == accumulate - 1
-        sync = contextlib.nullcontext() if stepping or not context.active else student.no_sync()
-        with sync:
-            with autocast(device, amp):
-                logits, features = student(inputs)
-                logits = logits.float()
-                if teacher is None:
-                    loss = ce = F.cross_entropy(logits, labels)
-                    mse = torch.zeros((), device=device)
-                else:
-                    with torch.no_grad():
-                        target = teacher.forward_features(flow_inputs)
-                    loss, ce, mse = loss_fn(logits, labels, features.float(), target.float())
-            scaler.scale(loss / accumulate).backward()
-        if stepping:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None and config.scheduler not in ("plateau", "step"):
-                scheduler.step()
+class _RecognitionTask:
+    """One stream's training as the training loop runs it: MARS's batch plan, cross-entropy (plus MARS's MSE
+    against the teacher), validation after each epoch, ``last.pth`` every epoch and ``best.pth`` on improvement."""
+
+    def __init__(self, run: _Run, out: Path, bar: bool) -> None:
+        self.run, self.out, self.bar = run, out, bar
+        self.name, self.optimizer, self.scheduler = run.name, run.optimizer, run.scheduler
+        self.metrics: tuple[str, ...] = ("loss", "ce", "mse", "correct", "seen")
+        self.synced: torch.nn.Module | None = run.student
+        self.best_acc, self.improved = -math.inf, False
+
+    def steps(self, epoch: int) -> Iterator[list[MicroBatch]]:
+        """This rank's share of the epoch's batch plan, read by the loader workers as the steps come."""
+        run, config = self.run, self.run.config
+        accumulate = config.accumulate
+        plan = batch_plan(len(run.train_set), config.batch_size, run.context.world_size * accumulate, config.seed,
+                          epoch)
+        first_part = run.context.rank * accumulate
+        mine = [step[first_part + a] for step in plan for a in range(accumulate)]
+        run.train_set.set_epoch(epoch)
+        run.student.train()
+        batches = iter(progress_bar(_batches(run.train_set, mine, run.loader_workers), total=len(mine),
+                                    disable=not self.bar, leave=False, unit="batch",
+                                    desc=f"epoch {epoch + 1}/{config.epochs}", log_delay=LOG_INTERVAL))
+        for step in range(len(plan)):
+            yield [MicroBatch(_micro_batch_seed(config.seed, epoch, step, first_part + micro),
+                              lambda: next(batches)) for micro in range(accumulate)]
+
+    def loss(self, data: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        run = self.run
+        clips, labels = data[0].to(run.device), data[1].to(run.device)
+        inputs, flow_inputs = _split_inputs(clips, run.config.stream)
+        logits, features = run.student(inputs)
+        logits = logits.float()
+        if run.teacher is None:
+            loss = ce = F.cross_entropy(logits, labels)
+            mse = torch.zeros((), device=run.device)
+        else:
+            with torch.no_grad():
+                target = run.teacher.forward_features(flow_inputs)
+            loss, ce, mse = run.loss_fn(logits, labels, features.float(), target.float())
         n = labels.numel()
-        for i, value in enumerate((loss.item() * n, ce.item() * n, mse.item() * n,
-                                   (logits.argmax(1) == labels).sum().item(), n)):
-            sums[i] += value
-    loss, ce, mse, correct, seen = all_reduce_sum(sums, context, device)
-    seen = max(seen, 1)
-    return {"loss": loss / seen, "ce": ce / seen, "mse": mse / seen, "train_acc": 100.0 * correct / seen}
+        return loss, {"loss": loss.item() * n, "ce": ce.item() * n, "mse": mse.item() * n,
+                      "correct": (logits.argmax(1) == labels).sum().item(), "seen": n}
+
+    def after_backward(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        if self.scheduler is not None and self.run.config.scheduler not in ("plateau", "step"):
+            self.scheduler.step()
+
+    def end_epoch(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        """Training metrics, validation; a plateau schedule steps on the validation loss, a step schedule here."""
+        run, seen = self.run, max(sums["seen"], 1)
+        row = {"loss": sums["loss"] / seen, "ce": sums["ce"] / seen, "mse": sums["mse"] / seen,
+               "train_acc": 100.0 * sums["correct"] / seen}
+        if run.teacher is None:
+            row.pop("mse")
+        row.update(validate(run.model, run.val_set, run.config, run.device, run.amp, run.context))
+        if self.scheduler is not None and run.config.scheduler == "plateau":
+            self.scheduler.step(row["val_loss"])
+        elif self.scheduler is not None and run.config.scheduler == "step":
+            self.scheduler.step()
+        self.improved = row["val_acc"] > self.best_acc
+        self.best_acc = max(self.best_acc, row["val_acc"])
+        return row
+
+    def checkpoint(self, epochs_done: int, row: dict[str, Any]) -> ckpt.Checkpoint:
+        run = self.run
+        return ckpt.Checkpoint.make(
+            self.out / ckpt.LAST, arch=run.config.arch, model_kwargs=run.model.build_kwargs,
+            state_dict=run.model.state_dict(), stream=run.name, classes=run.data.classes, epoch=epochs_done,
+            preprocessing_hash=run.data.preprocessing_hash, preprocessing=run.data.store.preprocessing,
+            train_config=config_to_dict(run.config), split=run.config.split, run_key=run.manifest["key"],
+            best_val_acc=self.best_acc, metrics=row)
+
+    def best(self, row: dict[str, Any]) -> Path | None:
+        return self.out / ckpt.BEST if self.improved else None
+
+    def describe(self, epochs_done: int, row: dict[str, Any]) -> str:
+        return (f"{self.name} epoch {epochs_done}/{self.run.config.epochs}  loss {row['loss']:.3f}  train "
+                f"{row['train_acc']:.1f}%  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
 
 
 def _batches(dataset, batches: list[list[int]], workers: int) -> Iterator:
@@ -463,7 +500,6 @@ class _Run:
     loss_fn: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: torch.amp.GradScaler
     manifest: dict[str, Any]
     loader_workers: int  # DataLoader workers of this process, as config.workers or the machine decided
 
@@ -475,42 +511,27 @@ def _train_locked(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, dev
     last_path, best_path, metrics_path = out / ckpt.LAST, out / ckpt.BEST, out / "metrics.jsonl"
     if last_path.exists() and not resume:
         raise InputError(last_path, "already holds a training run; resume it, or use a new --out folder")
-    start_epoch, best_acc = 0, -math.inf
-    if last_path.exists():
-        start_epoch, best_acc = _resume(run, last_path, say)
+    task = _RecognitionTask(run, out, bar)
+    start_epoch = _resume(run, task, last_path, say) if last_path.exists() else 0
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()[:start_epoch]] \
         if metrics_path.exists() else []
     if context.is_main:
         write_json_atomic(out / "manifest.json", run.manifest)
         write_text_atomic(out / "val_videos.txt", "".join(f"{video}\n" for video, _ in run.data.val))
-    payload = {"arch": config.arch, "model_kwargs": run.model.build_kwargs, "stream": run.name,
-               "classes": run.data.classes, "preprocessing_hash": run.data.preprocessing_hash,
-               "preprocessing": run.data.store.preprocessing, "train_config": config_to_dict(config),
-               "split": config.split, "run_key": run.manifest["key"]}
-    for epoch in range(start_epoch, config.epochs):
-        row = _run_epoch(run, epoch, bar)
-        history.append(row)
-        is_best = row["val_acc"] > best_acc
-        best_acc = max(best_acc, row["val_acc"])
-        if context.is_main:
-            ckpt.save_train_checkpoint(out, {**payload, "state_dict": run.model.state_dict(), "epoch": epoch + 1,
-                                             "best_val_acc": best_acc, "metrics": row},
-                                       is_best, run.optimizer, run.scheduler)
-            _write_metrics(metrics_path, history)
-        barrier(context)
-        say(f"{run.name} epoch {epoch + 1}/{config.epochs}  loss {row['loss']:.3f}  train {row['train_acc']:.1f}%"
-            f"  val {row['val_acc']:.1f}%  ({row['seconds']:.1f}s)")
-    return {"stream": run.name, "epochs": len(history), "best_val_acc": best_acc, "best": str(best_path),
+    settings = LoopSettings(epochs=config.epochs, accumulate=config.accumulate, context=context, device=device,
+                            out=out, say=say, amp=run.amp, metrics=metrics_path, history=history)
+    history = run_epochs(task, settings, start_epoch)
+    return {"stream": run.name, "epochs": len(history), "best_val_acc": task.best_acc, "best": str(best_path),
             "last": str(last_path), "metrics": str(metrics_path)}
 
 
-def _resume(run: _Run, last_path: Path, say: Callable[[str], None]) -> tuple[int, float]:
+def _resume(run: _Run, task: _RecognitionTask, last_path: Path, say: Callable[[str], None]) -> int:
     """Continue the run ``last.pth`` holds: the same config and inputs, or the same with more epochs where the
-    schedule allows (the manifest then lists the extension). Returns the epoch to start at and the best accuracy."""
+    schedule allows (the manifest then lists the extension). Returns the epochs trained already."""
     checkpoint = ckpt.load_checkpoint(last_path)
     config, planned = run.config, checkpoint.train_config.get("epochs")
-    if checkpoint.payload.get("run_key") != run.manifest["key"]:
-        same_but_epochs = isinstance(planned, int) and planned >= 1 and checkpoint.payload.get("run_key") == \
+    if checkpoint.run_key != run.manifest["key"]:
+        same_but_epochs = isinstance(planned, int) and planned >= 1 and checkpoint.run_key == \
             stage_key("train", {**config_to_dict(config), "epochs": planned}, run.manifest["input_fingerprints"])
         if same_but_epochs:
             raise InputError(last_path, f"was written by a {planned}-epoch run; scheduler '{config.scheduler}' sets "
@@ -531,7 +552,9 @@ def _resume(run: _Run, last_path: Path, say: Callable[[str], None]) -> tuple[int
     if extended:
         run.manifest["extended"] = extended
     say(f"resuming {run.name} from epoch {checkpoint.epoch}")
-    return ckpt.restore_train_state(checkpoint, run.model, run.optimizer, run.scheduler)
+    run.model.load_state_dict(checkpoint.state_dict)
+    task.best_acc = checkpoint.best_val_acc if checkpoint.best_val_acc is not None else -math.inf
+    return restore(checkpoint, task)
 
 
 def _previous_extensions(out: Path) -> list[dict[str, Any]]:
@@ -585,8 +608,7 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     return _Run(config=config, name=name, device=device, amp=amp, context=context, data=data, train_set=train_set,
                 val_set=val_set, model=model, student=student, teacher=teacher,
                 loss_fn=MARSLoss(alpha=config.alpha, normalize=config.mse_normalize) if teacher is not None else None,
-                optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, steps_per_epoch),
-                scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), manifest=manifest,
+                optimizer=optimizer, scheduler=_make_scheduler(config, optimizer, steps_per_epoch), manifest=manifest,
                 loader_workers=workers)
 
 
@@ -604,27 +626,3 @@ def _build_model(config: TrainConfig, paths: TrainPaths, num_classes: int, fine_
             raise InputError(None, "sync_bn needs CUDA (SyncBatchNorm does not run on CPU)")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
-
-
-def _run_epoch(run: _Run, epoch: int, bar: bool = False) -> dict[str, Any]:
-    """Train and validate one epoch; a plateau schedule steps on the validation loss, a step schedule per epoch."""
-    config = run.config
-    started = time.perf_counter()
-    row = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
-    row.update(_train_epoch(run.student, run.teacher, run.loss_fn, run.optimizer, run.scheduler, run.scaler,
-                            run.train_set, config, epoch, run.context, run.device, run.amp, run.loader_workers,
-                            bar))
-    if run.teacher is None:
-        row.pop("mse")
-    row.update(validate(run.model, run.val_set, config, run.device, run.amp, run.context))
-    if run.scheduler is not None and config.scheduler == "plateau":
-        run.scheduler.step(row["val_loss"])
-    elif run.scheduler is not None and config.scheduler == "step":
-        run.scheduler.step()
-    row["seconds"] = round(time.perf_counter() - started, 3)
-    return row
-
-
-def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite the JSON-lines log whole (atomically), so it always matches the last checkpoint."""
-    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
