@@ -167,6 +167,7 @@ def _recorded_torch_tvl1(checkpoint: Path, target: Path, device_kind: str) -> Pa
     preprocessing = {**payload["preprocessing"], "tvl1_backend": "torch", "tvl1_class": BACKEND_CLASSES["torch"],
                      "tvl1_device": device_kind}
     payload.update(preprocessing=preprocessing, preprocessing_hash=config_hash(preprocessing))
+    payload["input"]["flow"] = preprocessing  # the description a checkpoint of such a store holds
     torch.save(payload, target)
     return target
 

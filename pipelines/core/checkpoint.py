@@ -23,6 +23,9 @@ import torch
 
 from flow.atomic import atomic_output
 from flow.errors import InputError
+from mars_sta.inputs import InputConfig
+from pipelines.core.inputs import check_input
+from pipelines.core.manifest import config_hash
 from pipelines.core.stream_specs import StreamSpec, stream_spec
 
 FORMAT = "mars-sta"
@@ -66,7 +69,7 @@ class _Sink:
 # what each field must hold, so a damaged or hand-made file is refused here rather than deep in a stage
 REQUIRED: dict[str, type | tuple[type, ...]] = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
 OPTIONAL: dict[str, type | tuple[type, ...]] = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)), "train_config": dict,
-            "epoch": int, "detector": dict, "run_key": str}
+            "epoch": int, "detector": dict, "run_key": str, "input": dict}
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class Checkpoint:
                     "run_key": self.run_key, "best_val_acc": self.best_val_acc, "metrics": self.metrics,
                     "split": self.split, "detector": self.detector.to_dict() if self.detector else None}
         payload.update({key: value for key, value in optional.items() if value is not None})
+        payload["input"] = self.input.to_dict()
         if self.resume is not None:
             payload.update(dataclasses.asdict(self.resume))
         return payload
@@ -213,10 +217,29 @@ class Checkpoint:
             parameter.requires_grad_(False)
         return model.to(device).eval()
 
-    def check_store(self, store: str | Path, preprocessing_hash: str) -> None:
-        """Refuse a store extracted with other preprocessing than the training store's."""
-        if self.preprocessing_hash not in (None, preprocessing_hash):
-            raise InputError(store, "was extracted with other preprocessing than the checkpoint was trained on")
+    @property
+    def input(self) -> InputConfig:
+        """How the network reads its clips: the file's own record, else (files of format 1) what its fields say."""
+        recorded = self.payload.get("input")
+        if isinstance(recorded, dict):
+            try:
+                return InputConfig.from_dict(recorded)
+            except (TypeError, ValueError) as exc:
+                raise InputError(self.path, f"checkpoint field 'input' is damaged: {exc}") from None
+        return InputConfig(self.stream, self.sample_duration, self.sample_size, self.normalization,
+                           self.preprocessing)
+
+    def reading(self, preprocessing: dict[str, Any]) -> InputConfig:
+        """What feeding this network from a store of ``preprocessing`` means: its own clips, that store's flow."""
+        return dataclasses.replace(self.input, flow=preprocessing)
+
+    def check_input(self, feeding: InputConfig, store: str | Path | None = None) -> None:
+        """Refuse clips other than those the network was trained on (``pipelines.core.inputs.check_input``); a
+        file that kept only the hash of its store's preprocessing is checked by the hash."""
+        check_input(self.input, feeding, self.path, store)
+        if self.preprocessing is None and self.preprocessing_hash not in (None, config_hash(feeding.flow or {})):
+            raise InputError(store if store is not None else self.path,
+                             "was extracted with other preprocessing than the checkpoint was trained on")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -18,7 +18,6 @@ import torch
 from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.device import resolve_device
-from pipelines.core.manifest import config_hash
 from pipelines.inference.engine import Engine
 
 
@@ -177,7 +176,7 @@ class AttentionProbe:
                                          f"{loaded.model_kwargs.get('sta') or 'none'}): attention needs a checkpoint "
                                          "trained with --sta")
         self.store = FlowStore(store)
-        loaded.check_store(store, config_hash(self.store.preprocessing))
+        loaded.check_input(loaded.reading(self.store.preprocessing), store)
         self.checkpoint = str(checkpoint)
 
     def video(self, video_id: str, label: int | None = None) -> VideoAttention:

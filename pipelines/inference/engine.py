@@ -17,7 +17,6 @@ import torch
 from flow.errors import InputError
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
 from pipelines.core.device import autocast
-from pipelines.core.manifest import config_hash
 from pipelines.data.clips import ClipSource, Normalization, VideoClips
 
 
@@ -41,13 +40,14 @@ class Engine:
                     crops: int = 1) -> VideoClips:
         """The test clips of ``items`` as this network reads them; a store of other preprocessing is refused."""
         checkpoint = self.checkpoint
-        checkpoint.check_store(store.root, config_hash(store.preprocessing))
+        reading = checkpoint.reading(store.preprocessing)
+        checkpoint.check_input(reading, store.root)
         try:
-            normalization = Normalization.named(checkpoint.normalization, store.bound)
+            normalization = Normalization.named(reading.normalization, store.bound)
         except ValueError as exc:
             raise InputError(checkpoint.path, str(exc)) from None
-        return VideoClips(store, items, checkpoint.spec.test_clips, checkpoint.sample_duration,
-                          checkpoint.sample_size, normalization, clips=clips, crops=crops)
+        return VideoClips(store, items, checkpoint.spec.test_clips, reading.frames, reading.size, normalization,
+                          clips=clips, crops=crops)
 
     @torch.no_grad()
     def forward(self, clips: torch.Tensor, after_chunk: Callable[[], None] | None = None

@@ -117,7 +117,7 @@ def _checked_inputs(config: EvaluateConfig, loaded: ckpt.Checkpoint, store: Path
     if loaded.classes != data.classes:
         raise InputError(loaded.path, f"was trained on {len(loaded.classes)} classes, the split has "
                                       f"{len(data.classes)} (or other names): scores would be meaningless")
-    loaded.check_store(store, data.preprocessing_hash)
+    loaded.check_input(loaded.reading(data.store.preprocessing), store)
     if Path(out).parent.is_file():  # an unusable --out fails now, not after scoring
         raise InputError(out, f"cannot be written: {Path(out).parent} is a file, not a folder")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
