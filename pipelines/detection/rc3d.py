@@ -32,6 +32,7 @@ from pipelines.core.distributed import (DistContext, all_reduce_sum, average_gra
                                         rank_device)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
+from pipelines.core.stream_specs import StreamName
 from pipelines.data.clips import NORMALIZATIONS, Normalization
 from pipelines.detection.annotations import SUBSET_NAMES, Annotations
 from pipelines.detection.clips import fps_of
@@ -152,7 +153,7 @@ def build_rc3d(config: RC3DConfig, num_classes: int, store: FlowStore) -> RC3D:
     """
     from mars_sta import build_model, load_pretrained
 
-    backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=3 if config.stream == "rgb" else 2,
+    backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=StreamName(config.stream).spec.in_channels,
                            sample_size=config.size, sample_duration=16, sta=config.sta)
     if config.pretrained:
         load_pretrained(backbone, config.pretrained)
@@ -352,7 +353,7 @@ def _save(path: Path, model: RC3D, optimizer: torch.optim.Optimizer, config: RC3
     reads = model.reads
     save_checkpoint(path, {
         "arch": model.backbone.arch, "model_kwargs": dict(model.backbone.build_kwargs),
-        "state_dict": model.backbone.state_dict(), "stream": ("sta-" if config.sta else "") + config.stream,
+        "state_dict": model.backbone.state_dict(), "stream": str(StreamName(config.stream, sta=bool(config.sta))),
         "classes": list(classes), "train_config": {"normalization": config.normalization},
         "heads": model.heads.state_dict(), "heads_kwargs": json.dumps(_heads_kwargs(model.heads)),
         "reads": json.dumps({**dataclasses.asdict(reads), "normalization": vars(reads.normalization)}),

@@ -38,7 +38,7 @@ from pipelines.core.checkpoint import load_checkpoint, restore_rng_state, rng_st
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, barrier, init_distributed,
                                         rank_device)
-from pipelines.core.stream_specs import stream_spec
+from pipelines.core.stream_specs import StreamName, stream_spec
 from pipelines.data.clips import NORMALIZATIONS
 from pipelines.detection.annotations import SUBSET_NAMES, Annotations
 from pipelines.detection.clips import WindowClips, fps_of
@@ -191,9 +191,9 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
 
 def _check_teacher(config: DetectorConfig, teacher: Path | None) -> None:
     """A mars detector needs a flow detector to learn from; the other streams must not be given one."""
-    if config.stream == "mars" and teacher is None:
+    if StreamName(config.stream).has_teacher and teacher is None:
         raise InputError(None, "the mars stream needs --teacher (a folder written by train-detector --stream flow)")
-    if config.stream != "mars" and teacher is not None:
+    if not StreamName(config.stream).has_teacher and teacher is not None:
         raise InputError(teacher, "--teacher is only used by --stream mars")
 
 
@@ -352,7 +352,7 @@ def _save(path: Path, network: str, model: torch.nn.Module, optimizer: torch.opt
           config: DetectorConfig, classes: list[str], epoch: int, key: str) -> None:
     save_checkpoint(path, {
         "arch": model.arch, "model_kwargs": dict(model.build_kwargs), "state_dict": model.state_dict(),
-        "stream": ("sta-" if network == "localization" and config.sta else "") + config.stream,
+        "stream": str(StreamName(config.stream, sta=network == "localization" and bool(config.sta))),
         "network": network, "classes": list(classes), "detector_config": json.dumps(config_to_dict(config)),
         "optimizer": optimizer.state_dict(), "epoch": epoch, "epochs": config.epochs, "rng": rng_state(),
         "run_key": key,

@@ -20,7 +20,8 @@ from pipelines.scoring import metrics
 from pipelines.scoring.fusion_weights import fused_scores, learn_logit_weights, learn_softmax_weights, softmax
 from pipelines.core.manifest import stage_manifest
 from pipelines.report.tables import write_report
-from pipelines.scoring.scores import STREAMS, Scores, load_scores
+from pipelines.scoring.scores import Scores, load_scores
+from pipelines.core.stream_specs import StreamName
 from pipelines.core.streams import FUSION_ORDER, fusion_name
 
 LEARNING_SUBSETS = ("val", "train")  # where learned weights come from, in order of preference
@@ -39,8 +40,7 @@ class FuseConfig:
         if self.weights is not None and self.learn_weights:
             raise InputError(None, "fixed weights and learned weights exclude each other; give one")
         for stream, weight in (self.weights or {}).items():
-            if stream not in STREAMS:
-                raise InputError(None, f"weight for unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
+            StreamName.parse(stream)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight <= 0:
                 raise InputError(None, f"weight of {stream} must be a positive number, got {weight!r}")

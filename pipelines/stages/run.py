@@ -40,7 +40,7 @@ from pipelines.core.device import check_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
-from pipelines.core.streams import stream_name
+from pipelines.core.stream_specs import StreamName
 from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
 from pipelines.detection.pipeline import DetectionPlan, check_detection_outputs, plan_detection, run_detection
 
@@ -72,7 +72,7 @@ class DataConfig:
             if stream not in TRAIN_ORDER:
                 raise InputError(None, f"unknown stream {stream!r} in streams (known: {', '.join(TRAIN_ORDER)})")
         check_one_of(teacher=(self.teacher, TEACHERS))
-        if {"mars", "sta-mars"} & set(self.streams) and self.teacher not in self.streams:
+        if any(StreamName.parse(stream).has_teacher for stream in self.streams) and self.teacher not in self.streams:
             raise InputError(None, f"mars streams distil from the {self.teacher} stream (teacher), which streams "
                                    "does not list")
 
@@ -125,8 +125,9 @@ def _train_config(plan: RunPlan, stream: str, split: int):
 
     table = plan.tables.get("train", {})
     label = train_table_label(table, stream)
-    values = {**stream_values(table, stream), "stream": stream.removeprefix("sta-"), "split": split}
-    if stream.startswith("sta-"):
+    name = StreamName.parse(stream)
+    values = {**stream_values(table, stream), "stream": name.base, "split": split}
+    if name.sta:
         values.setdefault("sta", plan.data.sta)
     pretrained = pretrained_path(values, plan.source, label)
     config = build_config(TrainConfig, values, source=plan.source, table=label)
@@ -324,9 +325,9 @@ def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int,
     checkpoints: dict[str, Path] = {}
     for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
         config, pretrained = configs.train[stream, split]
-        name = stream_name(config.stream, config.sta)
+        name = StreamName(config.stream, sta=bool(config.sta))
         folder = split_dir / STREAM_STAGES[stream]
-        teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+        teacher = checkpoints.get(plan.data.teacher) if name.has_teacher else None
         paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
                            pretrained=pretrained)
         key = {"config": config_to_dict(config), "store": store_key,
