@@ -80,7 +80,8 @@ def test_softmax_average_differs_from_logit_average_as_computed_by_hand(tmp_path
 
 
 def test_fixed_weights(tmp_path):
-    report = fuse(hand_files(tmp_path), tmp_path / "out", FuseConfig(weights={"mars": 3, "rgb": 1, "flow": 1})).to_json()
+    config = FuseConfig(weights={"mars": 3, "rgb": 1, "flow": 1})
+    report = fuse(hand_files(tmp_path), tmp_path / "out", config).to_json()
     rows = by_model(report)
     # 3*mars + rgb + flow on v4: [6, 15, 0] -> wrong, so the triple drops from 100 (equal) to 75.
     assert rows["mars+rgb+flow"]["top1"] == 75.0

@@ -42,7 +42,8 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
         .replace("val_fraction = 0.2", "val_fraction = 0.25"))
     out = root / "run"
     run_cli("run", str(config), "--out", str(out))
-    return SimpleNamespace(config=config, out=out, store=out / "store", sta=out / "split1" / "train-sta-mars" / "best.pth",
+    return SimpleNamespace(config=config, out=out, store=out / "store",
+                           sta=out / "split1" / "train-sta-mars" / "best.pth",
                            flow=out / "split1" / "train-flow" / "best.pth")
 
 

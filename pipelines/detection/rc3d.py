@@ -153,7 +153,7 @@ def build_rc3d(config: RC3DConfig, num_classes: int, store: FlowStore) -> RC3D:
     """
     from mars_sta import build_model, load_pretrained
 
-    backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=StreamName(config.stream).spec.in_channels,
+    backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=3 if config.stream == "rgb" else 2,
                            sample_size=config.size, sample_duration=16, sta=config.sta)
     if config.pretrained:
         load_pretrained(backbone, config.pretrained)
