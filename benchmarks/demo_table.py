@@ -50,7 +50,7 @@ def commit() -> str:
 
 def table_row(seed: int, result: dict) -> tuple[str, dict[str, float]]:
     """One markdown row of split 1's test top-1 per column, and the numbers behind it."""
-    top1 = {row["model"]: row["top1"] for row in result["report"]["rows"] if row["split"] == 1}
+    top1 = {row.model: row.top1 for row in result["report"].rows if row.split == 1}
     cells = [f"{top1[key]:.1f}" if key in top1 else "–" for _, key in COLUMNS]
     return f"| {seed} | {' | '.join(cells)} | {result['seconds']:.0f} s |", top1
 

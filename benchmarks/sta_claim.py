@@ -52,7 +52,7 @@ def run_seed(out: Path, seed: int, args: argparse.Namespace) -> dict:
     tables["data"].update(streams=list(STREAMS), sta=args.sta)
     plan = load_plan(demo_config_path(), out, base=out, tables=tables)
     report = run(plan, log=lambda message: None, progress=False)["report"]
-    top1 = {row["model"]: row["top1"] for row in report["rows"] if row["split"] == 1}
+    top1 = {row.model: row.top1 for row in report.rows if row.split == 1}
     windows = _motion_windows(plan.videos.parent / "clips.csv")
     test = load_split(plan.videos.parent / "splits", 1).test
     attention = {stream: window_weight(out / "split1" / f"train-{stream}" / "best.pth", plan.store, test, windows)

@@ -42,7 +42,7 @@ def run_backend(out: Path, seed: int, backend: str, device: str, videos: Path | 
     tables["data"]["streams"] = ["flow"]
     plan = load_plan(demo_config_path(), out, base=out, tables=tables)
     report = run(plan, log=lambda message: None, progress=False)["report"]
-    top1 = next(row["top1"] for row in report["rows"] if row["split"] == 1 and row["model"] == "flow")
+    top1 = next(row.top1 for row in report.rows if row.split == 1 and row.model == "flow")
     return top1, plan.store
 
 

@@ -9,6 +9,7 @@ import click
 
 from cli.options import (ARCH, COUNT, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SHARD, STA_SPEC,
                          WRITABLE_FILE, WRITABLE_FOLDER, FiniteFloatRange)
+from pipelines.core.stream_specs import STREAM_SPECS
 
 FRACTION = FiniteFloatRange(0, 1)  # a probability or a tIoU
 
@@ -65,7 +66,7 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
               help="R-C3D heads mode: a feature store computed with --pretrained (mars-sta features).")
 @click.option("--subset", help="Annotation subset to train on.  [default: val]")
 @click.option("--arch", type=ARCH, help="Registry name (see `mars-sta models`).  [default: tiny_resnet]")
-@click.option("--stream", type=click.Choice(["rgb", "flow", "mars"]),
+@click.option("--stream", type=click.Choice(list(STREAM_SPECS)),
               help="Input stream; mars reads RGB only and distils from --teacher (S-CNN).  [default: flow]")
 @click.option("--teacher", type=click.Path(file_okay=False, path_type=Path),
               help="Flow detector (a train-detector folder) the mars stream distils from.")

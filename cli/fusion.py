@@ -31,7 +31,7 @@ def fuse_command(scores: tuple[Path, ...], out_dir: Path, weights: dict[str, flo
     config = FuseConfig(weights=weights, learn_weights=learn_weights, softmax=softmax, dataset=dataset)
     report = fuse(scores, out_dir, config)
     click.echo(format_top1_table(report))
-    for note in report["notes"]:
+    for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"report: {out_dir / 'report.md'} (and report.json, per-split confusion and per-class CSVs)")
 

@@ -15,6 +15,9 @@ from typing import Any
 
 import click
 
+from flow.errors import InputError
+from pipelines.core.stream_specs import StreamName
+
 
 class FiniteFloatRange(click.FloatRange):
     """``click.FloatRange`` that also refuses ``nan`` and ``inf``, which pass every comparison a range makes."""
@@ -45,8 +48,6 @@ class Parsed(click.ParamType):
         self._parser = parser  # imported lazily: the library may pull in torch
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from flow.errors import InputError
-
         try:
             self._parser()(value)
         except (ValueError, InputError) as exc:
@@ -99,7 +100,6 @@ DEVICE_NAME = Parsed("device", _device_name)  # auto, cpu, cuda or cuda:N; wheth
 def check_model_choice(arch: str, sta: str | None, arch_from: str | Path, sta_from: str | Path) -> None:
     """Refuse an unknown architecture, or an STA spec that it cannot take, once both are settled (options, then
     the config file); ``arch_from``/``sta_from`` name where each came from (an option or the file)."""
-    from flow.errors import InputError
     from mars_sta import model_entry, parse_sta
 
     try:
@@ -134,7 +134,10 @@ class StreamWeights(click.ParamType):
             if not (math.isfinite(weight) and weight > 0):
                 self.fail(f"weight of {stream.strip()!r} must be a finite number > 0, got {number.strip()!r}",
                           param, ctx)
-            weights[stream.strip()] = weight
+            try:
+                weights[str(StreamName.parse(stream.strip()))] = weight
+            except InputError as exc:
+                self.fail(exc.problem, param, ctx)
         if not weights:
             self.fail("give at least one STREAM=WEIGHT", param, ctx)
         return weights

@@ -9,13 +9,14 @@ import click
 from cli.options import (ARCH, COUNT, FRACTION_BELOW_ONE, NON_NEGATIVE_FLOAT, POSITIVE_FLOAT, POSITIVE_INT,
                          PROTOCOL, STA_SPEC, WRITABLE_FILE, WRITABLE_FOLDER, check_model_choice,
                          require_writable)
+from pipelines.core.stream_specs import STREAM_SPECS
 
 EXISTING_FILE = click.Path(exists=False, dir_okay=False, path_type=Path)
 ANY_PATH = click.Path(path_type=Path)
 
 
 @click.command()
-@click.option("--stream", type=click.Choice(["flow", "rgb", "mars"]), help="Stream to train (default rgb).")
+@click.option("--stream", type=click.Choice(list(STREAM_SPECS)), help="Stream to train (default rgb).")
 @click.option("--sta", "sta", default=None, type=STA_SPEC,
               help="Insert STA, e.g. 'layer4', 'layer3,layer4' or 'layer4:ta'.")
 @click.option("--store", required=True, type=ANY_PATH, help="Flow store written by extract-flow.")

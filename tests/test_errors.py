@@ -448,6 +448,8 @@ ROWS = [
           (["predict", "{videos}", "--checkpoint", "{teacher}"], "--top-k", "0", r"0 is not in the range x>=1"),
           (["fuse", "{out}", "--out", "{out}/fused"], "--weights", "rgb=-1",
            r"weight of 'rgb' must be a finite number > 0"),
+          (["fuse", "{out}", "--out", "{out}/fused"], "--weights", "mars=1,sta-depth=2",
+           r"stream 'sta-depth': expected one of flow, rgb, mars \(with 'sta-' in front when STA is inserted\)$"),
           (["profile", "--arch", "tiny_resnet"], "--frames", "0", r"0 is not in the range x>=1"),
           (["import-frames", "{videos}", "--out", "{out}/imported"], "--bound", "inf", r"'inf' is not a finite"),
           (["run", "{t_unknown_table}", "--out", "{out}/run"], "--split", "0", r"0 is not in the range x>=1")]],

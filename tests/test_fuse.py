@@ -46,7 +46,7 @@ def by_model(report, split=1):
 
 
 def test_equal_average_of_raw_logits_matches_hand_computation(tmp_path):
-    report = fuse(hand_files(tmp_path), tmp_path / "out")
+    report = fuse(hand_files(tmp_path), tmp_path / "out").to_json()
     rows = by_model(report)
     # Sums per video: mars+rgb+flow v4 = [6, 5, 0] -> right; mars+rgb v4 = [3, 5, 0] -> wrong; rgb+flow all right.
     assert {model: row["top1"] for model, row in rows.items()} == {
@@ -71,8 +71,8 @@ def test_softmax_average_differs_from_logit_average_as_computed_by_hand(tmp_path
     #   softmax summed: [1 + 2/(e^5+2), 2 e^5/(e^5+2), ...] = [1.013, 1.973, ...] -> Biking (right)
     streams = {"mars": [[20, 0, 0], [4, 0, 0]], "rgb": [[0, 5, 0], [4, 0, 0]], "flow": [[0, 5, 0], [4, 0, 0]]}
     files = [write(tmp_path, s, z, ids=["v1", "v2"], labels=[1, 0]) for s, z in streams.items()]
-    logits_report = fuse(files, tmp_path / "logits")
-    softmax_report = fuse(files, tmp_path / "softmax", FuseConfig(softmax=True))
+    logits_report = fuse(files, tmp_path / "logits").to_json()
+    softmax_report = fuse(files, tmp_path / "softmax", FuseConfig(softmax=True)).to_json()
     assert by_model(logits_report)["mars+rgb+flow"]["top1"] == 50.0
     assert by_model(softmax_report)["mars+rgb+flow"]["top1"] == 100.0
     assert by_model(softmax_report)["mars"]["top1"] == 50.0  # a single stream's argmax is the same either way
@@ -80,7 +80,8 @@ def test_softmax_average_differs_from_logit_average_as_computed_by_hand(tmp_path
 
 
 def test_fixed_weights(tmp_path):
-    report = fuse(hand_files(tmp_path), tmp_path / "out", FuseConfig(weights={"mars": 3, "rgb": 1, "flow": 1}))
+    config = FuseConfig(weights={"mars": 3, "rgb": 1, "flow": 1})
+    report = fuse(hand_files(tmp_path), tmp_path / "out", config).to_json()
     rows = by_model(report)
     # 3*mars + rgb + flow on v4: [6, 15, 0] -> wrong, so the triple drops from 100 (equal) to 75.
     assert rows["mars+rgb+flow"]["top1"] == 75.0
@@ -150,7 +151,7 @@ def test_rows_of_other_files_are_aligned_by_video_id(tmp_path):
              write(tmp_path, "rgb", np.asarray(HAND["rgb"])[order], ids=[IDS[i] for i in order],
                    labels=[LABELS[i] for i in order]),
              write(tmp_path, "flow", HAND["flow"])]
-    assert by_model(fuse(files, tmp_path / "out"))["mars+rgb+flow"]["top1"] == 100.0
+    assert by_model(fuse(files, tmp_path / "out").to_json())["mars+rgb+flow"]["top1"] == 100.0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -211,8 +212,8 @@ def _learning_setup(folder: Path, garbage_test: bool, subset: str = "val") -> li
 @pytest.mark.parametrize("use_softmax", [False, True])
 def test_learned_weights_never_read_test_scores(tmp_path, use_softmax):
     config = FuseConfig(learn_weights=True, softmax=use_softmax)
-    real = fuse(_learning_setup(tmp_path / "real", garbage_test=False), tmp_path / "out_real", config)
-    garbage = fuse(_learning_setup(tmp_path / "garbage", garbage_test=True), tmp_path / "out_garbage", config)
+    real = fuse(_learning_setup(tmp_path / "real", garbage_test=False), tmp_path / "out_real", config).to_json()
+    garbage = fuse(_learning_setup(tmp_path / "garbage", garbage_test=True), tmp_path / "out_garbage", config).to_json()
     assert real["fusion"]["weights"] == garbage["fusion"]["weights"]
     assert real["fusion"]["learned_on"] == {"1": "val"}
     weights = real["fusion"]["weights"]["1"]["mars+flow"]
@@ -224,7 +225,7 @@ def test_learned_weights_never_read_test_scores(tmp_path, use_softmax):
 
 def test_learned_weights_fall_back_to_train_and_refuse_test_videos(tmp_path):
     report = fuse(_learning_setup(tmp_path / "a", garbage_test=False, subset="train"), tmp_path / "out",
-                  FuseConfig(learn_weights=True))
+                  FuseConfig(learn_weights=True)).to_json()
     assert report["fusion"]["learned_on"] == {"1": "train"}
     assert any("learned on train" in note for note in report["notes"])
     leaky = [write(tmp_path / "b", s, HAND[s], subset="val") for s in ("mars", "flow")] + hand_files(
@@ -254,7 +255,7 @@ def test_mean_over_splits_only_for_models_in_every_split(tmp_path):
     split2 = {"mars": [[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]],  # wrong on v3 -> 75
               "rgb": [[0, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]}  # wrong on v1 -> 75
     files = hand_files(tmp_path) + [write(tmp_path, s, z, split=2) for s, z in split2.items()]
-    report = fuse(files, tmp_path / "out")
+    report = fuse(files, tmp_path / "out").to_json()
     means = {row["model"]: row for row in report["rows"] if row["split"] == "mean"}
     assert sorted(means) == ["mars", "mars+rgb", "rgb"]
     # mars+rgb: split 1 75; split 2: v1 [1,1,0] ties -> Archery (right), v3 [1,0,1] ties -> Archery (wrong) -> 75.
@@ -269,7 +270,7 @@ def test_mean_over_splits_only_for_models_in_every_split(tmp_path):
 
 def test_model_names_follow_the_fusion_order(tmp_path):
     files = [write(tmp_path, s, HAND["mars"]) for s in ("flow", "rgb", "sta-mars", "mars")]
-    models = list(by_model(fuse(files, tmp_path / "out")))
+    models = list(by_model(fuse(files, tmp_path / "out").to_json()))
     assert models == ["sta-mars", "mars", "rgb", "flow", "sta-mars+mars", "sta-mars+rgb", "sta-mars+flow",
                       "mars+rgb", "mars+flow", "rgb+flow", "sta-mars+mars+rgb", "sta-mars+mars+flow",
                       "sta-mars+rgb+flow", "mars+rgb+flow", "sta-mars+mars+rgb+flow"]
@@ -281,7 +282,7 @@ def test_report_files_and_schema(tmp_path):
     out = tmp_path / "out"
     returned = fuse(files, out, FuseConfig(dataset="toy"))
     report = json.loads((out / "report.json").read_text())
-    assert report == json.loads(json.dumps(returned))
+    assert report == json.loads(json.dumps(returned.to_json()))
     assert set(report) == {"dataset", "protocol", "classes", "fusion", "rows", "best", "notes", "manifest"}
     assert (report["dataset"], report["protocol"], report["classes"]) == ("toy", "mars:16", CLASSES)
     for row in report["rows"]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import json
 import os
@@ -19,7 +20,9 @@ from conftest import REPO, run_cli, tiny_train_toml
 from flow.errors import InputError
 from pipelines.inference.attention import upsample_weights
 from pipelines.report.flow_colors import color_wheel, flow_to_rgb
+from pipelines.report.fused_report import FusedReport
 from pipelines.report.run_folder import open_run_folder, read_metrics
+from pipelines.stages.stage_marker import StageMarker
 
 INSTALL = "pip install 'mars-sta[report]'"
 needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
@@ -39,7 +42,8 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
         .replace("val_fraction = 0.2", "val_fraction = 0.25"))
     out = root / "run"
     run_cli("run", str(config), "--out", str(out))
-    return SimpleNamespace(out=out, store=out / "store", sta=out / "split1" / "train-sta-mars" / "best.pth",
+    return SimpleNamespace(config=config, out=out, store=out / "store",
+                           sta=out / "split1" / "train-sta-mars" / "best.pth",
                            flow=out / "split1" / "train-flow" / "best.pth")
 
 
@@ -149,6 +153,51 @@ def test_attention_needs_a_checkpoint_with_sta(tiny_run, tmp_path):
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr
     assert str(tiny_run.flow) in lines[0] and "has no STA module" in lines[0]
     assert not (tmp_path / "att").exists()
+
+
+def test_stage_markers_and_the_fused_report_read_back_through_their_types(tiny_run):
+    folder = tiny_run.out / "stages"
+    markers = {path.name: StageMarker.read(path) for path in folder.glob("*.json") if path.name != "stores.json"}
+    assert sorted(marker.stage for marker in markers.values()) == ["evaluate", "evaluate", "extract", "fuse",
+                                                                  "synth", "train-flow", "train-sta-mars"]
+    for name, marker in markers.items():
+        assert dataclasses.asdict(marker) == json.loads((folder / name).read_text())  # nothing dropped or added
+    path = tiny_run.out / "fused" / "report.json"
+    written = json.loads(path.read_text())
+    report = FusedReport.from_json(written, path)
+    assert report.to_json() == written
+    assert FusedReport.from_json(markers["fuse-scores.json"].summary, folder / "fuse-scores.json") == report
+    assert [(row.model, row.split) for row in report.rows] == [("sta-mars", 1), ("flow", 1), ("sta-mars+flow", 1),
+                                                               ("sta-mars", "mean"), ("flow", "mean"),
+                                                               ("sta-mars+flow", "mean")]
+    assert sorted((f.stream, f.role) for f in report.score_files) == [("flow", "test"), ("sta-mars", "test")]
+    assert report.fusion.method == "equal" and report.fusion.learned_on is None and list(report.best) == ["1"]
+
+
+@needs_matplotlib
+def test_report_refuses_a_damaged_fused_report_in_one_line(tiny_run, tmp_path):
+    content = json.loads((tiny_run.out / "fused" / "report.json").read_text())
+    del content["rows"][0]["top1"]
+    damaged = tmp_path / "fused" / "report.json"
+    damaged.parent.mkdir()
+    damaged.write_text(json.dumps(content))
+    result = run_cli("report", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {damaged}: is not a fusion report: rows[0].top1 is missing\n"
+    assert json.loads(damaged.read_text()) == content and sorted(tmp_path.rglob("*")) == [damaged.parent, damaged]
+
+
+def test_run_refuses_a_damaged_stage_marker_in_one_line(tiny_run, tmp_path):
+    marker = tmp_path / "out" / "stages" / "generate-the-synthetic-dataset.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text('{"stage": "synth", "key": ')
+    synth = (tiny_run.config.parent / "data" / "synth.json").read_bytes()
+    result = run_cli("run", str(tiny_run.config), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert re.fullmatch(rf"error: {re.escape(str(marker))}: stage marker is not valid JSON \(.*\); delete it to "
+                        r"rerun the stage\n", result.stderr), result.stderr
+    assert sorted(tmp_path.rglob("*")) == [tmp_path / "out", marker.parent, marker]
+    assert (tiny_run.config.parent / "data" / "synth.json").read_bytes() == synth
 
 
 @needs_matplotlib

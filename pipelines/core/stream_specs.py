@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from flow.errors import InputError
 
+STA_PREFIX = "sta-"
+
 
 @dataclass(frozen=True)
 class StreamSpec:
@@ -46,10 +48,53 @@ STREAM_SPECS: dict[str, StreamSpec] = {
 }
 
 
+@dataclass(frozen=True)
+class StreamName:
+    """A stream's name as a value: its kind (``base``) and whether STA is inserted. ``str()`` gives the name used
+    in file names, score files, report keys and checkpoints (``mars``, ``sta-mars``); ``parse`` reads it back.
+
+    Args:
+        base: the kind of stream, a key of ``STREAM_SPECS`` (``flow``, ``rgb``, ``mars``).
+        sta: whether STA is inserted (the name then starts with ``sta-``).
+    """
+
+    base: str
+    sta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.base not in STREAM_SPECS:
+            raise InputError(None, f"stream {str(self)!r}: expected one of {', '.join(STREAM_SPECS)} (with "
+                                   f"{STA_PREFIX!r} in front when STA is inserted)")
+
+    @classmethod
+    def parse(cls, text: str) -> StreamName:
+        """``sta-mars`` -> StreamName("mars", sta=True); an unknown name is an InputError."""
+        base = text.removeprefix(STA_PREFIX)
+        return cls(base, sta=base != text)
+
+    @classmethod
+    def every(cls) -> list[StreamName]:
+        """Every registered stream, without then with STA."""
+        return [cls(base, sta) for base in STREAM_SPECS for sta in (False, True)]
+
+    def __str__(self) -> str:
+        return f"{STA_PREFIX}{self.base}" if self.sta else self.base
+
+    @property
+    def spec(self) -> StreamSpec:
+        return STREAM_SPECS[self.base]
+
+    @property
+    def has_teacher(self) -> bool:
+        """Whether this stream distils from a teacher stream (MARS and STA-MARS)."""
+        return self.spec.teacher is not None
+
+    @property
+    def teacher(self) -> StreamName | None:
+        """The kind of stream that teaches this one, without STA (a run may pick its STA variant), or None."""
+        return None if self.spec.teacher is None else StreamName(self.spec.teacher)
+
+
 def stream_spec(stream: str) -> StreamSpec:
     """The spec of ``stream`` (``sta-mars`` is a ``mars`` stream); an unknown name is an InputError."""
-    try:
-        return STREAM_SPECS[stream.removeprefix("sta-")]
-    except KeyError:
-        raise InputError(None, f"stream {stream!r}: expected one of {', '.join(STREAM_SPECS)} (with 'sta-' in "
-                               "front when STA is inserted)") from None
+    return StreamName.parse(stream).spec

@@ -1,15 +1,10 @@
-"""Stream names (``rgb``, ``flow``, ``mars``, ``sta-`` in front when STA is inserted) and fusion names."""
+"""Fusion names: stream names (``pipelines.core.stream_specs.StreamName``) joined in a canonical order."""
 from __future__ import annotations
 
 from typing import Iterable
 
 # Order in which streams appear inside a fusion name: "sta-mars+rgb+flow".
 FUSION_ORDER = ("sta-mars", "mars", "sta-rgb", "rgb", "sta-flow", "flow")
-
-
-def stream_name(stream: str, sta: str | None) -> str:
-    """``mars`` with an STA spec is ``sta-mars``, the paper's STA-MARS."""
-    return f"sta-{stream}" if sta else stream
 
 
 def fusion_name(streams: Iterable[str]) -> str:

@@ -26,6 +26,7 @@ from pipelines.core.config import build_config, check_model_choice, config_to_di
 from pipelines.core.device import check_device
 from pipelines.core.manifest import fingerprint
 from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
+from pipelines.core.stream_specs import StreamName
 from pipelines.data.synth_files import check_target
 from pipelines.data.annotations import SUBSET_NAMES, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
@@ -122,8 +123,9 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
     rc3d = _plan_rc3d(config.models, given_rc3d, base_train, source, base, (out / "detection").resolve())
     for row in rc3d.values():
         check_model_choice(row.arch, row.sta, source, "[detection.rc3d]", row.layer)
-    if base_train.stream == "mars" and train:
-        train = {TEACHER: dataclasses.replace(base_train, stream="flow", sta=None), **train}
+    teacher = StreamName(base_train.stream).teacher
+    if teacher is not None and train:
+        train = {TEACHER: dataclasses.replace(base_train, stream=teacher.base, sta=None), **train}
     plan = DetectionPlan(config=config, out=out / "detection", videos=(base / config.videos).resolve(),
                          annotations=(base / config.annotations).resolve(),
                          store=(base / config.store).resolve() if config.store else out / "detection" / "store",
@@ -278,7 +280,7 @@ def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: Detector
                  log: Callable[[str], None], progress: bool) -> Path:
     """Train one detector; STA-S-CNN takes S-CNN's proposal network, a mars detector the flow teacher."""
     folder = plan.out / model
-    teacher = plan.out / TEACHER if config.stream == "mars" else None
+    teacher = plan.out / TEACHER if StreamName(config.stream).has_teacher else None
     if model == "sta-s-cnn" and "s-cnn" in plan.train:
         share_proposal(plan.out / "s-cnn", folder)
     key = {**inputs, "config": config_to_dict(config),

@@ -29,6 +29,7 @@ from pipelines.core.device import resolve_device
 from pipelines.core.distributed import DistContext, average_gradients, init_distributed, rank_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
+from pipelines.core.stream_specs import StreamName
 from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
 from pipelines.data.clips import NORMALIZATIONS, Normalization
 from pipelines.data.annotations import SUBSET_NAMES, Annotations
@@ -340,7 +341,7 @@ class _RC3DTask:
                             config_to_dict(config),
                             file_sha256(config.pretrained) if self.features is not None and config.pretrained else "")
         return Checkpoint.make(self.path, arch=backbone.arch, model_kwargs=backbone.build_kwargs,
-                               state_dict=backbone.state_dict(), stream=("sta-" if config.sta else "") + config.stream,
+                               state_dict=backbone.state_dict(), stream=str(StreamName(config.stream, sta=bool(config.sta))),
                                classes=self.classes, epoch=epochs_done, run_key=self.key, detector=extras,
                                train_config={"normalization": config.normalization})
 

@@ -35,7 +35,7 @@ from flow.store import VIDEOS, FlowStore
 from pipelines.core.checkpoint import Checkpoint, SCNNExtras, load_checkpoint
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.core.distributed import DistContext, LogitsAndFeatures, init_distributed, rank_device
-from pipelines.core.stream_specs import stream_spec
+from pipelines.core.stream_specs import StreamName, stream_spec
 from pipelines.data.clips import NORMALIZATIONS
 from pipelines.data.annotations import SUBSET_NAMES, Annotations
 from pipelines.data.annotations import fps_of
@@ -190,9 +190,9 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
 
 def _check_teacher(config: DetectorConfig, teacher: Path | None) -> None:
     """A mars detector needs a flow detector to learn from; the other streams must not be given one."""
-    if config.stream == "mars" and teacher is None:
+    if StreamName(config.stream).has_teacher and teacher is None:
         raise InputError(None, "the mars stream needs --teacher (a folder written by train-detector --stream flow)")
-    if config.stream != "mars" and teacher is not None:
+    if not StreamName(config.stream).has_teacher and teacher is not None:
         raise InputError(teacher, "--teacher is only used by --stream mars")
 
 
@@ -320,7 +320,7 @@ class _NetworkTask:
         config, network, model = self.run.config, self.run.network, self.model
         return Checkpoint.make(
             self.path, arch=model.arch, model_kwargs=model.build_kwargs, state_dict=model.state_dict(),
-            stream=("sta-" if network == "localization" and config.sta else "") + config.stream,
+            stream=str(StreamName(config.stream, sta=network == "localization" and bool(config.sta))),
             classes=self.run.classes, epoch=epochs_done, run_key=self.key,
             detector=SCNNExtras(network, config_to_dict(config)))
 

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from flow.store import FlowStore
+from pipelines.core.stream_specs import StreamName
 from pipelines.data.annotations import Annotations
 from pipelines.data.annotations import fps_of
 from pipelines.scoring.detection_map import evaluate_detections, read_detections
@@ -52,7 +53,7 @@ def _stream(folder: Path) -> str | None:
         return None
     config = json.loads(manifest.read_text()).get("config", {})
     stream = config.get("stream")
-    return f"sta-{stream}" if stream and config.get("sta") else stream
+    return str(StreamName(stream, sta=bool(config.get("sta")))) if stream else None
 
 
 def _busiest(truth: Annotations, count: int) -> list[str]:

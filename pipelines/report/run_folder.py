@@ -14,6 +14,7 @@ from typing import Any
 
 from flow.errors import InputError
 from pipelines.core.streams import FUSION_ORDER
+from pipelines.report.fused_report import FusedReport
 
 
 @dataclass
@@ -40,10 +41,17 @@ class RunFolder:
     """A pipeline run folder: the fused report, the training runs in split and fusion order, the flow store."""
 
     root: Path
-    report: dict[str, Any] | None  # fused/report.json; None for a folder that only detected actions
+    report: FusedReport | None  # fused/report.json; None for a folder that only detected actions
     trainings: list[TrainingRun] = field(default_factory=list)
     store: Path | None = None
     detection: dict[str, Any] | None = None  # detection/report.json, when the run or demo detected actions
+
+    @property
+    def fused(self) -> FusedReport:
+        """The fused report, for the sections drawn only when the run fused scores."""
+        if self.report is None:
+            raise InputError(self.root / "fused" / "report.json", "not found")
+        return self.report
 
     def score_file(self, split: int, stream: str, subset: str = "test") -> Path:
         return self.root / f"split{split}" / "scores" / f"{stream}-{subset}.npz"
@@ -110,9 +118,7 @@ def open_run_folder(root: str | Path) -> RunFolder:
     if not report_path.is_file() and not detection_path.is_file():
         raise InputError(root, "holds neither fused/report.json nor detection/report.json: not a finished "
                                "`mars-sta run` or demo folder")
-    report = read_json(report_path) if report_path.is_file() else None
-    if report is not None and (not isinstance(report, dict) or not {"rows", "best", "classes"} <= set(report)):
-        raise InputError(report_path, "is not a fusion report (needs rows, best and classes)")
+    report = FusedReport.from_json(read_json(report_path), report_path) if report_path.is_file() else None
     detection = read_json(detection_path) if detection_path.is_file() else None
     if detection is not None and (not isinstance(detection, dict) or
                                   not {"tiou", "rows", "classes", "pr_tiou"} <= set(detection)):

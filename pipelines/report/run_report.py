@@ -51,37 +51,37 @@ class _Images:
 
 
 def _results_section(run: RunFolder) -> str:
-    report = run.report
+    report = run.fused
     models, splits, cells = top1_grid(report)
     best = best_model(report)
     headers = ["model"] + [f"split {s}" if s != "mean" else "mean" for s in splits]
     rows = [[model] + [f"{cells[(model, s)]:.2f}" if (model, s) in cells else "-" for s in splits]
             for model in models]
     parts = [
-        html_page.paragraph(f"Fusion: {describe_fusion(report)}. Test protocol: {report.get('protocol')}. "
+        html_page.paragraph(f"Fusion: {describe_fusion(report)}. Test protocol: {report.protocol}. "
                             f"Best model (mean top-1 over splits, highlighted): {best}."),
         "<h3>Top-1 accuracy (%)</h3>",
         html_page.table(headers, rows, [m == best for m in models]),
         "<details><summary>All measures (top-1, top-5, mean class accuracy, %)</summary>",
         html_page.table(["model", "split", "top-1", "top-5", "mean class", "videos"],
-                        [[r["model"], r["split"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['mean_class']:.2f}",
-                          r["videos"]] for r in report["rows"] if r["split"] in splits]),
+                        [[r.model, r.split, f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.mean_class:.2f}", r.videos]
+                         for r in report.rows if r.split in splits]),
         "</details>",
     ]
-    parts += [html_page.paragraph(f"Note: {note}", "note") for note in report.get("notes", [])]
+    parts += [html_page.paragraph(f"Note: {note}", "note") for note in report.notes]
     return "\n".join(parts)
 
 
 def _best_section(run: RunFolder, images: _Images) -> str:
-    classes = run.report["classes"]
+    classes = run.fused.classes
     parts = []
-    for split, entry in run.report["best"].items():
-        title = f"split {split}: {entry['model']} ({entry['top1']:.2f}% top-1)"
+    for split, entry in run.fused.best.items():
+        title = f"split {split}: {entry.model} ({entry.top1:.2f}% top-1)"
         parts.append(f"<h3>{html_page.text(title)}</h3>")
-        parts.append(images.figure(figures.confusion_figure(entry["confusion"], classes, f"confusion, {title}"),
+        parts.append(images.figure(figures.confusion_figure(entry.confusion, classes, f"confusion, {title}"),
                                    f"confusion_split{split}.png", f"Confusion matrix of {title}; rows true, "
                                    "columns predicted."))
-        parts.append(images.figure(figures.per_class_figure(entry["per_class"], f"per-class top-1, {title}"),
+        parts.append(images.figure(figures.per_class_figure(entry.per_class, f"per-class top-1, {title}"),
                                    f"per_class_split{split}.png", f"Per-class top-1 of {title}."))
     return "\n".join(parts)
 
@@ -206,8 +206,7 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None, videos:
         version = metadata.version("mars-sta")
     except metadata.PackageNotFoundError:
         version = "source checkout"
-    dataset = (run.report or {}).get("dataset") or ("temporal detection" if run.report is None else
-                                                     "dataset not named")
+    dataset = ("temporal detection" if run.report is None else run.report.dataset or "dataset not named")
     subtitle = (f"{dataset}, run folder {run.root.resolve()}; written "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} by mars-sta {version}")
     images.remove_stale()

@@ -29,7 +29,7 @@ def profile_section(run: RunFolder) -> str:
     rows, modules, problems = [], [], []
     for training in _first_split(run):
         try:
-            profile = _profile_of(training, len(training.manifest.get("classes") or run.report["classes"]))
+            profile = _profile_of(training, len(training.manifest.get("classes") or run.fused.classes))
         except (KeyError, TypeError, ValueError) as exc:
             problems.append(f"{training.folder / 'manifest.json'}: cannot profile ({exc})")
             continue
@@ -73,14 +73,14 @@ def _cell(value: Any) -> str:
 
 
 def _data_rows(run: RunFolder, store: dict[str, Any]) -> list[list[Any]]:
-    classes = run.report["classes"]
-    rows: list[list[Any]] = [["dataset", run.report.get("dataset") or "not named"],
+    classes = run.fused.classes
+    rows: list[list[Any]] = [["dataset", run.fused.dataset or "not named"],
                              ["classes", f"{len(classes)}: {', '.join(classes)}"],
                              ["videos folder", store.get("source_root", "?")],
                              ["flow store", str(run.store) if run.store else "not found"]]
     if run.store is not None:
         rows.append(["videos in the store", len(list((run.store / "videos").rglob("*.h5")))])
-    test_videos = {row["split"]: row["videos"] for row in run.report["rows"] if row["split"] != "mean"}
+    test_videos = {row.split: row.videos for row in run.fused.rows if isinstance(row.split, int)}
     for training in _first_split(run)[:1]:
         inputs = training.manifest.get("inputs", {})
         rows.append(["splits", inputs.get("splits", "splits/ beside the videos folder")])
@@ -96,7 +96,7 @@ def _versions(run: RunFolder, store: dict[str, Any]) -> tuple[list[str], list[li
     sources = {"flow store": store.get("versions", {})}
     if run.trainings:
         sources["training"] = run.trainings[0].manifest.get("versions", {})
-    sources["fusion"] = run.report.get("manifest", {}).get("versions", {})
+    sources["fusion"] = run.fused.manifest.get("versions", {})
     names = list(dict.fromkeys(name for versions in sources.values() for name in versions))
     return ["library", *sources], [[name, *(v.get(name, "-") for v in sources.values())] for name in names]
 
@@ -117,16 +117,16 @@ def manifest_section(run: RunFolder) -> str:
         parts += ["<h3>Training settings (first split)</h3>",
                   html_page.table(["setting", *(t.stream for t in trainings)],
                                   [[key, *(_cell(c.get(key, "-")) for c in configs)] for key in keys], numbers=False)]
-    files = run.report.get("manifest", {}).get("score_files", [])
+    files = run.fused.score_files
     if files:
         parts += ["<h3>Fusion inputs</h3>",
                   html_page.table(["file", "stream", "split", "subset", "videos", "role", "sha256"],
-                                  [[f["path"], f["stream"], f["split"], f["subset"], f["videos"], f["role"],
-                                    f["sha256"][:12]] for f in files], numbers=False)]
+                                  [[f.path, f.stream, f.split, f.subset, f.videos, f.role, f.sha256[:12]]
+                                   for f in files], numbers=False)]
     headers, rows = _versions(run, store)
     parts += ["<h3>Versions</h3>", html_page.table(headers, rows, numbers=False), "<h3>Raw manifests</h3>"]
     if store:
         parts.append(html_page.details("flow store manifest.json", store))
     parts += [html_page.details(f"{t.folder.relative_to(run.root)}/manifest.json", t.manifest) for t in run.trainings]
-    parts.append(html_page.details("fused/report.json manifest", run.report.get("manifest", {})))
+    parts.append(html_page.details("fused/report.json manifest", run.fused.manifest))
     return "\n".join(parts)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flow.atomic import write_json_atomic, write_text_atomic
+from pipelines.report.fused_report import MEAN, FusedReport
 
 _METHODS = {"equal": "equal average", "fixed": "fixed-weight average", "learned": "learned-weight average"}
 
@@ -34,35 +35,34 @@ def per_class_csv(classes: list[str], confusion: list[list[int]], accuracy: dict
     return _csv(rows)
 
 
-def describe_fusion(report: dict[str, Any]) -> str:
-    fusion = report["fusion"]
-    what = "softmax probabilities" if fusion["scores"] == "softmax" else "raw logits"
-    text = f"{_METHODS[fusion['method']]} of {what}"
-    if fusion["method"] == "learned":
-        on = sorted(set(fusion["learned_on"].values()))
-        text += f" ({fusion['learner']}, fitted on {' / '.join(on)} scores)"
+def describe_fusion(report: FusedReport) -> str:
+    fusion = report.fusion
+    what = "softmax probabilities" if fusion.scores == "softmax" else "raw logits"
+    text = f"{_METHODS[fusion.method]} of {what}"
+    if fusion.learned_on is not None:
+        on = sorted(set(fusion.learned_on.values()))
+        text += f" ({fusion.learner}, fitted on {' / '.join(on)} scores)"
     return text
 
 
-def _splits(report: dict[str, Any]) -> list[int | str]:
-    splits: list[int | str] = sorted({row["split"] for row in report["rows"] if row["split"] != "mean"})
-    return splits + ["mean"] if len(splits) > 1 else splits
+def _splits(report: FusedReport) -> list[int | str]:
+    splits: list[int | str] = list(report.split_numbers)
+    return splits + [MEAN] if len(splits) > 1 else splits
 
 
-def top1_grid(report: dict[str, Any]) -> tuple[list[str], list[int | str], dict[tuple[str, int | str], float]]:
+def top1_grid(report: FusedReport) -> tuple[list[str], list[int | str], dict[tuple[str, int | str], float]]:
     """Models in report order, split columns (then ``mean``), and top-1 per (model, split)."""
-    models = list(dict.fromkeys(row["model"] for row in report["rows"]))
-    cells = {(row["model"], row["split"]): row["top1"] for row in report["rows"]}
+    models = list(dict.fromkeys(row.model for row in report.rows))
+    cells = {(row.model, row.split): row.top1 for row in report.rows}
     return models, _splits(report), cells
 
 
-def best_model(report: dict[str, Any]) -> str:
+def best_model(report: FusedReport) -> str:
     """The model with the highest mean top-1 over splits (ties: mean class, top-5, then the earlier model)."""
-    means = [row for row in report["rows"] if row["split"] == "mean"]
-    return max(means, key=lambda row: (row["top1"], row["mean_class"], row["top5"]))["model"]
+    return max(report.mean_rows(), key=lambda row: (row.top1, row.mean_class, row.top5)).model
 
 
-def format_top1_table(report: dict[str, Any]) -> str:
+def format_top1_table(report: FusedReport) -> str:
     """A compact aligned top-1 table for the terminal; ``*`` marks the best model."""
     models, splits, cells = top1_grid(report)
     best = best_model(report)
@@ -86,15 +86,15 @@ def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
-def format_markdown(report: dict[str, Any]) -> str:
+def format_markdown(report: FusedReport) -> str:
     """``report.md``: the same numbers as ``report.json``, for reading."""
     models, splits, cells = top1_grid(report)
     best = best_model(report)
     out = [
         "# Fusion report",
         "",
-        f"- dataset: {report['dataset'] or 'not named'}",
-        f"- test protocol: `{report['protocol']}`",
+        f"- dataset: {report.dataset or 'not named'}",
+        f"- test protocol: `{report.protocol}`",
         f"- fusion: {describe_fusion(report)}",
         f"- best model (mean top-1 over splits): **{best}**",
         "",
@@ -109,42 +109,39 @@ def format_markdown(report: dict[str, Any]) -> str:
     out += ["", "## All measures (%)", ""]
     out += _md_table(
         ["model", "split", "top-1", "top-5", "mean class", "videos"],
-        [[r["model"], r["split"], f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['mean_class']:.2f}", r["videos"]]
-         for r in report["rows"]],
+        [[r.model, r.split, f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.mean_class:.2f}", r.videos] for r in report.rows],
     )
-    if report["fusion"]["method"] != "equal":
+    if report.fusion.method != "equal":
         out += ["", "## Weights", ""]
         weight_rows = [[split, model, ", ".join(f"{s} {w:.3f}" for s, w in weights.items())]
-                       for split, per_model in report["fusion"]["weights"].items()
+                       for split, per_model in report.fusion.weights.items()
                        for model, weights in per_model.items() if len(weights) > 1]
         out += _md_table(["split", "model", "weights (sum 1)"], weight_rows)
-    for split, entry in report["best"].items():
-        out += ["", f"## Best model of split {split}: {entry['model']} ({entry['top1']:.2f}% top-1)", "",
-                f"Confusion matrix: `{entry['confusion_csv']}` (rows true, columns predicted).", ""]
+    for split, entry in report.best.items():
+        out += ["", f"## Best model of split {split}: {entry.model} ({entry.top1:.2f}% top-1)", "",
+                f"Confusion matrix: `{entry.confusion_csv}` (rows true, columns predicted).", ""]
         out += _md_table(
             ["class", "videos", "top-1"],
-            [[name, sum(entry["confusion"][i]), "-" if acc is None else f"{acc:.2f}"]
-             for i, (name, acc) in enumerate(entry["per_class"].items())],
+            [[name, sum(entry.confusion[i]), "-" if acc is None else f"{acc:.2f}"]
+             for i, (name, acc) in enumerate(entry.per_class.items())],
         )
     out += ["", "## Inputs", ""]
     out += _md_table(
         ["file", "stream", "split", "subset", "videos", "role", "sha256"],
-        [[f"`{f['path']}`", f["stream"], f["split"], f["subset"], f["videos"], f["role"], f["sha256"][:12]]
-         for f in report["manifest"]["score_files"]],
+        [[f"`{f.path}`", f.stream, f.split, f.subset, f.videos, f.role, f.sha256[:12]] for f in report.score_files],
     )
-    if report["notes"]:
-        out += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
+    if report.notes:
+        out += ["", "## Notes", ""] + [f"- {note}" for note in report.notes]
     return "\n".join(out) + "\n"
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any]) -> None:
+def write_report(out_dir: str | Path, report: FusedReport) -> None:
     """Write the per-split CSVs, ``report.md``, then ``report.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = report["classes"]
-    for entry in report["best"].values():
-        write_text_atomic(out_dir / entry["confusion_csv"], confusion_csv(classes, entry["confusion"]))
-        write_text_atomic(out_dir / entry["per_class_csv"],
-                          per_class_csv(classes, entry["confusion"], entry["per_class"]))
+    for entry in report.best.values():
+        write_text_atomic(out_dir / entry.confusion_csv, confusion_csv(report.classes, entry.confusion))
+        write_text_atomic(out_dir / entry.per_class_csv,
+                          per_class_csv(report.classes, entry.confusion, entry.per_class))
     write_text_atomic(out_dir / "report.md", format_markdown(report))
-    write_json_atomic(out_dir / "report.json", report)
+    write_json_atomic(out_dir / "report.json", report.to_json())

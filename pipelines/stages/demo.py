@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pipelines.report.fused_report import ReportRow
 from pipelines.report.tables import format_top1_table
 from pipelines.stages.run import load_plan, run
 
@@ -32,9 +33,9 @@ def packaged_config(name: str) -> Path:
     raise FileNotFoundError(f"{name} not found beside the package; pass --config")
 
 
-def gates(rows: list[dict[str, Any]], split: Any = 1) -> list[tuple[str, bool, str]]:
+def gates(rows: list[ReportRow], split: int | str = 1) -> list[tuple[str, bool, str]]:
     """The demo's checks on one split's report rows: (claim, held, the numbers behind it)."""
-    top1 = {row["model"]: row["top1"] for row in rows if row["split"] == split}
+    top1 = {row.model: row.top1 for row in rows if row.split == split}
     checks = []
     if {"flow", "rgb"} <= set(top1):
         checks.append(("Flow > RGB", top1["flow"] > top1["rgb"], f"{top1['flow']:.1f} vs {top1['rgb']:.1f}"))
@@ -66,14 +67,15 @@ def run_demo(out: Path, seed: int = 0, config_path: Path | None = None,
     plan.tables.setdefault("synth", {})["seed"] = seed
     plan.tables.setdefault("train", {})["seed"] = seed
     result = run(plan, log=log)
-    report = result["report"] or {}
-    if report:
+    report = result["report"]
+    rows = report.rows if report is not None else []
+    if report is not None:
         log("")
         log(format_top1_table(report))
-    checks = gates(report.get("rows", []))
+    checks = gates(rows)
     for claim, held, numbers in checks:
         log(f"{'PASS' if held else 'FAIL'}  {claim}: {numbers}")
-    sta = {row["model"]: row["top1"] for row in report.get("rows", []) if row["split"] == 1}
+    sta = {row.model: row.top1 for row in rows if row.split == 1}
     if {"sta-mars", "mars"} <= set(sta):
         log(f"note  STA-MARS vs MARS: {sta['sta-mars']:.1f} vs {sta['mars']:.1f} (not gated: one seed decides "
             "little here; see docs for the spread over seeds)")

@@ -19,8 +19,10 @@ from flow.errors import InputError
 from pipelines.scoring import metrics
 from pipelines.scoring.fusion_weights import fused_scores, learn_logit_weights, learn_softmax_weights, softmax
 from pipelines.core.manifest import stage_manifest
+from pipelines.report.fused_report import MEAN, BestModel, FusedReport, FusionMethod, ReportRow
 from pipelines.report.tables import write_report
-from pipelines.scoring.scores import STREAMS, Scores, load_scores
+from pipelines.scoring.scores import Scores, load_scores
+from pipelines.core.stream_specs import StreamName
 from pipelines.core.streams import FUSION_ORDER, fusion_name
 
 LEARNING_SUBSETS = ("val", "train")  # where learned weights come from, in order of preference
@@ -39,8 +41,7 @@ class FuseConfig:
         if self.weights is not None and self.learn_weights:
             raise InputError(None, "fixed weights and learned weights exclude each other; give one")
         for stream, weight in (self.weights or {}).items():
-            if stream not in STREAMS:
-                raise InputError(None, f"weight for unknown stream {stream!r} (streams: {', '.join(STREAMS)})")
+            StreamName.parse(stream)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight <= 0:
                 raise InputError(None, f"weight of {stream} must be a positive number, got {weight!r}")
@@ -183,59 +184,62 @@ def _weights_for(combo: tuple[str, ...], config: FuseConfig, learning: dict[str,
     return np.full(len(combo), 1.0 / len(combo))
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _best(rows: list[ReportRow]) -> ReportRow:
     """Highest top-1; ties go to mean class accuracy, then top-5, then the earlier (simpler) model."""
-    return max(rows, key=lambda row: (row["top1"], row["mean_class"], row["top5"]))
+    return max(rows, key=lambda row: (row.top1, row.mean_class, row.top5))
 
 
-def _mean_rows(rows: list[dict[str, Any]], splits: list[int]) -> list[dict[str, Any]]:
+def _mean_rows(rows: list[ReportRow], splits: list[int]) -> list[ReportRow]:
     """The mean over splits of each model that every split has."""
-    by_model: dict[str, list[dict[str, Any]]] = {}
+    by_model: dict[str, list[ReportRow]] = {}
     for row in rows:
-        by_model.setdefault(row["model"], []).append(row)
-    means = []
-    for model, model_rows in by_model.items():
-        if len(model_rows) != len(splits):
-            continue
-        means.append({
-            "model": model,
-            "split": "mean",
-            **{key: float(np.mean([r[key] for r in model_rows])) for key in ("top1", "top5", "mean_class")},
-            "videos": int(sum(r["videos"] for r in model_rows)),
-            "splits": splits,
-        })
-    return means
+        by_model.setdefault(row.model, []).append(row)
+    return [ReportRow(model=model, split=MEAN, top1=float(np.mean([r.top1 for r in model_rows])),
+                      top5=float(np.mean([r.top5 for r in model_rows])),
+                      mean_class=float(np.mean([r.mean_class for r in model_rows])),
+                      videos=int(sum(r.videos for r in model_rows)), splits=splits)
+            for model, model_rows in by_model.items() if len(model_rows) == len(splits)]
+
+
+@dataclass
+class _SplitFusion:
+    """One split's rows, weights per model and stream, best model, and the subset weights were learned on."""
+
+    rows: list[ReportRow]
+    weights: dict[str, dict[str, float]]
+    best: BestModel
+    learned_on: str | None
 
 
 def _fuse_split(split: int, subsets: dict[str, dict[str, Scores]], config: FuseConfig,
-                classes: list[str]) -> dict[str, Any]:
+                classes: list[str]) -> _SplitFusion:
     """Rows, weights and the best model's confusion matrix of one split's test scores."""
     test = subsets["test"]
     learned_on = _learning_subset(split, subsets) if config.learn_weights else None
     learning = subsets[learned_on] if learned_on else None
     labels = next(iter(test.values())).labels
-    rows, weights, fused = [], {}, []
+    rows: list[ReportRow] = []
+    weights: dict[str, dict[str, float]] = {}
+    fused = []
     for combo in combinations(list(test)):
         combo_weights = _weights_for(combo, config, learning)
         fused.append(fused_scores([_stream_scores(test[s], config.softmax) for s in combo], combo_weights))
-        rows.append({"model": fusion_name(combo), "split": split, **metrics.summarize(fused[-1], labels)})
+        summary = metrics.summarize(fused[-1], labels)
+        rows.append(ReportRow(model=fusion_name(combo), split=split, top1=summary["top1"], top5=summary["top5"],
+                              mean_class=summary["mean_class"], videos=int(summary["videos"])))
         weights[fusion_name(combo)] = {stream: float(w) for stream, w in zip(combo, combo_weights)}
     winner = _best(rows)
     predicted = metrics.predictions(fused[rows.index(winner)])
     confusion = metrics.confusion_matrix(labels, predicted, len(classes))
     per_class = metrics.per_class_accuracy(labels, predicted, len(classes))
-    best = {
-        "model": winner["model"],
-        "top1": winner["top1"],
-        "confusion": confusion.tolist(),
-        "per_class": {name: (None if math.isnan(acc) else float(acc)) for name, acc in zip(classes, per_class)},
-        "confusion_csv": f"confusion_split{split}.csv",
-        "per_class_csv": f"per_class_split{split}.csv",
-    }
-    return {"rows": rows, "weights": weights, "best": best, "learned_on": learned_on}
+    best = BestModel(
+        model=winner.model, top1=winner.top1, confusion=confusion.tolist(),
+        per_class={name: (None if math.isnan(acc) else float(acc)) for name, acc in zip(classes, per_class)},
+        confusion_csv=f"confusion_split{split}.csv", per_class_csv=f"per_class_split{split}.csv")
+    return _SplitFusion(rows=rows, weights=weights, best=best, learned_on=learned_on)
 
 
-def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseConfig | None = None) -> dict[str, Any]:
+def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseConfig | None = None) -> FusedReport:
     """Fuse every combination of streams per split, write ``report.json``, ``report.md`` and the best model's
     confusion matrix and per-class accuracy per split into ``out_dir``, and return the report.
 
@@ -256,38 +260,29 @@ def fuse(score_paths: Sequence[str | Path], out_dir: str | Path, config: FuseCon
     _check_a_stream_in_every_split({split: grouped[split]["test"] for split in splits})
     classes = list(all_scores[0].classes)
     results = {split: _fuse_split(split, grouped[split], config, classes) for split in splits}
-    rows = [row for split in splits for row in results[split]["rows"]]
+    rows = [row for split in splits for row in results[split].rows]
     rows += _mean_rows(rows, splits)
-    learned_on = {str(split): results[split]["learned_on"] for split in splits if results[split]["learned_on"]}
+    learned_on = {str(split): subset for split in splits if (subset := results[split].learned_on)}
 
     roles = [_role(s, splits, config, learned_on) for s in all_scores]
-    report = {
-        "dataset": config.dataset,
-        "protocol": all_scores[0].protocol,
-        "classes": classes,
-        "fusion": _fusion_method(config, results, splits, learned_on),
-        "rows": rows,
-        "best": {str(split): results[split]["best"] for split in splits},
-        "notes": _notes(all_scores, roles, splits, learned_on),
-        "manifest": _fuse_manifest(config, all_scores, roles),
-    }
+    report = FusedReport(
+        dataset=config.dataset, protocol=all_scores[0].protocol, classes=classes,
+        fusion=_fusion_method(config, results, splits, learned_on), rows=rows,
+        best={str(split): results[split].best for split in splits},
+        notes=_notes(all_scores, roles, splits, learned_on), manifest=_fuse_manifest(config, all_scores, roles))
     write_report(out_dir, report)
     return report
 
 
-def _fusion_method(config: FuseConfig, results: dict[int, dict[str, Any]], splits: list[int],
-                   learned_on: dict[str, str]) -> dict[str, Any]:
+def _fusion_method(config: FuseConfig, results: dict[int, _SplitFusion], splits: list[int],
+                   learned_on: dict[str, str]) -> FusionMethod:
     """How the scores were combined: method, logits or softmax, the weights per split and how they were learned."""
-    fusion: dict[str, Any] = {
-        "method": config.method,
-        "scores": "softmax" if config.softmax else "logits",
-        "weights": {str(split): results[split]["weights"] for split in splits},
-    }
-    if config.learn_weights:
-        fusion["learned_on"] = learned_on
-        fusion["learner"] = ("mixture weights by expectation-maximisation" if config.softmax
-                             else "multinomial logistic regression, one non-negative coefficient per stream")
-    return fusion
+    learner = ("mixture weights by expectation-maximisation" if config.softmax
+               else "multinomial logistic regression, one non-negative coefficient per stream")
+    return FusionMethod(method=config.method, scores="softmax" if config.softmax else "logits",
+                        weights={str(split): results[split].weights for split in splits},
+                        learned_on=learned_on if config.learn_weights else None,
+                        learner=learner if config.learn_weights else None)
 
 
 def _fuse_manifest(config: FuseConfig, all_scores: list[Scores], roles: list[str]) -> dict[str, Any]:

@@ -25,14 +25,12 @@ A file with a ``[detection]`` table and no ``[data]`` table runs the detection s
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from pipelines.core.config import (TRAIN_STREAMS, build_config, check_model_choice, check_one_of,
                                    config_to_dict, read_toml)
@@ -40,15 +38,18 @@ from pipelines.core.device import check_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, library_versions
 from pipelines.core.own_stores import check_deletable, delete_made_store, extract_recorded
-from pipelines.core.streams import stream_name
+from pipelines.core.stream_specs import StreamName
 from pipelines.detection.pipeline import STAGES as DETECTION_STAGES
 from pipelines.detection.pipeline import DetectionPlan, check_detection_outputs, plan_detection, run_detection
+from pipelines.report.fused_report import FusedReport
+from pipelines.stages.stage_marker import StageMarker
 
 # Streams train in this order, so that a flow teacher exists before the MARS streams distil from it.
 TRAIN_ORDER = TRAIN_STREAMS
 STREAM_STAGES = {stream: f"train-{stream}" for stream in TRAIN_ORDER}
 STAGE_ORDER = ("synth", "extract", *STREAM_STAGES.values(), "evaluate", "fuse", *DETECTION_STAGES)
 TEACHERS = ("flow", "sta-flow")
+FUSE_LABEL = "fuse scores"
 
 
 @dataclass
@@ -72,7 +73,7 @@ class DataConfig:
             if stream not in TRAIN_ORDER:
                 raise InputError(None, f"unknown stream {stream!r} in streams (known: {', '.join(TRAIN_ORDER)})")
         check_one_of(teacher=(self.teacher, TEACHERS))
-        if {"mars", "sta-mars"} & set(self.streams) and self.teacher not in self.streams:
+        if any(StreamName.parse(stream).has_teacher for stream in self.streams) and self.teacher not in self.streams:
             raise InputError(None, f"mars streams distil from the {self.teacher} stream (teacher), which streams "
                                    "does not list")
 
@@ -125,8 +126,9 @@ def _train_config(plan: RunPlan, stream: str, split: int):
 
     table = plan.tables.get("train", {})
     label = train_table_label(table, stream)
-    values = {**stream_values(table, stream), "stream": stream.removeprefix("sta-"), "split": split}
-    if stream.startswith("sta-"):
+    name = StreamName.parse(stream)
+    values = {**stream_values(table, stream), "stream": name.base, "split": split}
+    if name.sta:
         values.setdefault("sta", plan.data.sta)
     pretrained = pretrained_path(values, plan.source, label)
     config = build_config(TrainConfig, values, source=plan.source, table=label)
@@ -210,29 +212,28 @@ class Runner:
 
     def pending(self, name: str, label: str, key_payload: dict[str, Any]) -> bool:
         """Whether ``stage`` would run this stage now: forced, or no marker with the same key."""
-        marker = self._marker(label)
+        marker = self.marker_path(label)
         if name in self.force or STAGE_ORDER.index(name) >= self.rerun_from or not marker.exists():
             return True
-        return json.loads(marker.read_text()).get("key") != config_hash(key_payload)
+        return StageMarker.read(marker).key != config_hash(key_payload)
 
     def stage(self, name: str, label: str, key_payload: dict[str, Any], action: Callable[[], Any]):
         """Run ``action`` unless its marker in ``OUT/stages/`` holds the same key; return its summary either way."""
-        key = config_hash(key_payload)
-        marker = self._marker(label)
+        marker = self.marker_path(label)
         if not self.pending(name, label, key_payload):
             self.log(f"[skip] {label}: inputs and config unchanged")
             self.skipped.append(label)
-            return json.loads(marker.read_text()).get("summary")
+            return StageMarker.read(marker).summary
         self.log(f"[run]  {label}")
         started = time.perf_counter()
         summary = action()
-        write_json_atomic(marker, {"stage": name, "key": key, "inputs": key_payload, "summary": summary,
-                                   "seconds": round(time.perf_counter() - started, 2),
-                                   "versions": library_versions()})
+        StageMarker(stage=name, key=config_hash(key_payload), inputs=key_payload, summary=summary,
+                    seconds=round(time.perf_counter() - started, 2), versions=library_versions()).write(marker)
         self.ran.append(label)
         return summary
 
-    def _marker(self, label: str) -> Path:
+    def marker_path(self, label: str) -> Path:
+        """``OUT/stages/<label>.json``, the label's words joined by dashes."""
         return self.plan.out / "stages" / (re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-") + ".json")
 
 
@@ -288,7 +289,7 @@ def _check_recognition_outputs(plan: RunPlan, configs: StageConfigs, runner: Run
 
 
 def _run_recognition(plan: RunPlan, configs: StageConfigs, runner: Runner, log: Callable[[str], None],
-                     progress: bool) -> dict[str, Any]:
+                     progress: bool) -> FusedReport:
     """Extract, train every stream of every split, evaluate, fuse; returns the fused report."""
     from pipelines.stages.fuse import fuse
 
@@ -311,7 +312,9 @@ def _run_recognition(plan: RunPlan, configs: StageConfigs, runner: Runner, log: 
 
     fuse_key = {"config": config_to_dict(configs.fuse), "scores": [fingerprint(p) for p in score_files]}
     fuse_config = dataclasses.replace(configs.fuse, dataset=configs.fuse.dataset or plan.data.dataset)
-    return runner.stage("fuse", "fuse scores", fuse_key, lambda: fuse(score_files, plan.out / "fused", fuse_config))
+    summary = runner.stage("fuse", FUSE_LABEL, fuse_key,
+                           lambda: fuse(score_files, plan.out / "fused", fuse_config).to_json())
+    return FusedReport.from_json(summary, runner.marker_path(FUSE_LABEL))
 
 
 def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int, store_key: str,
@@ -324,9 +327,9 @@ def _run_split(plan: RunPlan, configs: StageConfigs, runner: Runner, split: int,
     checkpoints: dict[str, Path] = {}
     for stream in sorted(plan.data.streams, key=TRAIN_ORDER.index):
         config, pretrained = configs.train[stream, split]
-        name = stream_name(config.stream, config.sta)
+        name = StreamName(config.stream, sta=bool(config.sta))
         folder = split_dir / STREAM_STAGES[stream]
-        teacher = checkpoints.get(plan.data.teacher) if config.stream == "mars" else None
+        teacher = checkpoints.get(plan.data.teacher) if name.has_teacher else None
         paths = TrainPaths(store=plan.store, out=folder, splits=plan.splits, teacher=teacher,
                            pretrained=pretrained)
         key = {"config": config_to_dict(config), "store": store_key,

@@ -42,8 +42,7 @@ from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_redu
                                         init_distributed, rank_device)
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import stage_key, stage_manifest
-from pipelines.core.stream_specs import STREAM_SPECS, stream_spec
-from pipelines.core.streams import stream_name
+from pipelines.core.stream_specs import STREAM_SPECS, StreamName, stream_spec
 from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -136,13 +135,13 @@ def stream_values(train_table: dict[str, Any], stream: str) -> dict[str, Any]:
     """The ``[train]`` values for one stream: shared keys, then ``[train.<stream>]`` (``[train.mars]`` also
     applies to ``sta-mars``, whose own table comes last)."""
     shared = {k: v for k, v in train_table.items() if not isinstance(v, dict)}
-    base = stream.removeprefix("sta-")
+    base = StreamName.parse(stream).base
     return {**shared, **train_table.get(base, {}), **train_table.get(stream, {})}
 
 
 def train_table_label(train_table: dict[str, Any], stream: str) -> str:
     """Where a stream's values come from, for messages: ``[train]``, then the stream's own tables it has."""
-    own = [f"[train.{name}]" for name in dict.fromkeys((stream.removeprefix("sta-"), stream)) if name in train_table]
+    own = [f"[train.{name}]" for name in dict.fromkeys((StreamName.parse(stream).base, stream)) if name in train_table]
     return "+".join(["[train]", *own])
 
 
@@ -172,8 +171,7 @@ def load_train_config(path: Path | None, overrides: dict[str, Any]) -> tuple[Tra
     stream = overrides.get("stream") or table.get("stream")
     if stream not in tuple(STREAM_SPECS):  # the config refuses an unknown one, once built
         stream = TrainConfig.stream
-    if overrides.get("sta") or table.get("sta"):
-        stream = f"sta-{stream}"
+    stream = str(StreamName(stream, sta=bool(overrides.get("sta") or table.get("sta"))))
     label = train_table_label(table, stream)
     values = stream_values(table, stream)
     pretrained = pretrained_path(values, path, label)
@@ -597,7 +595,7 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     student: torch.nn.Module = LogitsAndFeatures(model)
     if context.active:
         student = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    name = stream_name(config.stream, config.sta)
+    name = str(StreamName(config.stream, sta=bool(config.sta)))
     manifest = stage_manifest("train", config_to_dict(config), {
         "store_manifest": Path(paths.store) / "manifest.json", "splits": data.splits_path,
         "pretrained": paths.pretrained, "teacher": paths.teacher}, unkeyed=_unkeyed(config))
