@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 import cv2
 import h5py
@@ -39,7 +39,7 @@ from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_video
 
 # What a manifest written before the backend choice existed means by the keys it lacks.
 OPENCV_BEFORE_BACKENDS = {"tvl1_backend": "opencv", "tvl1_device": "cpu"}
-WORKER_DIED = "the worker process died while extracting this video, twice (a crash in the decoder?)"
+WORKER_DIED = "the worker process died while working on this video, twice (a crash in the decoder?)"
 
 
 @dataclass
@@ -179,7 +179,8 @@ def extract_flow(config: ExtractConfig, videos: str | os.PathLike, out: str | os
         workers = _worker_count(config, len(todo))
         jobs = [_job(entry, listing.root, out, config, device) for entry in todo]
         jobs.sort(key=lambda job: -os.stat(job.source).st_size if os.path.exists(job.source) else 0)
-        results = _run_with_progress(jobs, workers, progress, shard)
+        results = run_with_progress(jobs, extract_video, workers, progress, f"extract-flow {shard}" if shard else
+                                    "extract-flow", "pairs", config.backend)
         layout.remove_temporaries(out)  # of workers that died mid-video (their videos were redone)
         for result in results:  # a changed source that no longer extracts: its old flow must not stay
             if result.failure and result.video_id in stale:
@@ -212,11 +213,15 @@ def format_summary(summary: ExtractSummary) -> str:
     lines = [f"{summary.store}{shard}: {summary.extracted} extracted{stale}, {summary.skipped} already done, "
              f"{len(summary.failures)} failed of {summary.selected} videos; {summary.pairs} flow frames in "
              f"{summary.seconds:.1f} s ({rate:.1f} pairs/s, {summary.workers} workers)"]
-    for _, failure in sorted(summary.failures.items()):
-        lines.append(f"  failed: {failure['source']}: {failure['reason']}")
-    if summary.failures:
-        lines.append(f"  (listed in {Path(summary.store, layout.FAILURES)}; rerun the command to retry them)")
-    return "\n".join(lines)
+    return "\n".join(lines + failure_lines(summary.store, summary.failures))
+
+
+def failure_lines(store: str, failures: dict[str, dict[str, str]]) -> list[str]:
+    """The failed videos with their reasons, and where the list is kept, for a command's summary."""
+    lines = [f"  failed: {failure['source']}: {failure['reason']}" for _, failure in sorted(failures.items())]
+    if failures:
+        lines.append(f"  (listed in {Path(store, layout.FAILURES)}; rerun the command to retry them)")
+    return lines
 
 
 # -- the store's manifest ---------------------------------------------------------------------------------------
@@ -288,13 +293,16 @@ def library_versions(backend: str = "opencv") -> dict[str, str]:
 
 
 class ListedJob(Protocol):
-    """What the failure list needs of a job (an extraction's or an import's)."""
+    """What the pool and the failure list need of a job (an extraction's or an import's)."""
 
     @property
     def video_id(self) -> str: ...
 
     @property
     def relative_source(self) -> str: ...
+
+
+JobT = TypeVar("JobT", bound=ListedJob)
 
 
 def _updated_failures(out: Path, selected: set[str], results: list[VideoResult],
@@ -319,35 +327,47 @@ def _job(entry: VideoEntry, root: Path, out: Path, config: ExtractConfig, device
     )
 
 
-def _run_with_progress(jobs: list[VideoJob], workers: int, progress: bool, shard: Shard | None) -> list[VideoResult]:
+def run_with_progress(jobs: Sequence[JobT], work: Callable[[JobT], VideoResult], workers: int, progress: bool,
+                      label: str, counted: str, backend: str = "opencv") -> list[VideoResult]:
+    """``work`` on every job in spawned worker processes (extraction's and import's), with a bar of videos and the
+    rate of what a result's ``pairs`` counts (``counted``: pairs, frames)."""
     results: list[VideoResult] = []
-    pairs = 0
+    done = 0
     started = time.perf_counter()
-    label = f"extract-flow {shard}" if shard else "extract-flow"
     with progress_bar(total=len(jobs), unit="video", desc=label, disable=not progress or not jobs,
                       dynamic_ncols=True) as bar:
         def on_result(result: VideoResult) -> None:
-            nonlocal pairs
+            nonlocal done
             results.append(result)
-            pairs += result.pairs
-            bar.set_postfix_str(f"{pairs / max(time.perf_counter() - started, 1e-9):.1f} pairs/s", refresh=False)
+            done += result.pairs
+            bar.set_postfix_str(f"{done / max(time.perf_counter() - started, 1e-9):.1f} {counted}/s", refresh=False)
             bar.update(1)
 
-        _run_jobs(jobs, workers, on_result)
+        _run_jobs(jobs, _PoolWork(work, workers, backend, label), on_result)
     return results
 
 
-def _run_jobs(jobs: list[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> None:
+@dataclass(frozen=True)
+class _PoolWork(Generic[JobT]):
+    """What each pool runs: the function, how many workers, the TV-L1 backend they load, the command's name."""
+
+    work: Callable[[JobT], VideoResult]
+    workers: int
+    backend: str
+    label: str
+
+
+def _run_jobs(jobs: Sequence[JobT], pool_work: _PoolWork[JobT], on_result: Callable[[VideoResult], None]) -> None:
     """Run every job; a job in flight when a worker died is retried alone and fails if it kills a worker again."""
     queue = deque(jobs)
     while queue:
-        suspects = _run_pool(queue, workers, on_result)
+        suspects = _run_pool(queue, pool_work, pool_work.workers, on_result)
         if suspects and not _workers_can_start():
-            raise RuntimeError("extraction worker processes exit as soon as they start (their error is printed "
-                               "above); a script that extracts must be a file whose main code is guarded by "
+            raise RuntimeError(f"{pool_work.label} worker processes exit as soon as they start (their error is "
+                               "printed above); a script that runs it must be a file whose main code is guarded by "
                                "`if __name__ == '__main__':`")
         for job in suspects:
-            if _run_pool(deque([job]), 1, on_result):
+            if _run_pool(deque([job]), pool_work, 1, on_result):
                 on_result(VideoResult(job.video_id, 0, WORKER_DIED))
 
 
@@ -374,18 +394,19 @@ def _workers_can_start() -> bool:
             return False
 
 
-def _run_pool(queue: deque[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> list[VideoJob]:
+def _run_pool(queue: deque[JobT], pool_work: _PoolWork[JobT], workers: int,
+              on_result: Callable[[VideoResult], None]) -> list[JobT]:
     """Run queued jobs in a spawn-started pool until the queue is empty or a worker dies.
 
     Returns the jobs that were in flight when a worker died (empty when all went well). At most ``workers`` jobs
     are in flight, so those are exactly the suspects.
     """
-    with _spawn_pool(workers, queue[0].backend) as pool:
-        running: dict[Future[VideoResult], VideoJob] = {}
+    with _spawn_pool(workers, pool_work.backend) as pool:
+        running: dict[Future[VideoResult], JobT] = {}
         while queue or running:
             while queue and len(running) < workers:
                 job = queue.popleft()
-                running[pool.submit(extract_video, job)] = job
+                running[pool.submit(pool_work.work, job)] = job
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 try:
@@ -416,13 +437,18 @@ def _init_worker(parent: int, torch_threads: int) -> None:
 
 def extract_video(job: VideoJob) -> VideoResult:
     """Decode, resize, compute TV-L1 between consecutive frames, quantise, and write the video's file."""
+    return video_result(job, _extract)
+
+
+def video_result(job: JobT, run: Callable[[JobT], int]) -> VideoResult:
+    """What ``run(job)`` counted, as a result; a problem of the video itself (or OpenCV's) fails that video only."""
     try:
-        pairs = _extract(job)
+        count = run(job)
     except VideoError as exc:
         return VideoResult(job.video_id, 0, exc.problem)
     except cv2.error as exc:
         return VideoResult(job.video_id, 0, f"OpenCV error: {str(exc).strip().splitlines()[-1]}")
-    return VideoResult(job.video_id, pairs)
+    return VideoResult(job.video_id, count)
 
 
 def _extract(job: VideoJob) -> int:

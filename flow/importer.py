@@ -13,10 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +30,6 @@ from flow.progress import progress_bar
 
 ORIGIN = "import-frames"  # manifest["origin"] of an imported store (extracted stores have none)
 NO_QUANTIZATION = "none"  # the quantisation recorded for an RGB-only store, which has no flow codes
-WORKER_DIED = "the worker process died while importing this video (rerun to retry it)"
 
 
 @dataclass(frozen=True)
@@ -214,7 +210,7 @@ def import_frames(config: ImportConfig, root: str | os.PathLike, out: str | os.P
         all_jobs = [_job(folder, files, root, out, frames, preprocessing) for folder, files in selected.items()]
         jobs = sorted((job for job in all_jobs if job.video_id not in done), key=lambda job: -job.files)
         workers = max(1, min(config.workers or available_cpus(), len(jobs)))
-        results = _run_with_progress(jobs, workers, progress)
+        results = extract.run_with_progress(jobs, import_video, workers, progress, "import-frames", "frames")
         layout.remove_temporaries(out)
         failures = extract._updated_failures(out, {job.video_id for job in all_jobs}, results, jobs)
     return ImportSummary(
@@ -232,11 +228,7 @@ def format_summary(summary: ImportSummary) -> str:
     lines = [f"{summary.store}: {summary.imported} imported, {summary.skipped} already done, "
              f"{len(summary.failures)} failed of {summary.selected} video folders ({summary.layout} layout); "
              f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:.0f} frames/s, {summary.workers} workers)"]
-    for _, failure in sorted(summary.failures.items()):
-        lines.append(f"  failed: {failure['source']}: {failure['reason']}")
-    if summary.failures:
-        lines.append(f"  (listed in {Path(summary.store, layout.FAILURES)}; rerun the command to retry them)")
-    return "\n".join(lines)
+    return "\n".join(lines + extract.failure_lines(summary.store, summary.failures))
 
 
 # -- manifest and jobs ------------------------------------------------------------------------------------------
@@ -286,57 +278,9 @@ def _job(folder: Path, files: list[str], root: Path, out: Path, frames: FrameLay
 
 
 # -- running the jobs -------------------------------------------------------------------------------------------
-def _run_with_progress(jobs: list[ImportJob], workers: int, progress: bool) -> list[VideoResult]:
-    results: list[VideoResult] = []
-    frames = 0
-    started = time.perf_counter()
-    with progress_bar(total=len(jobs), unit="video", desc="import-frames", disable=not progress or not jobs,
-              dynamic_ncols=True) as bar:
-        def on_result(result: VideoResult) -> None:
-            nonlocal frames
-            results.append(result)
-            frames += result.pairs
-            bar.set_postfix_str(f"{frames / max(time.perf_counter() - started, 1e-9):.0f} frames/s", refresh=False)
-            bar.update(1)
-
-        _run_jobs(jobs, workers, on_result)
-    return results
-
-
-def _run_jobs(jobs: list[ImportJob], workers: int, on_result: Callable[[VideoResult], None]) -> None:
-    """At most ``workers`` videos in flight in extraction's spawn pool. A worker that dies (the OOM killer) fails
-    the videos in flight, which a rerun retries; the rest goes on in a fresh pool."""
-    queue = deque(jobs)
-    while queue:
-        running: dict[Future[VideoResult], ImportJob] = {}
-        with extract._spawn_pool(workers) as pool:
-            try:
-                while queue or running:
-                    while queue and len(running) < workers:
-                        job = queue.popleft()
-                        running[pool.submit(import_video, job)] = job
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        result = future.result()
-                        del running[future]
-                        on_result(result)
-            except BrokenProcessPool:
-                if not extract._workers_can_start():
-                    raise RuntimeError("import worker processes exit as soon as they start; a script that imports "
-                                       "must guard its main code with `if __name__ == '__main__':`") from None
-                for job in running.values():
-                    on_result(VideoResult(job.video_id, 0, WORKER_DIED))
-
-
 def import_video(job: ImportJob) -> VideoResult:
     """Check one folder (numbering, counts, JPEG files, sizes) and write its store file; a problem fails the video."""
-    try:
-        count = _import(job)
-    except VideoError as exc:
-        return VideoResult(job.video_id, 0, exc.problem)
-    except cv2.error as exc:
-        return VideoResult(job.video_id, 0, f"OpenCV error: {str(exc).strip().splitlines()[-1]}")
-    return VideoResult(job.video_id, count)
+    return extract.video_result(job, _import)
 
 
 class _ImportWriter(layout.VideoFileWriter):

@@ -147,13 +147,8 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
         raise InputError(root, "is not a flow store (not a folder)" if root.exists() else "no such flow store")
-    if not path.is_file():
-        raise InputError(root, f"is not a flow store (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = read_json_manifest(root, "flow store")
+    if manifest.get("format") != FORMAT:
         raise InputError(path, f"is not a flow store manifest (format is not {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(path, f"store format version {manifest.get('format_version')!r} is not supported "
@@ -161,6 +156,20 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(manifest.get("preprocessing"), dict) or not isinstance(manifest.get("source_root"), str):
         raise InputError(path, "is not a complete flow store manifest ('preprocessing' must be a table and "
                                "'source_root' a path)")
+    return manifest
+
+
+def read_json_manifest(root: str | os.PathLike, kind: str) -> dict[str, Any]:
+    """The JSON object in ``root``'s manifest (of a flow or feature store, named by ``kind`` in errors)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise InputError(root, f"is not a {kind} (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, f"is not a {kind} manifest (not a JSON object)")
     return manifest
 
 

@@ -56,8 +56,8 @@ class TVL1:
     def __init__(self, params: dict[str, Any]) -> None:
         # The module-level factory is the one name a test can replace to prove that no solver is made (the class's
         # own ``create`` cannot be replaced); it builds the same object, but OpenCV's stubs do not list it.
-        self._solver: cv2.optflow.DualTVL1OpticalFlow = cv2.optflow.DualTVL1OpticalFlow_create(  # type: ignore[attr-defined]
-            **params)
+        create = cv2.optflow.DualTVL1OpticalFlow_create  # type: ignore[attr-defined]
+        self._solver: cv2.optflow.DualTVL1OpticalFlow = create(**params)
 
     def __call__(self, previous: np.ndarray, following: np.ndarray) -> np.ndarray:
         """Flow (H, W, 2) float32 in pixels, channel 0 = x, 1 = y, with previous(x, y) ≈ following(x + u, y + v)."""

@@ -45,14 +45,33 @@ def _digest(folder: Path) -> dict[str, str]:
     return {path.relative_to(folder).as_posix(): kind(path) for path in sorted(folder.rglob("*"))}
 
 
+TINY_RC3D = RC3DConfig(layer="layer3", stride=4, buffer=16, anchor_scales=(2.0, 4.0), proposal_hidden=8, hidden=16,
+                       size=24, epochs=1, device="cpu")
+
+
 def _tiny_rc3d(store: Path, annotations: Path, out: Path) -> Path:
     """A real R-C3D detector, trained for one epoch with the smallest heads."""
     from pipelines.detection.rc3d import train_rc3d
 
-    config = RC3DConfig(layer="layer3", stride=4, buffer=16, anchor_scales=(2.0, 4.0), proposal_hidden=8, hidden=16,
-                        size=24, epochs=1, device="cpu")
-    train_rc3d(config, store, read_annotations(annotations, "val"), out, log=lambda line: None)
+    train_rc3d(TINY_RC3D, store, read_annotations(annotations, "val"), out, log=lambda line: None)
     return out
+
+
+def _edited_copy(model: Path, out: Path, edit: Callable[[dict], object]) -> Path:
+    """A copy of an R-C3D folder whose checkpoint ``edit`` changed."""
+    import torch
+
+    shutil.copytree(model, out)
+    payload = torch.load(out / "rc3d.pth", weights_only=True)
+    edit(payload)
+    torch.save(payload, out / "rc3d.pth")
+    return out
+
+
+def _at_bound_10(payload: dict) -> None:
+    """As if the detector's store had bounded its flow at 10 px, not 20."""
+    payload["preprocessing"] = payload["input"]["flow"] = {**payload["preprocessing"], "bound": 10.0}
+    payload.pop("preprocessing_hash")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +95,9 @@ def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespac
         setattr(c, name, root / f"{name}.toml")
         getattr(c, name).write_text(text)
     c.rc3d = _tiny_rc3d(c.store, c.annotations_json, root / "rc3d")
+    c.rc3d_bound_10 = _edited_copy(c.rc3d, root / "rc3d_bound_10", _at_bound_10)
+    c.rc3d_no_kwargs = _edited_copy(c.rc3d, root / "rc3d_no_kwargs", lambda p: p["detector"].pop("heads_kwargs"))
+    c.rc3d_unknown = _edited_copy(c.rc3d, root / "rc3d_unknown", lambda p: p["detector"].update(kind="yolo"))
     c.locked = root / "locked"
     c.locked.mkdir()
     (c.locked / "kept.txt").write_text("written before\n")
@@ -151,6 +173,23 @@ ROWS = [
         ["detect", "--model", "{rc3d}", "--out", "{out}/d.json", "--device", "cpu"],
         lambda c: [_path(c, "rc3d"), r"is an R-C3D model: give --store \(end to end\) or --features"],
         _kept("rc3d")),
+    Row("detect on a store of other preprocessing than the detector's",
+        ["detect", "--model", "{rc3d_bound_10}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        lambda c: [_path(c, "store"), r"was extracted with other preprocessing than the checkpoint was trained on: "
+                                      r"bound 10\.0 \(checkpoint\) vs 20\.0 \(store\)$"], _nothing_created),
+    Row("detect with a detector checkpoint lacking a field",
+        ["detect", "--model", "{rc3d_no_kwargs}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        lambda c: [re.escape(f"{c.rc3d_no_kwargs}/rc3d.pth"), "checkpoint's detector fields lack 'heads_kwargs'$"],
+        _nothing_created),
+    Row("detect with a detector checkpoint of an unknown kind",
+        ["detect", "--model", "{rc3d_unknown}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        lambda c: [re.escape(f"{c.rc3d_unknown}/rc3d.pth"), "checkpoint field 'detector' is of unknown kind 'yolo'$"],
+        _nothing_created),
+    Row("features on a store of other preprocessing than the checkpoint's",
+        ["features", "--checkpoint", "{rc3d_bound_10}/rc3d.pth", "--store", "{store}", "--out", "{out}/features",
+         "--device", "cpu"],
+        lambda c: [_path(c, "store"), r"was extracted with other preprocessing than the checkpoint was trained on: "
+                                      r"bound 10\.0 \(checkpoint\) vs 20\.0 \(store\)$"], _nothing_created),
     Row("synth into a folder with other files", ["synth", "{notes}", "--classes", "2", "--videos-per-class", "2"],
         lambda c: [_path(c, "notes"), "folder is not empty and not a synthetic dataset written by synth "
                                       r"\(found 'notes.txt'"], _kept("notes")),
@@ -314,3 +353,16 @@ def test_train_detector_help_shows_every_default(outcomes):
                           ("--seed", f"[default: {scnn.seed}]")]:
         help_text = re.search(re.escape(option) + r" [A-Z ]+ (.*?) \[x>", text)
         assert help_text and shown in help_text[1], (option, text)
+
+
+def test_a_detector_run_of_more_epochs_than_asked_is_refused(c, tmp_path):
+    from flow.errors import InputError
+    from pipelines.detection.rc3d import train_rc3d
+
+    out = _edited_copy(c.rc3d, tmp_path / "rc3d", lambda payload: payload.update(epoch=3))
+    before = _digest(out)
+    with pytest.raises(InputError) as caught:
+        train_rc3d(TINY_RC3D, c.store, read_annotations(c.annotations_json, "val"), out, log=lambda line: None)
+    assert str(caught.value) == (f"{out / 'rc3d.pth'}: holds 3 trained epochs, more than the 1 asked for; ask for at "
+                                 "least as many, or use a new --out folder")
+    assert _digest(out) == before

@@ -67,9 +67,10 @@ class _Sink:
 
 
 # what each field must hold, so a damaged or hand-made file is refused here rather than deep in a stage
-REQUIRED: dict[str, type | tuple[type, ...]] = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
-OPTIONAL: dict[str, type | tuple[type, ...]] = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)), "train_config": dict,
-            "epoch": int, "detector": dict, "run_key": str, "input": dict}
+FieldTypes = dict[str, type | tuple[type, ...]]
+REQUIRED: FieldTypes = {"arch": str, "model_kwargs": dict, "state_dict": dict, "stream": str, "classes": (list, tuple)}
+OPTIONAL: FieldTypes = {"preprocessing": (dict, type(None)), "preprocessing_hash": (str, type(None)),
+                        "train_config": dict, "epoch": int, "detector": dict, "run_key": str, "input": dict}
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except CheckpointError as exc:
         raise InputError(path, exc.problem) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(path, "not a mars-sta checkpoint (no 'format': 'mars-sta'); use load_pretrained for MARS files")
+        raise InputError(path, "not a mars-sta checkpoint (no 'format': 'mars-sta'); use load_pretrained for MARS "
+                               "files")
     version = payload.get("format_version", 0)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputError(path, f"checkpoint format {version!r} is newer than this mars-sta reads"
@@ -292,8 +294,10 @@ def _detector_fields(path: Path, payload: dict[str, Any], version: int) -> tuple
         if kind == "rc3d":
             return epoch, RC3DExtras(dict(fields["heads"]), dict(fields["heads_kwargs"]), dict(fields["reads"]),
                                      dict(fields["rc3d_config"]), str(fields["features_checkpoint_sha256"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(path, f"detector fields are damaged: {exc}") from None
+    except KeyError as exc:
+        raise InputError(path, f"checkpoint's detector fields lack {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"checkpoint's detector fields are damaged: {str(exc)[:120]}") from None
     raise InputError(path, f"checkpoint field 'detector' is of unknown kind {fields.get('kind')!r}")
 
 

@@ -23,7 +23,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from flow.atomic import write_text_atomic
-from pipelines.core.checkpoint import Checkpoint, restore_resume_state, resume_state, save_checkpoint
+from flow.errors import InputError
+from pipelines.core.checkpoint import (Checkpoint, load_checkpoint, restore_resume_state, resume_state,
+                                       save_checkpoint)
 from pipelines.core.device import autocast
 from pipelines.core.distributed import DistContext, all_reduce_sum, barrier
 
@@ -84,6 +86,29 @@ class LoopSettings:
     amp: torch.dtype | None = None
     metrics: Path | None = None  # the JSON-lines log, one row per epoch, when the stage keeps one
     history: list[dict[str, Any]] = field(default_factory=list)  # the rows of the epochs already trained
+
+
+def check_resumable(checkpoint: Checkpoint, epochs: int, key: str | None = None) -> None:
+    """Refuse to continue a checkpoint of another run (``key``: its ``run_key``, when the stage checks it here) or
+    one that has trained more epochs than asked for."""
+    if key is not None and checkpoint.run_key != key:
+        raise InputError(checkpoint.path, "was trained with another config or other inputs; use another --out or "
+                                          "delete it")
+    if checkpoint.epoch > epochs:
+        raise InputError(checkpoint.path, f"holds {checkpoint.epoch} trained epochs, more than the {epochs} asked "
+                                          "for; ask for at least as many, or use a new --out folder")
+
+
+def resume_if_any(path: Path, task: TrainingTask, epochs: int, key: str,
+                  load_weights: Callable[[Checkpoint], None]) -> int:
+    """The epochs already trained in ``path`` (0 when there is none), its weights and states restored once it is
+    known to be this run's."""
+    if not path.is_file():
+        return 0
+    checkpoint = load_checkpoint(path)
+    check_resumable(checkpoint, epochs, key)
+    load_weights(checkpoint)
+    return restore(checkpoint, task)
 
 
 def restore(checkpoint: Checkpoint, task: TrainingTask) -> int:

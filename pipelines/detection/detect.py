@@ -64,8 +64,11 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
         raise InputError(store_path, f"{len(missing)} video(s) to detect in are not in the store, e.g. {missing[0]!r}")
     for video in videos:  # each file opens and is whole before the first is scored
         store.num_frames(video)
-    clips = WindowClips(store, stream_spec(trained.stream).test_clips, trained.frames, trained.size,
-                        trained.normalization, False)
+    for loaded in (proposal_checkpoint, localization_checkpoint):
+        loaded.check_input(loaded.reading(store.preprocessing), store_path)
+    reading = localization_checkpoint.reading(store.preprocessing)
+    clips = WindowClips(store, stream_spec(trained.stream).test_clips, reading.frames, reading.size,
+                        reading.normalization, False)
     classes = localization_checkpoint.classes
     started = time.perf_counter()
     results, timelines = {}, {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pipelines.core.distributed import DistContext, average_gradients, init_dist
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage_manifest
 from pipelines.core.stream_specs import StreamName
-from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
+from pipelines.core.training import LoopSettings, MicroBatch, resume_if_any, run_epochs
 from pipelines.data.clips import NORMALIZATIONS, Normalization
 from pipelines.data.annotations import SUBSET_NAMES, Annotations
 from pipelines.data.annotations import fps_of
@@ -269,7 +270,7 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
                          out / MODEL, key, features)
         run_epochs(task, LoopSettings(epochs=config.epochs, accumulate=config.accumulate, context=context,
                                       device=device, out=out, say=log if context.is_main else lambda line: None),
-                   _resume(task))
+                   resume_if_any(task.path, task, config.epochs, key, partial(_load_weights, model)))
         if context.is_main:
             write_json_atomic(out / "manifest.json", {**manifest, "classes": truth.classes,
                                                       "processes": context.world_size,
@@ -341,9 +342,12 @@ class _RC3DTask:
                             config_to_dict(config),
                             file_sha256(config.pretrained) if self.features is not None and config.pretrained else "")
         return Checkpoint.make(self.path, arch=backbone.arch, model_kwargs=backbone.build_kwargs,
-                               state_dict=backbone.state_dict(), stream=str(StreamName(config.stream, sta=bool(config.sta))),
+                               state_dict=backbone.state_dict(),
+                               stream=str(StreamName(config.stream, sta=bool(config.sta))),
                                classes=self.classes, epoch=epochs_done, run_key=self.key, detector=extras,
-                               train_config={"normalization": config.normalization})
+                               train_config={"normalization": config.normalization},
+                               preprocessing=self.store.preprocessing,
+                               preprocessing_hash=config_hash(self.store.preprocessing))
 
     def best(self, row: dict[str, Any]) -> Path | None:
         return None
@@ -395,17 +399,12 @@ def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
             "dropout": heads.classification.body[2].p}
 
 
-def _resume(task: _RC3DTask) -> int:
-    """The epochs already trained, when ``rc3d.pth`` was written by the same config and inputs."""
-    if not task.path.is_file():
-        return 0
-    checkpoint = load_checkpoint(task.path)
-    if checkpoint.run_key != task.key:
-        raise InputError(task.path, "was trained with another config or other inputs; use another --out or delete "
-                                    "it")
-    task.model.backbone.load_state_dict(checkpoint.state_dict)
-    task.model.heads.load_state_dict(rc3d_extras(checkpoint).heads)
-    return restore(checkpoint, task)
+
+
+def _load_weights(model: RC3D, checkpoint: Checkpoint) -> None:
+    """The backbone's and the heads' weights of a run being continued."""
+    model.backbone.load_state_dict(checkpoint.state_dict)
+    model.heads.load_state_dict(rc3d_extras(checkpoint).heads)
 
 
 def load_rc3d(path: Path) -> tuple[RC3D, Checkpoint]:

@@ -86,6 +86,9 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     trained = rc3d_config_of(checkpoint)
     source = _map_source(model, model_dir / MODEL, rc3d_extras(checkpoint).features_checkpoint_sha256, store_path,
                          features, device)
+    preprocessing = source[0].preprocessing if isinstance(source[0], FlowStore) else \
+        source[0].manifest.get("preprocessing")
+    checkpoint.check_input(checkpoint.reading(preprocessing), store_path if features is None else features)
     missing = [v for v in videos if v not in source[0]]
     if missing:
         raise InputError(features or store_path, f"{len(missing)} video(s) to detect in are not in it, e.g. "

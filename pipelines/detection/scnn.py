@@ -44,7 +44,7 @@ from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import config_hash, fingerprint, stage_manifest
-from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
+from pipelines.core.training import LoopSettings, MicroBatch, resume_if_any, run_epochs
 
 NETWORKS = ("proposal", "localization")
 STREAMS = ("rgb", "flow", "mars")
@@ -263,7 +263,7 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
         run.teacher = load_teacher(teacher / f"{network}.pth", config, run.classes, run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     task = _NetworkTask(run, model, optimizer, out / f"{network}.pth", key)
-    first = _resume(task)
+    first = resume_if_any(task.path, task, config.epochs, key, lambda loaded: model.load_state_dict(loaded.state_dict))
     student: torch.nn.Module = LogitsAndFeatures(model)
     if run.context.active:
         student = DistributedDataParallel(student, device_ids=[run.device.index] if run.device.type == "cuda"
@@ -322,7 +322,8 @@ class _NetworkTask:
             self.path, arch=model.arch, model_kwargs=model.build_kwargs, state_dict=model.state_dict(),
             stream=str(StreamName(config.stream, sta=network == "localization" and bool(config.sta))),
             classes=self.run.classes, epoch=epochs_done, run_key=self.key,
-            detector=SCNNExtras(network, config_to_dict(config)))
+            detector=SCNNExtras(network, config_to_dict(config)), preprocessing=self.run.clips.store.preprocessing,
+            preprocessing_hash=config_hash(self.run.clips.store.preprocessing))
 
     def best(self, row: dict[str, Any]) -> Path | None:
         return None
@@ -368,16 +369,6 @@ def _loss(run: _Training, student: torch.nn.Module, part: np.ndarray) -> torch.T
     return loss
 
 
-def _resume(task: _NetworkTask) -> int:
-    """The epochs already trained, when the network's checkpoint was written by the same config and inputs."""
-    if not task.path.is_file():
-        return 0
-    checkpoint = load_checkpoint(task.path)
-    if checkpoint.run_key != task.key:
-        raise InputError(task.path, "was trained with another config or other inputs; use another --out or delete "
-                                    "it")
-    task.model.load_state_dict(checkpoint.state_dict)
-    return restore(checkpoint, task)
 
 
 def detector_config_of(checkpoint: Checkpoint) -> DetectorConfig:

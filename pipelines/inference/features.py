@@ -38,7 +38,7 @@ from flow.merge import link_or_copy
 from flow.progress import progress_bar
 from flow.shard import parse_shard
 from flow.store import (MANIFEST, TEMP_MARK, FlowStore, StoreLock, finished_ids, is_dangling_link,
-                        remove_temporaries, video_path, write_json_atomic)
+                        read_json_manifest, remove_temporaries, video_path, write_json_atomic)
 from pipelines.core.checkpoint import Checkpoint, load_checkpoint
 from pipelines.core.config import build_config, check_at_least, read_toml
 from pipelines.core.device import resolve_device
@@ -112,10 +112,12 @@ class BackboneInput:
 
     @classmethod
     def of(cls, checkpoint: Checkpoint, store: FlowStore, config: FeaturesConfig) -> BackboneInput:
-        """What ``checkpoint`` was trained to read (a recognition or a detector checkpoint) with ``config``."""
-        return cls(checkpoint.spec.test_clips, checkpoint.sample_size,
-                   Normalization.named(checkpoint.normalization, store.bound), config.stride, config.buffer,
-                   config.layer)
+        """What ``checkpoint`` was trained to read (a recognition or a detector checkpoint) with ``config``, once
+        ``store`` is known to hold what it was trained on."""
+        reading = checkpoint.reading(store.preprocessing)
+        checkpoint.check_input(reading, store.root)
+        return cls(checkpoint.spec.test_clips, reading.size, Normalization.named(reading.normalization, store.bound),
+                   config.stride, config.buffer, config.layer)
 
     def buffer_clip(self, store: FlowStore, video: str, first: int, stop: int) -> torch.Tensor:
         """Sampled steps ``first:stop`` of ``video`` as one clip (C, T, size, size)."""
@@ -304,15 +306,9 @@ def _write_video(final: Path, feature_map: torch.Tensor, attrs: dict[str, Any]) 
 
 def read_feature_manifest(root: Path) -> dict[str, Any]:
     """The manifest of a feature store; InputError when ``root`` is not one."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise InputError(root, f"is not a feature store (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("key"), str):
-        raise InputError(path, f"is not a feature store manifest (format is not {FORMAT!r})")
+    manifest = read_json_manifest(root, "feature store")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("key"), str):
+        raise InputError(Path(root) / MANIFEST, f"is not a feature store manifest (format is not {FORMAT!r})")
     return manifest
 
 

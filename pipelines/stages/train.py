@@ -43,7 +43,7 @@ from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_redu
 from pipelines.core.lock import folder_lock
 from pipelines.core.manifest import stage_key, stage_manifest
 from pipelines.core.stream_specs import STREAM_SPECS, StreamName, stream_spec
-from pipelines.core.training import LoopSettings, MicroBatch, restore, run_epochs
+from pipelines.core.training import LoopSettings, MicroBatch, check_resumable, restore, run_epochs
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "step", "onecycle", "cosine", "none")
@@ -538,9 +538,7 @@ def _resume(run: _Run, task: _RecognitionTask, last_path: Path, say: Callable[[s
                                         f"{', '.join(EXTENDABLE_SCHEDULES)}); use a new --out folder")
         raise InputError(last_path, "was written by another config or other inputs; use a new --out folder or "
                                     "delete it to start over")
-    if checkpoint.epoch > config.epochs:
-        raise InputError(last_path, f"holds {checkpoint.epoch} trained epochs, more than the {config.epochs} asked "
-                                    "for; ask for at least as many, or use a new --out folder")
+    check_resumable(checkpoint, config.epochs)
     extended = _previous_extensions(last_path.parent)
     if planned != config.epochs:
         extended.append({"from_epochs": planned, "to_epochs": config.epochs, "at_epoch": checkpoint.epoch,
