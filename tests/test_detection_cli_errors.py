@@ -89,7 +89,11 @@ def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespac
     c.loop_file = c.loop_store / "videos" / f"{LOOP}.h5"
     c.loop_file.unlink()
     c.loop_file.symlink_to(c.loop_file.name)
+    first, second = read_annotations(c.annotations_json, "test").classes[:2]
+    c.parents = (first, second)
     for name, text in {"detector_toml": SCNN_TOML,
+                       "parents_toml": f'[detection.detect]\nparent_classes = {{{first} = "{second}"}}\n',
+                       "thumos_parents_toml": '[detection.detect]\nparent_classes = {CliffDiving = "Diving"}\n',
                        "tiny_toml": tiny_train_toml().replace("epochs = 2", "epochs = 1"),
                        "bad_sta_toml": '[detection.train]\nsta = "layer9"\n'}.items():
         setattr(c, name, root / f"{name}.toml")
@@ -190,6 +194,11 @@ ROWS = [
          "--device", "cpu"],
         lambda c: [_path(c, "store"), r"was extracted with other preprocessing than the checkpoint was trained on: "
                                       r"bound 10\.0 \(checkpoint\) vs 20\.0 \(store\)$"], _nothing_created),
+    Row("detect with a parent class the detector lacks",
+        ["detect", "--model", "{model}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu",
+         "--config", "{thumos_parents_toml}"],
+        lambda c: [re.escape(f"{c.model}/localization.pth"), "parent_classes names 'CliffDiving', which is not one "
+                                                              "of its classes"], _nothing_created, needs_model=True),
     Row("synth into a folder with other files", ["synth", "{notes}", "--classes", "2", "--videos-per-class", "2"],
         lambda c: [_path(c, "notes"), "folder is not empty and not a synthetic dataset written by synth "
                                       r"\(found 'notes.txt'"], _kept("notes")),
@@ -217,6 +226,9 @@ RUNS = {  # name: (arguments, needs the S-CNN detector)
     "train-detector": (_train_detector(*TINY_SCNN, out="{model}"), False),
     "detect": (["detect", "--model", "{model}", "--store", "{store}", "--annotations", "{annotations_json}",
                 "--out", "{out}/d.json", "--proposal-threshold", "0", "--device", "cpu"], True),
+    "detect with parent classes": (["detect", "--model", "{model}", "--store", "{store}", "--annotations",
+                                    "{annotations_json}", "--out", "{out}/d.json", "--proposal-threshold", "0",
+                                    "--device", "cpu", "--config", "{parents_toml}"], True),
     "features": (["features", "--checkpoint", "{rc3d}/rc3d.pth", "--store", "{store}", "--out", "{out}/features",
                   "--layer", "layer3", "--stride", "4", "--buffer", "16", "--device", "cpu"], False),
     "train": (["train", "--config", "{tiny_toml}", "--stream", "flow", "--store", "{trimmed_store}", "--out",
@@ -366,3 +378,13 @@ def test_a_detector_run_of_more_epochs_than_asked_is_refused(c, tmp_path):
     assert str(caught.value) == (f"{out / 'rc3d.pth'}: holds 3 trained epochs, more than the 1 asked for; ask for at "
                                  "least as many, or use a new --out folder")
     assert _digest(out) == before
+
+
+def test_a_child_class_detection_is_also_one_of_its_parent(c, outcomes):
+    child, parent = c.parents
+    plain = json.loads((_succeeded(outcomes, "detect")[2] / "d.json").read_text())["results"]
+    both = json.loads((_succeeded(outcomes, "detect with parent classes")[2] / "d.json").read_text())["results"]
+    for video, found in plain.items():
+        copies = [{**d, "label": parent} for d in found if d["label"] == child]
+        assert sorted(both[video], key=json.dumps) == sorted(found + copies, key=json.dumps)
+    assert any(d["label"] == child for found in plain.values() for d in found)

@@ -45,6 +45,7 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
     detection = plan.detection
     assert not plan.recognition and detection.config.protocol == "thumos14" and detection.extract.fps == 25
     assert detection.config.tiou == (0.1, 0.2, 0.3, 0.4, 0.5) and list(detection.train) == ["s-cnn", "sta-s-cnn"]
+    assert detection.detect.parent_classes == detection.rc3d_detect.parent_classes == {"CliffDiving": "Diving"}
     plain, sta = detection.train["s-cnn"], detection.train["sta-s-cnn"]
     assert plain.sta is None and sta.sta == "layer4:bn" and sta.subset == "val"
     assert (sta.window_lengths, sta.window_overlap, sta.frames) == ((16, 32, 64, 128, 256, 512), 0.75, 16)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from pipelines.core.stream_specs import stream_spec
 from pipelines.data.annotations import fps_of
 from pipelines.detection.clips import WindowClips
 from pipelines.detection.scnn import detector_config_of
-from pipelines.detection.windows import clip_indices, sliding_windows, temporal_nms
+from pipelines.detection.windows import (check_parent_classes, check_parent_classes_known, clip_indices,
+                                        sliding_windows, temporal_nms, with_parent_classes)
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import stage_manifest
 
@@ -33,11 +34,13 @@ class DetectConfig:
     nms_threshold: float = 0.4  # per-class NMS; S-CNN uses 0.1 below the evaluation tIoU
     batch_size: int = 64
     device: str = "auto"
+    parent_classes: dict[str, str] = field(default_factory=dict)  # each detection of a key class also as its value
 
     def __post_init__(self) -> None:
         if not 0 <= self.proposal_threshold <= 1 or not 0 <= self.nms_threshold <= 1:
             raise InputError(None, "proposal_threshold and nms_threshold must be in [0, 1]")
         check_at_least(batch_size=(self.batch_size, 1))
+        check_parent_classes(self.parent_classes)
 
 
 def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, config: DetectConfig = DetectConfig(),
@@ -70,12 +73,14 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
     clips = WindowClips(store, stream_spec(trained.stream).test_clips, reading.frames, reading.size,
                         reading.normalization, False)
     classes = localization_checkpoint.classes
+    check_parent_classes_known(config.parent_classes, classes, localization_checkpoint.path)
     started = time.perf_counter()
     results, timelines = {}, {}
     for video in progress_bar(videos, disable=not progress, desc="detect", unit="video", leave=False):
         timelines[video] = TemporalWeights(store.num_frames(video) - 1)
-        results[video] = _detect_video(video, store, clips, proposal.to(device), localization.to(device), classes,
-                                       trained, config, device, timelines[video])
+        results[video] = with_parent_classes(_detect_video(
+            video, store, clips, proposal.to(device), localization.to(device), classes, trained, config, device,
+            timelines[video]), config.parent_classes)
     if trained.sta:  # STA's temporal weights along each video, for the report's timelines
         with atomic_output(out.with_name("sta_timelines.npz")) as handle:
             np.savez_compressed(handle, **{v: t.values() for v, t in timelines.items()})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from pipelines.core.manifest import file_sha256, stage_manifest
 from pipelines.data.annotations import fps_of
 from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_config_of, rc3d_extras
 from pipelines.detection.rc3d_targets import proposals
-from pipelines.detection.windows import temporal_nms
+from pipelines.detection.windows import (check_parent_classes, check_parent_classes_known, temporal_nms,
+                                        with_parent_classes)
 from pipelines.inference.features import FeatureStore, video_map
 
 
@@ -35,10 +36,12 @@ class RC3DDetectConfig:
     nms_threshold: float = 0.4  # per-class NMS (R-C3D's port: 0.4; 0.1 below the evaluation tIoU)
     score_threshold: float = 0.005  # class probabilities below it are not detections
     device: str = "auto"
+    parent_classes: dict[str, str] = field(default_factory=dict)  # each detection of a key class also as its value
 
     def __post_init__(self) -> None:
         if not 0 <= self.nms_threshold <= 1 or not 0 <= self.score_threshold <= 1:
             raise InputError(None, "nms_threshold and score_threshold must be in [0, 1]")
+        check_parent_classes(self.parent_classes)
 
 
 @torch.no_grad()
@@ -96,11 +99,13 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     if isinstance(source[0], FlowStore):  # each file opens and is whole before the first is detected in
         for video in videos:
             source[0].num_frames(video)
+    check_parent_classes_known(config.parent_classes, checkpoint.classes, checkpoint.path)
     started, results = time.perf_counter(), {}
     for video in videos:
         feature_map, bounds, frames_per_step, fps, grid = source[1](video)
-        results[video] = _video_detections(model, feature_map.to(device), bounds, trained, config,
-                                           frames_per_step, fps, grid, checkpoint.classes)
+        results[video] = with_parent_classes(_video_detections(
+            model, feature_map.to(device), bounds, trained, config, frames_per_step, fps, grid, checkpoint.classes),
+            config.parent_classes)
     manifest = stage_manifest("detect", {"detector": "rc3d", **config_to_dict(config)},
                               {"model": model_dir / MODEL, "store": store_path, "features": features})
     write_json_atomic(out, {"version": "VERSION 1.3", "results": results,

@@ -5,10 +5,13 @@ so the RGB and Flow streams see the same frames, as for recognition. A window is
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from flow.errors import InputError
 from pipelines.scoring.detection_map import segment_tiou
 
 SCNN_LENGTHS = (16, 32, 64, 128, 256, 512)  # S-CNN's window lengths, frames
@@ -81,3 +84,26 @@ def temporal_nms(segments: np.ndarray, scores: np.ndarray, threshold: float, lim
         following = np.flatnonzero(alive[position + 1:])
         position = position + 1 + int(following[0]) if len(following) else len(order)
     return np.asarray(kept, np.int64)
+
+
+def check_parent_classes(parents: Mapping[str, str]) -> None:
+    """``parent_classes`` maps a class to another (``{CliffDiving = "Diving"}``), never to itself."""
+    if any(not isinstance(value, str) or value == key for key, value in parents.items()):
+        raise InputError(None, f"parent_classes must map a class name to another class name, got {dict(parents)}")
+
+
+def check_parent_classes_known(parents: Mapping[str, str], classes: Sequence[str], model: Path) -> None:
+    """Every class ``parent_classes`` names must be one the detector knows (a typo would silently do nothing)."""
+    unknown = [name for pair in parents.items() for name in pair if name not in classes]
+    if unknown:
+        raise InputError(model, f"parent_classes names {unknown[0]!r}, which is not one of its classes "
+                                f"({', '.join(classes)})")
+
+
+def with_parent_classes(found: list[dict[str, Any]], parents: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each detection of a class in ``parents`` also as one of its parent, best score first: THUMOS'14 annotates
+    every CliffDiving instance as a Diving instance too, so its practice scores each CliffDiving detection for
+    Diving as well."""
+    extra = [{**found_one, "label": parents[found_one["label"]]} for found_one in found
+             if found_one["label"] in parents]
+    return sorted(found + extra, key=lambda d: -d["score"]) if extra else found
