@@ -79,7 +79,8 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
 def run_detection_demos(out: Path, seeds: Sequence[int], config_path: Path | None = None,
                         log: Callable[[str], None] = print) -> dict[str, Any]:
     """The demo for each seed; with several, each runs in ``out/seed-S`` and ``out/detection/report.json`` holds
-    Table VI as mean ± sd over them (``pipelines.report.detection_summary.combine_seeds``), drawn in ``report.md``/``.html``.
+    Table VI as mean ± sd over them (``pipelines.report.detection_summary.combine_seeds``), drawn in
+    ``report.md``/``.html``.
 
     Args:
         out: the demo folder.
