@@ -23,7 +23,7 @@ ANY_PATH = click.Path(path_type=Path)
 @click.option("--split", type=POSITIVE_INT, help="Split number (1-3).")
 @click.option("--splits", type=ANY_PATH, help="Split files (folder) or CSV; default: splits/ beside the videos.")
 @click.option("--out", required=True, type=WRITABLE_FOLDER,
-              help="Output folder: last.pth, best.pth, metrics.jsonl.")
+              help="Output folder: last.pth, best.pth, metrics.jsonl (and tensorboard/ when installed).")
 @click.option("--config", "config_path", type=EXISTING_FILE, help="TOML file with [train] options.")
 @click.option("--pretrained", type=EXISTING_FILE, help="Fine-tune from this checkpoint (MARS/3D-ResNets or ours).")
 @click.option("--teacher", type=EXISTING_FILE, help="Frozen flow-stream checkpoint (required by --stream mars).")

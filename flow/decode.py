@@ -48,16 +48,17 @@ class FrameCoding:
     jpeg_quality: int | None = 95
 
     @classmethod
-    def of_store(cls, preprocessing: dict[str, Any], batch_pairs: int = 16) -> FrameCoding:
+    def of_store(cls, preprocessing: dict[str, Any], batch_pairs: int = 16, flow: bool = True) -> FrameCoding:
         """The coding a store's recorded preprocessing describes. Stores of older versions (no backend recorded)
         used OpenCV; imported stores record no TV-L1 and get OpenCV's defaults. A torch backend recorded as run on
         CUDA runs on CUDA, and is refused without one: CPU flow differs slightly, and extraction does not mix them.
+        Without ``flow`` (frames only) the TV-L1 backend is never used, so it is not asked for.
         """
-        backend = preprocessing.get("tvl1_backend", "opencv")
+        backend = preprocessing.get("tvl1_backend", "opencv") if flow else "opencv"
         if backend not in BACKENDS:
             raise InputError(None, f"records an unknown TV-L1 backend {backend!r} (known: {', '.join(BACKENDS)})")
         device = "cpu"
-        if backend == "torch" and preprocessing.get("tvl1_device", "cpu") == "cuda":
+        if flow and backend == "torch" and preprocessing.get("tvl1_device", "cpu") == "cuda":
             try:
                 device = resolve_device(backend, "cuda")
             except InputError:
@@ -111,7 +112,7 @@ def stored_frames(frames: Iterable[np.ndarray], coding: FrameCoding, jpeg: bool 
     held: StoredFrame | None = None
     for bgr in frames:
         ready = solver.push(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)) if solver else NO_CODES
-        current = StoredFrame(bgr, coding.encode(bgr) if jpeg else None, coding.codes(ready))
+        current = StoredFrame(bgr, coding.encode(bgr) if jpeg else None, coding.codes(ready) if solver else NO_CODES)
         if held is not None:
             yield held
         held = current

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import cv2
 import h5py
@@ -33,7 +33,7 @@ from flow.decode import FrameCoding, stored_frames
 from flow.errors import InputError, VideoError
 from flow.progress import progress_bar
 from flow.quantize import QUANTIZATIONS
-from flow.shard import Shard, parse_shard, resolve_shard
+from flow.shard import parse_shard, resolve_shard
 from flow.tvl1 import BACKEND_CLASSES, BACKENDS, PRESETS, check_device_name, device_kind, preset_params, resolve_device
 from flow.video import RESIZE_INTERPOLATION, VideoEntry, VideoReader, find_videos
 

@@ -26,7 +26,6 @@ from flow import extract
 from flow import store as layout
 from flow.errors import InputError, VideoError
 from flow.extract import VideoResult, available_cpus, library_versions
-from flow.progress import progress_bar
 
 ORIGIN = "import-frames"  # manifest["origin"] of an imported store (extracted stores have none)
 NO_QUANTIZATION = "none"  # the quantisation recorded for an RGB-only store, which has no flow codes

@@ -3,7 +3,7 @@
 In the spirit of timm's ``PretrainedCfg``: a network's weights mean something only for clips made the way they were
 trained on (the stream, the clip's frames and side, the pixel and flow scale, and for flow the TV-L1 backend and
 its parameters). The registry gives each architecture's usual input; a checkpoint records the one it was trained
-with, and every path that feeds frames to a network checks its own against it first.
+with, and every path that feeds frames to a trained network checks what it feeds against it first.
 """
 from __future__ import annotations
 

@@ -102,6 +102,7 @@ def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespac
     c.rc3d_bound_10 = _edited_copy(c.rc3d, root / "rc3d_bound_10", _at_bound_10)
     c.rc3d_no_kwargs = _edited_copy(c.rc3d, root / "rc3d_no_kwargs", lambda p: p["detector"].pop("heads_kwargs"))
     c.rc3d_unknown = _edited_copy(c.rc3d, root / "rc3d_unknown", lambda p: p["detector"].update(kind="yolo"))
+    c.rc3d_bad_input = _edited_copy(c.rc3d, root / "rc3d_bad_input", lambda p: p["input"].update(crop="centre"))
     c.locked = root / "locked"
     c.locked.mkdir()
     (c.locked / "kept.txt").write_text("written before\n")
@@ -189,6 +190,10 @@ ROWS = [
         ["detect", "--model", "{rc3d_unknown}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
         lambda c: [re.escape(f"{c.rc3d_unknown}/rc3d.pth"), "checkpoint field 'detector' is of unknown kind 'yolo'$"],
         _nothing_created),
+    Row("detect with a damaged input description",
+        ["detect", "--model", "{rc3d_bad_input}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        lambda c: [re.escape(f"{c.rc3d_bad_input}/rc3d.pth"), "checkpoint field 'input' is damaged: unknown input "
+                                                             "description keys: crop$"], _nothing_created),
     Row("features on a store of other preprocessing than the checkpoint's",
         ["features", "--checkpoint", "{rc3d_bound_10}/rc3d.pth", "--store", "{store}", "--out", "{out}/features",
          "--device", "cpu"],

@@ -157,6 +157,8 @@ def _format_1_resumes_at_its_next_epoch(data, straight):
     path = data / "format1" / "rc3d.pth"
     payload = torch.load(path, weights_only=True)
     detector = payload.pop("detector")
+    for key in ("input", "preprocessing", "preprocessing_hash"):  # format 2 added them
+        payload.pop(key)
     payload.update(format_version=1, epoch=payload["epoch"] - 1, heads=detector["heads"],
                    features_checkpoint_sha256=detector["features_checkpoint_sha256"],
                    **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads", "rc3d_config")})

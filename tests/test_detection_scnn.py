@@ -121,6 +121,8 @@ def _as_format_1(path):
     """Rewrite a detector checkpoint as format 1 wrote it: JSON strings at the top, the epoch's 0-based index."""
     payload = torch.load(path, weights_only=True)
     detector = payload.pop("detector")
+    for key in ("input", "preprocessing", "preprocessing_hash"):  # format 2 added them
+        payload.pop(key)
     payload.update(format_version=1, epoch=payload["epoch"] - 1, network=detector["network"],
                    detector_config=json.dumps(detector["detector_config"]), epochs=payload["epoch"])
     torch.save(payload, path)

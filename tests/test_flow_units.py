@@ -203,3 +203,14 @@ def test_extract_config_rejects_bad_values_in_one_line():
     with pytest.raises(InputError, match="--shard"):
         ExtractConfig(shard="2/2")
     assert ExtractConfig().preprocessing()["tvl1"] == OPENCV_DEFAULTS
+
+
+def test_frames_of_an_rgb_only_store_decode_without_any_flow():
+    # an import-frames store of RGB only records quantization "none": nothing may try to quantise
+    from flow.decode import FrameCoding, stored_frames
+
+    coding = FrameCoding.of_store({"bound": 20.0, "quantization": "none", "tvl1_backend": "torch",
+                                   "tvl1_device": "cuda", "jpeg_quality": 95}, flow=False)
+    frames = [np.full((8, 8, 3), value, np.uint8) for value in (10, 20, 30)]
+    stored = list(stored_frames(frames, coding, flow=False))
+    assert [len(s.flow_codes) for s in stored] == [0, 0, 0] and all(s.jpeg is not None for s in stored)

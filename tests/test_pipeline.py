@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,8 +132,10 @@ def test_a_finished_run_extended_with_more_epochs_equals_a_longer_run(synth_stor
             config = TrainConfig(**{**TINY_TRAIN, **schedules[schedule], "stream": "rgb", "epochs": epochs})
             train(config, TrainPaths(store=synth_store.store, out=tmp_path / out))
         assert first.result().returncode == 0, first.result().stderr
-        extended, refused, fewer = pool.map(lambda job: train_cli(*job), [
-            ("plateau", "extended", 3), ("onecycle", "cycle", 2), ("plateau", "whole", 2)])
+        shutil.copytree(tmp_path / "whole", tmp_path / "copied")  # best.pth copied over last.pth by hand
+        shutil.copy(tmp_path / "copied" / "best.pth", tmp_path / "copied" / "last.pth")
+        extended, refused, fewer, copied = pool.map(lambda job: train_cli(*job), [
+            ("plateau", "extended", 3), ("onecycle", "cycle", 2), ("plateau", "whole", 2), ("plateau", "copied", 3)])
 
     assert extended.returncode == 0, extended.stderr
     assert "extending rgb from 2 to 3 epochs" in extended.stdout and "resuming rgb from epoch 2" in extended.stdout
@@ -154,6 +157,8 @@ def test_a_finished_run_extended_with_more_epochs_equals_a_longer_run(synth_stor
     assert fewer.returncode == 2 and fewer.stderr.splitlines() == [
         f"error: {tmp_path / 'whole' / 'last.pth'}: holds 3 trained epochs, more than the 2 asked for; ask for at "
         "least as many, or use a new --out folder"]
+    assert copied.returncode == 2 and copied.stderr.splitlines() == [
+        f"error: {tmp_path / 'copied' / 'last.pth'}: holds no optimizer state to resume from"]
 
 
 def test_run_twice_runs_nothing_the_second_time(tmp_path):

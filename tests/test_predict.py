@@ -209,3 +209,12 @@ def test_a_checkpoint_of_cuda_tvl1_flow_is_refused_without_cuda(flow_teacher, te
         f"error: {checkpoint}: its flow was computed by the torch TV-L1 on CUDA and torch sees no CUDA device here "
         "(flow computed on the CPU differs slightly, so it is not used instead)"]
     assert checkpoint.read_bytes() == before
+
+
+def test_a_checkpoint_that_needs_no_flow_predicts_whatever_tvl1_its_store_used(mars_checkpoint, test_videos, tmp_path):
+    # MARS reads RGB only at test time: the TV-L1 backend of its training store never runs, so CUDA is not asked for
+    checkpoint = _recorded_torch_tvl1(mars_checkpoint, tmp_path / "cuda-mars.pth", "cuda")
+    result = predict_cli(test_videos[0], checkpoint)
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        f"failed: {(test_videos[0] / 'broken.avi').resolve()}: cannot be opened as a video"], result.stderr
+    assert len(result.stdout.splitlines()) >= len(test_videos[1])

@@ -3,8 +3,8 @@
 A checkpoint alone rebuilds its model: ``arch`` and ``model_kwargs`` go to ``mars_sta.build_model``. Everything
 in it is a plain type, a tensor or a list, so ``torch.load(..., weights_only=True)`` reads it; the reading itself
 is ``mars_sta.pretrained.read_checkpoint``, the project's one reader of checkpoint files, and ``load_checkpoint``
-turns what it read into a ``Checkpoint``. Stages write through ``Checkpoint.make`` and ``save``, never a dict of
-their own.
+turns what it read into a ``Checkpoint``. Stages describe what they write with ``Checkpoint.make``, which the
+training loop saves as ``to_payload()`` (plus the resume state), never a dict of their own.
 
 Format 2: ``epoch`` counts the epochs trained, in every checkpoint, and a detector's own fields lie in one nested
 dict, ``detector`` (``SCNNExtras`` or ``RC3DExtras``). Format 1 detector checkpoints (``detector_config`` or
@@ -13,11 +13,10 @@ dict, ``detector`` (``SCNNExtras`` or ``RC3DExtras``). Format 1 detector checkpo
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
-
-import json
 
 import torch
 
@@ -173,12 +172,7 @@ class Checkpoint:
                     "split": self.split, "detector": self.detector.to_dict() if self.detector else None}
         payload.update({key: value for key, value in optional.items() if value is not None})
         payload["input"] = self.input.to_dict()
-        if self.resume is not None:
-            payload.update(dataclasses.asdict(self.resume))
         return payload
-
-    def save(self) -> None:
-        save_checkpoint(self.path, self.to_payload())
 
     @property
     def spec(self) -> StreamSpec:

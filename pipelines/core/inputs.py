@@ -1,9 +1,10 @@
 """The one check before a trained network sees frames: the clips about to be fed are those it was trained on.
 
-Every path that feeds a checkpoint's network (``evaluate``, ``predict``, ``attention``, ``features``, ``detect``,
-R-C3D's training on cached features) describes what it is about to feed as an ``InputConfig`` and calls
-``check_input`` with the one the checkpoint recorded, so a store of other TV-L1 settings, another clip size or
-another normalisation is refused in one line naming what differs, rather than scored quietly worse.
+Every path that feeds a checkpoint's network (``evaluate``, ``predict``, ``attention``, ``features``, ``detect`` for
+S-CNN and R-C3D, and a MARS teacher in ``train`` and ``train-detector``) describes what it is about to feed as an
+``InputConfig`` and calls ``check_input`` with the one the checkpoint recorded, so a store of other TV-L1 settings,
+or clips of another size or normalisation (S-CNN's two networks of different runs, a teacher trained on other
+clips), is refused in one line naming what differs, rather than scored quietly worse.
 """
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ Warn = Callable[[str], None]
 def warn_on_stderr(line: str) -> None:
     """Where the readers' warning lines go by default: one line each on stderr, as the CLI prints them."""
     print(line, file=sys.stderr)
+
+
 _FILE_PATTERN = re.compile(r"^(?P<label>.+)_(?P<subset>val|test|train|validation|testing|training)\.txt$")
 
 

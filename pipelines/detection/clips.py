@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.data.clips import Normalization
 from pipelines.detection.windows import clip_indices

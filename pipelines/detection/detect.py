@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,9 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
         raise InputError(store_path, f"{len(missing)} video(s) to detect in are not in the store, e.g. {missing[0]!r}")
     for video in videos:  # each file opens and is whole before the first is scored
         store.num_frames(video)
-    for loaded in (proposal_checkpoint, localization_checkpoint):
-        loaded.check_input(loaded.reading(store.preprocessing), store_path)
     reading = localization_checkpoint.reading(store.preprocessing)
+    for loaded in (proposal_checkpoint, localization_checkpoint):  # both networks read the same window clips
+        loaded.check_input(replace(reading, stream=loaded.stream), store_path)
     clips = WindowClips(store, stream_spec(trained.stream).test_clips, reading.frames, reading.size,
                         reading.normalization, False)
     classes = localization_checkpoint.classes

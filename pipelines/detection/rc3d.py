@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from functools import partial
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,8 +33,7 @@ from pipelines.core.manifest import config_hash, file_sha256, fingerprint, stage
 from pipelines.core.stream_specs import StreamName
 from pipelines.core.training import LoopSettings, MicroBatch, resume_if_any, run_epochs
 from pipelines.data.clips import NORMALIZATIONS, Normalization
-from pipelines.data.annotations import SUBSET_NAMES, Annotations
-from pipelines.data.annotations import fps_of
+from pipelines.data.annotations import SUBSET_NAMES, Annotations, fps_of
 from pipelines.detection.rc3d_targets import anchor_targets, proposals, roi_targets, sample_losses
 from pipelines.inference.features import BackboneInput, FeatureStore, buffers
 
@@ -397,8 +396,6 @@ def _heads_kwargs(heads: RC3DHeads) -> dict[str, Any]:
             "proposal_hidden": heads.proposal.body[0].out_channels,
             "hidden": heads.classification.score.in_features,
             "dropout": heads.classification.body[2].p}
-
-
 
 
 def _load_weights(model: RC3D, checkpoint: Checkpoint) -> None:

@@ -32,13 +32,13 @@ from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.progress import LOG_INTERVAL, progress_bar
 from flow.store import VIDEOS, FlowStore
+from mars_sta.inputs import InputConfig
 from pipelines.core.checkpoint import Checkpoint, SCNNExtras, load_checkpoint
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.core.distributed import DistContext, LogitsAndFeatures, init_distributed, rank_device
 from pipelines.core.stream_specs import StreamName, stream_spec
 from pipelines.data.clips import NORMALIZATIONS
-from pipelines.data.annotations import SUBSET_NAMES, Annotations
-from pipelines.data.annotations import fps_of
+from pipelines.data.annotations import SUBSET_NAMES, Annotations, fps_of
 from pipelines.detection.clips import WindowClips
 from pipelines.detection.windows import label_windows, sliding_windows
 from pipelines.core.device import resolve_device
@@ -222,8 +222,9 @@ def build_network(network: str, config: DetectorConfig, num_classes: int) -> tor
     return model
 
 
-def load_teacher(path: Path, config: DetectorConfig, classes: list[str], device: torch.device) -> torch.nn.Module:
-    """The frozen flow network a MARS detector network distils from: same classes, architecture and clip shape."""
+def load_teacher(path: Path, config: DetectorConfig, classes: list[str], store: FlowStore,
+                 device: torch.device) -> torch.nn.Module:
+    """The frozen flow network a MARS detector network distils from: same classes, architecture, clips and flow."""
     if not path.is_file():
         raise InputError(path, "not found: --teacher must be a folder written by train-detector --stream flow")
     checkpoint = load_checkpoint(path)
@@ -232,9 +233,11 @@ def load_teacher(path: Path, config: DetectorConfig, classes: list[str], device:
     trained = detector_config_of(checkpoint)
     if checkpoint.classes != list(classes):
         raise InputError(path, "teacher was trained on other classes than these annotations'")
-    if (trained.arch, trained.frames, trained.size) != (config.arch, config.frames, config.size):
-        raise InputError(path, f"teacher is {trained.arch} on {trained.frames}x{trained.size}px clips, this detector "
-                               f"{config.arch} on {config.frames}x{config.size}px: MARS matches features of one shape")
+    if trained.arch != config.arch:
+        raise InputError(path, f"teacher is {trained.arch}, this detector {config.arch}: MARS matches features of "
+                               "one shape")
+    checkpoint.check_input(InputConfig(checkpoint.stream, config.frames, config.size, config.normalization,
+                                       store.preprocessing), store.root)  # the clips this detector feeds it
     return checkpoint.build_frozen(device)
 
 
@@ -260,7 +263,7 @@ def _train_network(run: _Training, out: Path, key: str, teacher: Path | None) ->
     torch.manual_seed(config.seed + NETWORKS.index(network))
     model = build_network(network, config, len(run.classes)).to(run.device)
     if teacher is not None:
-        run.teacher = load_teacher(teacher / f"{network}.pth", config, run.classes, run.device)
+        run.teacher = load_teacher(teacher / f"{network}.pth", config, run.classes, run.clips.store, run.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     task = _NetworkTask(run, model, optimizer, out / f"{network}.pth", key)
     first = resume_if_any(task.path, task, config.epochs, key, lambda loaded: model.load_state_dict(loaded.state_dict))
@@ -367,8 +370,6 @@ def _loss(run: _Training, student: torch.nn.Module, part: np.ndarray) -> torch.T
         overlaps = torch.as_tensor(windows.overlaps[part], dtype=torch.float32, device=run.device)
         loss = loss + config.overlap_weight * overlap_loss(logits, labels, overlaps, config.overlap_alpha)
     return loss
-
-
 
 
 def detector_config_of(checkpoint: Checkpoint) -> DetectorConfig:

@@ -19,7 +19,6 @@ video stale: ``build_features`` then deletes them and recomputes (a store never 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable

@@ -18,8 +18,7 @@ import numpy as np
 
 from flow.store import FlowStore
 from pipelines.core.stream_specs import StreamName
-from pipelines.data.annotations import Annotations
-from pipelines.data.annotations import fps_of
+from pipelines.data.annotations import Annotations, fps_of
 from pipelines.scoring.detection_map import evaluate_detections, read_detections
 
 PR_TIOU = 0.5

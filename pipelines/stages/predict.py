@@ -4,10 +4,10 @@ Each checkpoint records its store's preprocessing (``preprocessing``: short side
 backend and parameters, bound, quantisation). A video goes through the code ``extract-flow`` runs
 (``flow.decode``) with that recorded coding: RGB frames through the same JPEG round trip, and only for a Flow
 checkpoint TV-L1 with the recorded backend (OpenCV or torch, on the device kind it ran on) and quantisation. RGB,
-MARS and STA-MARS checkpoints never compute optical flow, which is the speed MARS is about. Clips are then cut, resized and normalised by the evaluation code itself (``VideoClips``, the
-MARS protocol: every non-overlapping clip on the flow-frame grid, centre crop, raw logits averaged), so a
-prediction equals the scores ``evaluate`` gives the same video. Several checkpoints are fused as ``fuse`` does by
-default: the equal average of raw logits.
+MARS and STA-MARS checkpoints never compute optical flow, which is the speed MARS is about. Clips are then cut,
+resized and normalised by the evaluation code itself (``VideoClips``, the MARS protocol: every non-overlapping clip
+on the flow-frame grid, centre crop, raw logits averaged), so a prediction equals the scores ``evaluate`` gives the
+same video. Several checkpoints are fused as ``fuse`` does by default: the equal average of raw logits.
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ class VideoDecoder:
         preprocessing = checkpoint_preprocessing(checkpoint)
         needs_flow = [engine.checkpoint.spec.needs_flow for engine in engines]
         try:
-            coding = FrameCoding.of_store(preprocessing)
+            coding = FrameCoding.of_store(preprocessing, flow=any(needs_flow))
         except InputError as exc:
             raise InputError(checkpoint.path, exc.problem) from None
         return cls(engines, preprocessing, coding, rgb=not all(needs_flow), flow=any(needs_flow))

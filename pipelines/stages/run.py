@@ -14,7 +14,7 @@ Layout of the run folder::
     OUT/store/                      flow store (unless [data] store points elsewhere)
     OUT/stages/<stage>.json         key, summary and time of each finished stage
     OUT/stages/stores.json          the stores this run made (the only ones it deletes), by manifest SHA-256
-    OUT/split1/train-flow/          last.pth, best.pth, metrics.jsonl, manifest.json
+    OUT/split1/train-flow/          last.pth, best.pth, metrics.jsonl, manifest.json (tensorboard/ with the extra)
     OUT/split1/train-mars/ ...
     OUT/split1/scores/<stream>-<subset>.npz
     OUT/fused/                      report.json, report.md, confusion matrices

@@ -274,6 +274,7 @@ def _load_teacher(path: Path, kind: str, data: StageData, device: torch.device) 
         raise InputError(path, f"teacher must be a {kind}-stream checkpoint, got stream {loaded.stream!r}")
     if loaded.classes != data.classes:
         raise InputError(path, "teacher was trained on other classes than this dataset's")
+    loaded.check_input(loaded.reading(data.store.preprocessing), data.store.root)  # the flow it learnt from
     return loaded.build_frozen(device)
 
 
@@ -428,7 +429,8 @@ def _loader_workers(config: TrainConfig, say: Callable[[str], None]) -> int:
 
 def train(config: TrainConfig, paths: TrainPaths, progress: Callable[[str], None] | None = None,
           resume: bool = True, bar: bool = False) -> dict[str, Any]:
-    """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``).
+    """Train one stream into ``paths.out`` (``last.pth``, ``best.pth``, ``metrics.jsonl``, ``manifest.json``, and
+    ``tensorboard/`` when tensorboard is installed).
 
     Resumes from ``last.pth`` when it exists and was written by the same config and inputs (with any number of
     processes); with ``resume=False`` an existing checkpoint is an error rather than something to overwrite. Under
