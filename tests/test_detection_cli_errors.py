@@ -68,6 +68,20 @@ def _edited_copy(model: Path, out: Path, edit: Callable[[dict], object]) -> Path
     return out
 
 
+def _recognition_checkpoints(out: Path) -> Path:
+    """A folder holding recognition checkpoints under the S-CNN detector's file names."""
+    from mars_sta import build_model
+    from pipelines.core.checkpoint import Checkpoint, save_checkpoint
+
+    out.mkdir()
+    model = build_model("tiny_resnet", num_classes=3, in_channels=2, sample_size=24, sample_duration=4)
+    for name in ("proposal.pth", "localization.pth"):
+        save_checkpoint(out / name, Checkpoint.make(out / name, arch=model.arch, model_kwargs=model.build_kwargs,
+                                                    state_dict=model.state_dict(), stream="flow",
+                                                    classes=["a", "b", "c"], epoch=1).to_payload())
+    return out
+
+
 def _at_bound_10(payload: dict) -> None:
     """As if the detector's store had bounded its flow at 10 px, not 20."""
     payload["preprocessing"] = payload["input"]["flow"] = {**payload["preprocessing"], "bound": 10.0}
@@ -103,6 +117,7 @@ def c(untrimmed_store, synth_store, tmp_path_factory, request) -> SimpleNamespac
     c.rc3d_no_kwargs = _edited_copy(c.rc3d, root / "rc3d_no_kwargs", lambda p: p["detector"].pop("heads_kwargs"))
     c.rc3d_unknown = _edited_copy(c.rc3d, root / "rc3d_unknown", lambda p: p["detector"].update(kind="yolo"))
     c.rc3d_bad_input = _edited_copy(c.rc3d, root / "rc3d_bad_input", lambda p: p["input"].update(crop="centre"))
+    c.recognition_pair = _recognition_checkpoints(root / "recognition_pair")
     c.locked = root / "locked"
     c.locked.mkdir()
     (c.locked / "kept.txt").write_text("written before\n")
@@ -189,6 +204,10 @@ ROWS = [
     Row("detect with a detector checkpoint of an unknown kind",
         ["detect", "--model", "{rc3d_unknown}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
         lambda c: [re.escape(f"{c.rc3d_unknown}/rc3d.pth"), "checkpoint field 'detector' is of unknown kind 'yolo'$"],
+        _nothing_created),
+    Row("detect with recognition checkpoints as a detector",
+        ["detect", "--model", "{recognition_pair}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        lambda c: [re.escape(f"{c.recognition_pair}/localization.pth"), "is not an S-CNN detector checkpoint$"],
         _nothing_created),
     Row("detect with a damaged input description",
         ["detect", "--model", "{rc3d_bad_input}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],

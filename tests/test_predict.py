@@ -218,3 +218,17 @@ def test_a_checkpoint_that_needs_no_flow_predicts_whatever_tvl1_its_store_used(m
     assert result.returncode == 1 and result.stderr.splitlines() == [
         f"failed: {(test_videos[0] / 'broken.avi').resolve()}: cannot be opened as a video"], result.stderr
     assert len(result.stdout.splitlines()) >= len(test_videos[1])
+
+
+def test_a_checkpoint_of_an_unknown_tvl1_backend_is_refused(flow_teacher, test_videos, tmp_path):
+    from pipelines.core.manifest import config_hash
+
+    target = tmp_path / "magic.pth"
+    payload = torch.load(flow_teacher, weights_only=True)
+    payload["preprocessing"] = payload["input"]["flow"] = {**payload["preprocessing"], "tvl1_backend": "magic"}
+    payload["preprocessing_hash"] = config_hash(payload["preprocessing"])
+    torch.save(payload, target)
+    result = predict_cli(test_videos[0], target)
+    assert result.returncode == 2 and not result.stdout, result.stderr
+    assert result.stderr.splitlines() == [f"error: {target}: records an unknown TV-L1 backend 'magic' (known: "
+                                          "opencv, torch)"]
