@@ -155,6 +155,10 @@ def _train_detector(*extra: str, out: str = "{out}/detector") -> list[str]:
             "cpu", *extra]
 
 
+def _detect(model: str, *extra: str, store: str = "{store}") -> list[str]:
+    return ["detect", "--model", model, "--store", store, "--out", "{out}/d.json", "--device", "cpu", *extra]
+
+
 def _nothing_created(c, out: Path) -> None:
     assert list(out.iterdir()) == [], "a refused command created files"
     assert _digest(c.store) == c.store_digest
@@ -194,23 +198,23 @@ ROWS = [
         lambda c: [_path(c, "rc3d"), r"is an R-C3D model: give --store \(end to end\) or --features"],
         _kept("rc3d")),
     Row("detect on a store of other preprocessing than the detector's",
-        ["detect", "--model", "{rc3d_bound_10}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{rc3d_bound_10}"),
         lambda c: [_path(c, "store"), r"was extracted with other preprocessing than the checkpoint was trained on: "
                                       r"bound 10\.0 \(checkpoint\) vs 20\.0 \(store\)$"], _nothing_created),
     Row("detect with a detector checkpoint lacking a field",
-        ["detect", "--model", "{rc3d_no_kwargs}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{rc3d_no_kwargs}"),
         lambda c: [re.escape(f"{c.rc3d_no_kwargs}/rc3d.pth"), "checkpoint's detector fields lack 'heads_kwargs'$"],
         _nothing_created),
     Row("detect with a detector checkpoint of an unknown kind",
-        ["detect", "--model", "{rc3d_unknown}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{rc3d_unknown}"),
         lambda c: [re.escape(f"{c.rc3d_unknown}/rc3d.pth"), "checkpoint field 'detector' is of unknown kind 'yolo'$"],
         _nothing_created),
     Row("detect with recognition checkpoints as a detector",
-        ["detect", "--model", "{recognition_pair}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{recognition_pair}"),
         lambda c: [re.escape(f"{c.recognition_pair}/localization.pth"), "is not an S-CNN detector checkpoint$"],
         _nothing_created),
     Row("detect with a damaged input description",
-        ["detect", "--model", "{rc3d_bad_input}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{rc3d_bad_input}"),
         lambda c: [re.escape(f"{c.rc3d_bad_input}/rc3d.pth"), "checkpoint field 'input' is damaged: unknown input "
                                                              "description keys: crop$"], _nothing_created),
     Row("features on a store of other preprocessing than the checkpoint's",
@@ -219,8 +223,7 @@ ROWS = [
         lambda c: [_path(c, "store"), r"was extracted with other preprocessing than the checkpoint was trained on: "
                                       r"bound 10\.0 \(checkpoint\) vs 20\.0 \(store\)$"], _nothing_created),
     Row("detect with a parent class the detector lacks",
-        ["detect", "--model", "{model}", "--store", "{store}", "--out", "{out}/d.json", "--device", "cpu",
-         "--config", "{thumos_parents_toml}"],
+        _detect("{model}", "--config", "{thumos_parents_toml}"),
         lambda c: [re.escape(f"{c.model}/localization.pth"), "parent_classes names 'CliffDiving', which is not one "
                                                               "of its classes"], _nothing_created, needs_model=True),
     Row("synth into a folder with other files", ["synth", "{notes}", "--classes", "2", "--videos-per-class", "2"],
@@ -231,7 +234,7 @@ ROWS = [
         lambda c: [_path(c, "added"), r"not a synthetic dataset written by synth \(found 'annotations/notes.txt'"],
         _kept("added")),
     Row("detect on a store whose video file is a symlink loop",
-        ["detect", "--model", "{model}", "--store", "{loop_store}", "--out", "{out}/d.json", "--device", "cpu"],
+        _detect("{model}", store="{loop_store}"),
         lambda c: [_path(c, "loop_file"), "is a symbolic link that leads to no file"], _nothing_created,
         needs_model=True),
     Row("detect --out into a read-only folder",

@@ -144,20 +144,19 @@ class Case:
     needs_a_machine_without_cuda: bool = False
 
 
-def _detection(*edits: tuple[str, str]) -> str:
-    text = DETECTION
+def _edited(text: str, *edits: tuple[str, str]) -> str:
     for old, new in edits:
         assert old in text, old
         text = text.replace(old, new, 1)
     return text
+
+
+def _detection(*edits: tuple[str, str]) -> str:
+    return _edited(DETECTION, *edits)
 
 
 def _recognition(*edits: tuple[str, str]) -> str:
-    text = RECOGNITION
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new, 1)
-    return text
+    return _edited(RECOGNITION, *edits)
 
 
 CONFIG = "{case}/run.toml: "
