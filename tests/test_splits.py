@@ -248,3 +248,12 @@ def test_validation_without_groups_falls_back_to_class_stratification():
     mixed = _ucf_style_train_list(classes=2) + [("C9/other_name", 1)]
     assert hold_out_validation(mixed, 0.1).method == "class-stratified"
     assert hold_out_validation(train, 0.0).method == "none"
+
+
+def test_a_ucf_style_list_with_fewer_videos_per_class_than_folds_falls_back():
+    from pipelines.data.splits import hold_out_validation
+
+    train = [(f"C{label}/v_C{label}_g01_c01", label) for label in range(20)]  # one video in each of 20 classes
+    held = hold_out_validation(train, 0.1, seed=0)
+    assert held.method == "class-stratified"
+    assert (held.train, held.val) == val_subset(train, 0.1, seed=0)

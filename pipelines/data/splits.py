@@ -11,7 +11,7 @@ import csv
 import hashlib
 import re
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +117,8 @@ def hold_out_validation(train: list[tuple[str, int]], fraction: float = 0.1, see
     groups = [video_group(video) for video, _ in train]
     keys = {(label, group) for (_, label), group in zip(train, groups)}
     folds = max(2, round(1.0 / fraction))
-    if None in groups or len(keys) < folds:
+    largest_class = max(Counter(label for _, label in train).values(), default=0)
+    if None in groups or len(keys) < folds or largest_class < folds:  # scikit-learn needs one class of >= folds
         rest, val = val_subset(train, fraction, seed)
         return ValidationSplit(rest, val, "class-stratified")
     held = _held_out_groups(train, groups, folds, seed)
