@@ -43,6 +43,7 @@ from pipelines.core.config import build_config, check_at_least, read_toml
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import config_hash, file_sha256, library_versions
 from pipelines.data.clips import Normalization
+from pipelines.data.frame_cache import FrameCache
 
 FORMAT = "mars-sta-feature-store"
 FORMAT_VERSION = 1
@@ -76,16 +77,16 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
         len(frames), size, size, frames.shape[3])
 
 
-def read_grid(store: FlowStore, video: str, kind: str, first: int, stop: int, size: int,
-              normalization: Normalization) -> np.ndarray:
-    """Grid positions ``first:stop`` of one clip kind (``rgb``, ``flow`` or ``rgb+flow``: RGB then flow channels),
-    normalised: (n, size, size, C) float32."""
-    parts = []
+def read_grid(store: FlowStore, video: str, kind: str, indices: np.ndarray, size: int,
+              normalization: Normalization, cache: FrameCache | None = None) -> np.ndarray:
+    """Grid positions ``indices`` of one clip kind (``rgb``, ``flow`` or ``rgb+flow``: RGB then flow channels),
+    normalised: (n, size, size, C) float32. Only those frames are read (through ``cache`` when given)."""
+    cache, parts = cache or FrameCache(), []
     if "rgb" in kind.split("+"):
-        raw = store.frames(video, first, stop).astype(np.float32)
+        raw = cache.read(store, video, "rgb", indices).astype(np.float32)
         parts.append((raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale)
     if "flow" in kind.split("+"):
-        codes = store.flow_codes(video, first, stop).astype(np.float32)
+        codes = cache.read(store, video, "flow", indices).astype(np.float32)
         parts.append((codes - normalization.flow_center) * normalization.flow_scale)
     if not parts:
         raise ValueError(f"unknown clip kind {kind!r} (rgb, flow or rgb+flow)")
@@ -119,10 +120,10 @@ class BackboneInput:
                    config.stride, config.buffer, config.layer)
 
     def buffer_clip(self, store: FlowStore, video: str, first: int, stop: int) -> torch.Tensor:
-        """Sampled steps ``first:stop`` of ``video`` as one clip (C, T, size, size)."""
-        indices = np.arange(first, stop) * self.stride
-        data = read_grid(store, video, self.stream, int(indices[0]), int(indices[-1]) + 1, self.size,
-                         self.normalization)[indices - indices[0]]
+        """Sampled steps ``first:stop`` of ``video`` as one clip (C, T, size, size); only the sampled frames are
+        read, so memory follows the buffer, never the video."""
+        data = read_grid(store, video, self.stream, np.arange(first, stop) * self.stride, self.size,
+                         self.normalization)
         return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
 
 
