@@ -338,16 +338,25 @@ class FeatureStore:
 
     def read(self, video: str) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         """The map (C, L, h, w), the buffer boundaries in feature steps and the video's attributes."""
+        return self._read(video, None)
+
+    def read_chunk(self, video: str, chunk: int) -> torch.Tensor:
+        """The map (C, l, h, w) of one buffer: only its steps are read, so heads-only training holds one buffer's
+        map at a time, not every video's."""
+        return self._read(video, chunk)[0]
+
+    def _read(self, video: str, chunk: int | None) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         path = video_path(self.root, video)
         try:
             with h5py.File(path, "r") as handle:
-                data = handle["map"][()]
                 attrs = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in handle.attrs.items()}
+                bounds = [int(b) for b in attrs["chunks"]]
+                data = handle["map"][() if chunk is None else slice(bounds[chunk], bounds[chunk + 1])]
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot be read as a feature-store video ({str(exc).splitlines()[0]})") from None
         if attrs.get("key") != self.manifest["key"]:
             raise InputError(path, "was written for another checkpoint or settings than its store's manifest")
-        return torch.from_numpy(data).permute(1, 0, 2, 3).contiguous(), [int(b) for b in attrs["chunks"]], attrs
+        return torch.from_numpy(data).permute(1, 0, 2, 3).contiguous(), bounds, attrs
 
     def verify(self) -> list[str]:
         """One line per video file that cannot be read, is of another key or whose map disagrees with its chunks."""
