@@ -3,6 +3,7 @@ pass its limit; readers that read only the frames a clip or window samples; trai
 data trains what training without one does; and the refusals of docs/errors.md."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,10 +13,10 @@ import torch
 
 from conftest import run_cli, share_untrimmed, tiny_train_toml
 from flow.store import FlowStore
-from pipelines.core.checkpoint import load_checkpoint
+from pipelines.core.checkpoint import SCNNExtras, load_checkpoint
 from pipelines.data.frame_cache import MB, FrameCache
 from pipelines.detection.clips import WindowClips
-from pipelines.detection.scnn import NETWORKS
+from pipelines.detection.scnn import NETWORKS, detector_config_of
 from pipelines.detection.windows import clip_indices
 from pipelines.inference.features import read_grid
 
@@ -108,6 +109,11 @@ def test_train_detector_with_a_tiny_cache_trains_and_resumes_under_another_size(
     second = train(2, "0")
     assert "epoch 1/2" not in second.stdout and second.stdout.count("epoch 2/2") == 2  # resumed: one epoch each
     assert all(load_checkpoint(root / "out" / f"{network}.pth").epoch == 2 for network in NETWORKS)
+
+    checkpoint = load_checkpoint(root / "out" / "localization.pth")  # as one written before cache_mb replaced it
+    old = {k: v for k, v in checkpoint.detector.detector_config.items() if k != "cache_mb"}
+    older = dataclasses.replace(checkpoint, detector=SCNNExtras("localization", {**old, "cache_videos": True}))
+    assert detector_config_of(older) == dataclasses.replace(detector_config_of(checkpoint), cache_mb=1024)
 
 
 # -- refusals (docs/errors.md) -------------------------------------------------------------------------------------
