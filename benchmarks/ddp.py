@@ -32,7 +32,7 @@ lr = 0.002
 scheduler = "none"
 normalization = "unit"
 crop_scales = [1.0]
-cache_videos = true
+cache_mb = 128
 workers = 0
 val_fraction = 0.1
 """

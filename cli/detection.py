@@ -86,6 +86,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--size", type=POSITIVE_INT, help="Clip side in pixels.  [default: 32]")
 @click.option("--seed", type=COUNT, help="Seeds the networks' initial weights, the window or buffer order and "
                                          "dropout.  [default: 0]")
+@click.option("--cache-mb", type=COUNT, help="S-CNN: MB of decoded frames each process keeps (LRU; 0: none).  "
+                                             "[default: 1024]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,

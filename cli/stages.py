@@ -43,6 +43,8 @@ ANY_PATH = click.Path(path_type=Path)
 @click.option("--workers", type=COUNT,
               help="DataLoader workers per process; more than the CPUs is allowed, with a warning.  "
                    "[default: up to 4, one fewer than the CPUs this process may use]")
+@click.option("--cache-mb", type=COUNT, help="MB of decoded frames each process keeps (LRU; helps with --workers 0 "
+                                             "and a dataset that fits).  [default: 0, none]")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), help="Mixed precision (opt-in).")
 @click.option("--seed", type=COUNT)

@@ -28,6 +28,10 @@ TABLES: dict[str, tuple[str, ...] | None] = {
     "synth": None, "data": None, "extract": None, "train": TRAIN_STREAMS, "evaluate": None, "fuse": None,
     "detection": ("synth", "train", "detect", "rc3d", "rc3d_detect")}
 
+# Keys an older config may still hold, and what replaced them: named in the error rather than guessed at (a
+# boolean says nothing about how much memory to spend).
+REPLACED_KEYS = {"cache_videos": "cache_mb, the MB of decoded frames kept in memory (0: none)"}
+
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a config file, reporting a missing file, a syntax error, bytes that are not UTF-8 or an unknown table
@@ -182,6 +186,8 @@ def _build(cls: type[ConfigT], values: Mapping[str, Any], overrides: Mapping[str
         for key, value in mapping.items():
             name = key.replace("-", "_")
             origin = option_name(name) if from_option else source
+            if name not in fields and name in REPLACED_KEYS:
+                raise InputError(origin, f"'{key}' was replaced by {REPLACED_KEYS[name]}")
             if name not in fields:
                 known = ", ".join(sorted(fields))
                 raise InputError(origin, f"unknown key '{key}' (known: {known})")

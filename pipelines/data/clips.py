@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from flow.errors import InputError
 from flow.importer import has_flow
 from flow.store import FlowStore
+from pipelines.data.frame_cache import FrameCache, frame_bytes
 
 MODES: dict[str, int] = {"rgb": 3, "flow": 2, "rgb+flow": 5}
 
@@ -165,7 +166,7 @@ class _StoreClips(Dataset):
         sample_duration: int,
         sample_size: int,
         normalization: Normalization,
-        cache_videos: bool = False,
+        cache: FrameCache | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -181,8 +182,7 @@ class _StoreClips(Dataset):
         self.sample_duration = sample_duration
         self.sample_size = sample_size
         self.normalization = normalization
-        self.cache_videos = cache_videos
-        self._cache: dict[str, list[np.ndarray]] = {}
+        self.cache = cache or FrameCache()
         known = set(self.store.video_ids())
         missing = [video for video, _ in self.items if video not in known]
         if missing:
@@ -193,6 +193,9 @@ class _StoreClips(Dataset):
         self._shapes: dict[str, tuple[int, int, int]] = {}
         for video, _ in self.items:
             self._shape(video)
+        if self._shapes:
+            largest = max(frame_bytes(height, width, mode.split("+")) for _, height, width in self._shapes.values())
+            self.cache.check_fits(sample_duration, largest, f"{sample_duration}-frame {mode} clip")
 
     @property
     def channels(self) -> int:
@@ -207,32 +210,10 @@ class _StoreClips(Dataset):
             self._shapes[video] = (self.store.num_frames(video), *self.store.frame_size(video))
         return self._shapes[video]
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_cache": {}}  # each worker process fills its own cache
-
     def _read(self, video: str, indices: np.ndarray) -> list[np.ndarray]:
-        """The uint8 parts of a clip, (T, H, W, 3) RGB and/or (T, H, W, 2) flow codes, at the stored size.
-
-        With ``cache_videos`` whole decoded videos stay in memory: epochs after the first read nothing from disk,
-        which dominates the cost of small clips (the demo's 32 px frames); keep it off for datasets larger than RAM.
-        """
-        if self.cache_videos:
-            if video not in self._cache:
-                length = grid_length(self._shape(video)[0])
-                self._cache[video] = self._read_range(video, 0, length)
-            return [part[indices] for part in self._cache[video]]
-        first, last = int(indices.min()), int(indices.max()) + 1
-        take = None if last - first == len(indices) and indices[0] == first else indices - first
-        parts = self._read_range(video, first, last)
-        return parts if take is None else [part[take] for part in parts]
-
-    def _read_range(self, video: str, first: int, last: int) -> list[np.ndarray]:
-        parts = []
-        if self.mode != "flow":
-            parts.append(self.store.frames(video, first, last))
-        if self.mode != "rgb":
-            parts.append(self.store.flow_codes(video, first, last))
-        return parts
+        """The uint8 parts of a clip, (T, H, W, 3) RGB and/or (T, H, W, 2) flow codes, at the stored size: only
+        the frames asked, through the frame cache (``cache_mb``), which spares decoding them again next epoch."""
+        return [self.cache.read(self.store, video, part, indices) for part in self.mode.split("+")]
 
     def _finish(self, parts: list[np.ndarray], hflip: bool = False, vflip: bool = False) -> torch.Tensor:
         """Normalise, flip (a mirror negates the flow component across it), and lay out as (C, T, H, W)."""
@@ -298,9 +279,9 @@ class ClipDataset(_StoreClips):
         vflip_map: Mapping[int, int] | None = None,
         seed: int = 0,
         scales: Sequence[float] = SCALES,
-        cache_videos: bool = False,
+        cache: FrameCache | None = None,
     ) -> None:
-        super().__init__(store, items, mode, sample_duration, sample_size, normalization, cache_videos)
+        super().__init__(store, items, mode, sample_duration, sample_size, normalization, cache)
         if seed < 0:
             raise ValueError(f"seed must be 0 or more, not {seed}")
         if not scales or not all(0 < scale <= 1 for scale in scales):

@@ -14,6 +14,7 @@ from flow.errors import InputError
 from flow.store import FlowStore
 from pipelines.core.manifest import config_hash
 from pipelines.data.clips import SCALES, ClipDataset, Normalization, VideoClips
+from pipelines.data.frame_cache import FrameCache
 from pipelines.data.splits import hold_out_validation, load_split
 from pipelines.data.synth import mirror_maps
 
@@ -41,15 +42,17 @@ class StageData:
         except ValueError as exc:
             raise InputError(None, str(exc)) from None
 
-    def clip_dataset(self, items: Items, mode: str, train: bool, config: Any) -> ClipDataset:
-        """One clip per video: random and augmented for training, the centred clip for validation."""
+    def clip_dataset(self, items: Items, mode: str, train: bool, config: Any,
+                     cache: FrameCache | None = None) -> ClipDataset:
+        """One clip per video: random and augmented for training, the centred clip for validation; frames go
+        through ``cache`` (one per process, shared by its datasets) when given."""
         mirrors = config.label_aware_flips and self.hflip_map is not None
         return ClipDataset(self.store, items, mode, sample_duration=config.frames, sample_size=config.size,
                            train=train, normalization=self.normalization(config.normalization), flip=config.flip,
                            hflip_map=self.hflip_map if mirrors else None,
                            vflip_map=self.vflip_map if mirrors else None, seed=config.seed,
                            scales=tuple(config.crop_scales) if config.crop_scales else SCALES,
-                           cache_videos=config.cache_videos)
+                           cache=cache)
 
     def video_dataset(self, items: Items, mode: str, sample_duration: int, sample_size: int,
                       normalization: str = "mars", clips: int | None = None, crops: int = 1) -> VideoClips:

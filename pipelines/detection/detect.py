@@ -71,7 +71,7 @@ def detect(model_dir: Path, store_path: Path, videos: list[str], out: Path, conf
     for loaded in (proposal_checkpoint, localization_checkpoint):  # both networks read the same window clips
         loaded.check_input(replace(reading, stream=loaded.stream), store_path)
     clips = WindowClips(store, stream_spec(trained.stream).test_clips, reading.frames, reading.size,
-                        reading.normalization, False)
+                        reading.normalization)
     classes = localization_checkpoint.classes
     check_parent_classes_known(config.parent_classes, classes, localization_checkpoint.path)
     started = time.perf_counter()

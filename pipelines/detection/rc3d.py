@@ -291,7 +291,7 @@ class _RC3DTask:
     Sampling and dropout are seeded by (seed, epoch, buffer), so one process with ``accumulate = 2`` computes the
     gradient two processes do, and a resumed run the one a straight run does."""
 
-    def __init__(self, model: RC3D, samples: list[Buffer], cache: dict[str, tuple[torch.Tensor, list[int]]] | None,
+    def __init__(self, model: RC3D, samples: list[Buffer], cache: FeatureStore | None,
                  store: FlowStore, config: RC3DConfig, optimizer: torch.optim.Optimizer, device: torch.device,
                  context: DistContext, classes: list[str], path: Path, key: str, features: Path | None) -> None:
         self.model, self.samples, self.cache, self.store, self.config = model, samples, cache, store, config
@@ -319,8 +319,7 @@ class _RC3DTask:
         if self.cache is None:
             feature_map = self.model.buffer_map(self.store, sample.video, sample.first, sample.stop, self.device)
         else:
-            whole, bounds = self.cache[sample.video]
-            feature_map = whole[:, bounds[sample.chunk]:bounds[sample.chunk + 1]].to(self.device)
+            feature_map = self.cache.read_chunk(sample.video, sample.chunk).to(self.device)
         loss = buffer_losses(self.model, feature_map, sample, config,
                              np.random.default_rng([config.seed, self.epoch, index]))
         return loss, {"loss": float(loss.detach()), "buffers": 1.0}
@@ -356,8 +355,7 @@ class _RC3DTask:
                 f"{len(self.samples)} buffers in {row['seconds']:.1f} s")
 
 
-def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore
-                    ) -> dict[str, tuple[torch.Tensor, list[int]]]:
+def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, store: FlowStore) -> FeatureStore:
     """The cached maps heads-only training reads, after checking they come from this backbone and input."""
     if features is None or config.pretrained is None:
         raise InputError(None, "mode 'heads' trains on cached features: give --features FEATS and --pretrained, "
@@ -375,7 +373,7 @@ def _heads_features(config: RC3DConfig, model: RC3D, features: Path | None, stor
     if differ:
         raise InputError(features, f"was computed with another {', '.join(differ)} than this training asks for; "
                                    "rebuild it with mars-sta features")
-    return {video: cache.read(video)[:2] for video in cache.video_ids()}
+    return cache
 
 
 def _resume_key(config: RC3DConfig, manifest: dict[str, Any], store: FlowStore, features: Path | None,

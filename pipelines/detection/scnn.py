@@ -80,7 +80,7 @@ class DetectorConfig:
     subset: str = "val"  # annotation subset trained on
     seed: int = 0
     device: str = "auto"
-    cache_videos: bool = True  # keep each video's frames in memory after the first read
+    cache_mb: int = 1024  # decoded frames kept in memory, MB (an LRU); 0: none. Holds a small dataset whole
 
     def __post_init__(self) -> None:
         if self.stream not in STREAMS:
@@ -91,6 +91,7 @@ class DetectorConfig:
                        background_ratio=(self.background_ratio, 0), overlap_weight=(self.overlap_weight, 0),
                        accumulate=(self.accumulate, 1), alpha=(self.alpha, 0))
         check_above(lr=(self.lr, 0), overlap_alpha=(self.overlap_alpha, 0))
+        check_at_least(cache_mb=(self.cache_mb, 0))
         if not 0 <= self.window_overlap < 1 or not self.window_lengths or min(self.window_lengths) < 1:
             raise InputError(None, "window_lengths must be positive and window_overlap in [0, 1)")
         for low, high in ((self.proposal_negative, self.proposal_positive),
@@ -168,7 +169,7 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
         "store": store_path, "annotations": truth.source,
         **{f"teacher_{n}": teacher / f"{n}.pth" for n in NETWORKS if teacher is not None}})
     clips = WindowClips(store, stream_spec(config.stream).train_clips, config.frames, config.size,
-                        config.normalization, config.cache_videos)
+                        config.normalization, config.cache_mb)
     thresholds = {"proposal": (config.proposal_positive, config.proposal_negative),
                   "localization": (config.localization_positive, config.localization_negative)}
     windows = {network: training_windows(store, truth, config, *thresholds[network]) for network in NETWORKS}
@@ -201,7 +202,7 @@ def _resume_key(network: str, manifest: dict[str, Any], store: FlowStore) -> str
     constant, so a finished run can be extended), the annotations, the teacher, and the store's video files and
     preprocessing (not its manifest, which every rerun of extract-flow rewrites). The proposal network does not
     depend on STA, so a plain S-CNN's proposal network serves STA-S-CNN unchanged, as in the paper."""
-    ignored = {"epochs": None, **({"sta": None} if network == "proposal" else {})}
+    ignored = {"epochs": None, "cache_mb": None, **({"sta": None} if network == "proposal" else {})}
     found = manifest["input_fingerprints"]
     inputs = {"annotations": found.get("annotations"), "preprocessing": store.preprocessing,
               "videos": fingerprint(store.root / VIDEOS)}
@@ -378,4 +379,5 @@ def detector_config_of(checkpoint: Checkpoint) -> DetectorConfig:
         raise InputError(checkpoint.path, "is not an S-CNN detector checkpoint")
     values = dict(checkpoint.detector.detector_config)
     values["window_lengths"] = tuple(values["window_lengths"])
+    values.pop("cache_videos", None)  # cache_mb's predecessor, in checkpoints written before it
     return dataclasses.replace(DetectorConfig(), **values)

@@ -34,6 +34,9 @@ def train_detector_stage(store: Path, annotations: Path, out: Path, config_path:
     if detector == "rc3d":
         if teacher is not None:
             raise InputError(None, "--teacher is for S-CNN's mars stream (R-C3D reads rgb or flow)")
+        if "cache_mb" in given:
+            raise InputError(None, "--cache-mb is for S-CNN (R-C3D keeps no decoded frames: it reads one buffer at "
+                                   "a time)")
         config = build_config(RC3DConfig, detection_table(config_path, "rc3d"), given, source=config_path,
                               table="[detection.rc3d]")
         check_network(config.arch, config.sta, given, config_path, "[detection.rc3d]", config.layer)

@@ -43,6 +43,7 @@ from pipelines.core.config import build_config, check_at_least, read_toml
 from pipelines.core.device import resolve_device
 from pipelines.core.manifest import config_hash, file_sha256, library_versions
 from pipelines.data.clips import Normalization
+from pipelines.data.frame_cache import FrameCache
 
 FORMAT = "mars-sta-feature-store"
 FORMAT_VERSION = 1
@@ -76,16 +77,16 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
         len(frames), size, size, frames.shape[3])
 
 
-def read_grid(store: FlowStore, video: str, kind: str, first: int, stop: int, size: int,
-              normalization: Normalization) -> np.ndarray:
-    """Grid positions ``first:stop`` of one clip kind (``rgb``, ``flow`` or ``rgb+flow``: RGB then flow channels),
-    normalised: (n, size, size, C) float32."""
-    parts = []
+def read_grid(store: FlowStore, video: str, kind: str, indices: np.ndarray, size: int,
+              normalization: Normalization, cache: FrameCache | None = None) -> np.ndarray:
+    """Grid positions ``indices`` of one clip kind (``rgb``, ``flow`` or ``rgb+flow``: RGB then flow channels),
+    normalised: (n, size, size, C) float32. Only those frames are read (through ``cache`` when given)."""
+    cache, parts = cache or FrameCache(), []
     if "rgb" in kind.split("+"):
-        raw = store.frames(video, first, stop).astype(np.float32)
+        raw = cache.read(store, video, "rgb", indices).astype(np.float32)
         parts.append((raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale)
     if "flow" in kind.split("+"):
-        codes = store.flow_codes(video, first, stop).astype(np.float32)
+        codes = cache.read(store, video, "flow", indices).astype(np.float32)
         parts.append((codes - normalization.flow_center) * normalization.flow_scale)
     if not parts:
         raise ValueError(f"unknown clip kind {kind!r} (rgb, flow or rgb+flow)")
@@ -119,10 +120,10 @@ class BackboneInput:
                    config.stride, config.buffer, config.layer)
 
     def buffer_clip(self, store: FlowStore, video: str, first: int, stop: int) -> torch.Tensor:
-        """Sampled steps ``first:stop`` of ``video`` as one clip (C, T, size, size)."""
-        indices = np.arange(first, stop) * self.stride
-        data = read_grid(store, video, self.stream, int(indices[0]), int(indices[-1]) + 1, self.size,
-                         self.normalization)[indices - indices[0]]
+        """Sampled steps ``first:stop`` of ``video`` as one clip (C, T, size, size); only the sampled frames are
+        read, so memory follows the buffer, never the video."""
+        data = read_grid(store, video, self.stream, np.arange(first, stop) * self.stride, self.size,
+                         self.normalization)
         return torch.from_numpy(np.ascontiguousarray(data.transpose(3, 0, 1, 2)))
 
 
@@ -337,16 +338,25 @@ class FeatureStore:
 
     def read(self, video: str) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         """The map (C, L, h, w), the buffer boundaries in feature steps and the video's attributes."""
+        return self._read(video, None)
+
+    def read_chunk(self, video: str, chunk: int) -> torch.Tensor:
+        """The map (C, l, h, w) of one buffer: only its steps are read, so heads-only training holds one buffer's
+        map at a time, not every video's."""
+        return self._read(video, chunk)[0]
+
+    def _read(self, video: str, chunk: int | None) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         path = video_path(self.root, video)
         try:
             with h5py.File(path, "r") as handle:
-                data = handle["map"][()]
                 attrs = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in handle.attrs.items()}
+                bounds = [int(b) for b in attrs["chunks"]]
+                data = handle["map"][() if chunk is None else slice(bounds[chunk], bounds[chunk + 1])]
         except (OSError, KeyError) as exc:
             raise InputError(path, f"cannot be read as a feature-store video ({str(exc).splitlines()[0]})") from None
         if attrs.get("key") != self.manifest["key"]:
             raise InputError(path, "was written for another checkpoint or settings than its store's manifest")
-        return torch.from_numpy(data).permute(1, 0, 2, 3).contiguous(), [int(b) for b in attrs["chunks"]], attrs
+        return torch.from_numpy(data).permute(1, 0, 2, 3).contiguous(), bounds, attrs
 
     def verify(self) -> list[str]:
         """One line per video file that cannot be read, is of another key or whose map disagrees with its chunks."""

@@ -37,6 +37,7 @@ from pipelines.core import checkpoint as ckpt
 from pipelines.core.config import check_above, check_at_least, check_one_of, config_to_dict
 from pipelines.data.clips import NORMALIZATIONS
 from pipelines.data.dataset import StageData, open_stage_data
+from pipelines.data.frame_cache import FrameCache
 from pipelines.core.device import AMP_DTYPES, autocast, check_amp, resolve_device
 from pipelines.core.distributed import (DistContext, LogitsAndFeatures, all_reduce_sum, batch_plan,
                                         init_distributed, rank_device)
@@ -62,7 +63,7 @@ class TrainConfig:
         check_at_least(epochs=(self.epochs, 1), accumulate=(self.accumulate, 1), frames=(self.frames, 1),
                        size=(self.size, 1), lr_patience=(self.lr_patience, 0),
                        split=(self.split, 1), seed=(self.seed, 0), momentum=(self.momentum, 0),
-                       dampening=(self.dampening, 0), alpha=(self.alpha, 0),
+                       dampening=(self.dampening, 0), alpha=(self.alpha, 0), cache_mb=(self.cache_mb, 0),
                        workers=(0 if self.workers is None else self.workers, 0),  # None: the machine's
                        batch_size=(1 if self.batch_size is None else self.batch_size, 1),  # None: MARS's
                        weight_decay=(0 if self.weight_decay is None else self.weight_decay, 0))
@@ -106,7 +107,8 @@ class TrainConfig:
     label_aware_flips: bool = True  # use the dataset's mirror map (synthetic classes) when it has one
     crop_scales: list | None = None  # None: MARS's multi-scale corner crop; [1.0] keeps the whole short side
     normalization: str = "mars"  # mars (0..255 minus mean, flow codes minus 127.5) | unit (near unit scale)
-    cache_videos: bool = False  # keep decoded videos in memory after the first epoch (small datasets only)
+    cache_mb: int = 0  # decoded frames kept per process, MB (LRU); 0: none. Helps with workers = 0 and a dataset
+    # that fits (the demo): workers start afresh each epoch and an epoch reads each video once (docs/pipeline.md)
     workers: int | None = None  # DataLoader workers per process; None: as many as this machine's CPUs allow
     device: str = "auto"
     amp: str = "off"  # off | fp16 | bf16
@@ -532,7 +534,8 @@ def _resume(run: _Run, task: _RecognitionTask, last_path: Path, say: Callable[[s
     config, planned = run.config, checkpoint.train_config.get("epochs")
     if checkpoint.run_key != run.manifest["key"]:
         same_but_epochs = isinstance(planned, int) and planned >= 1 and checkpoint.run_key == \
-            stage_key("train", {**config_to_dict(config), "epochs": planned}, run.manifest["input_fingerprints"])
+            stage_key("train", {**config_to_dict(config), "epochs": planned}, run.manifest["input_fingerprints"],
+                      _unkeyed(config))
         if same_but_epochs:
             raise InputError(last_path, f"was written by a {planned}-epoch run; scheduler '{config.scheduler}' sets "
                                         f"its learning rates from the total number of epochs, so it cannot be "
@@ -565,9 +568,10 @@ def _previous_extensions(out: Path) -> list[dict[str, Any]]:
 
 
 def _unkeyed(config: TrainConfig) -> tuple[str, ...]:
-    """Config entries that may change without making a ``last.pth`` another run's: the number of epochs, where
-    the schedule does not depend on it, so a finished run can be continued with more."""
-    return ("epochs",) if config.scheduler in EXTENDABLE_SCHEDULES else ()
+    """Config entries that may change without making a ``last.pth`` another run's: the frame cache's size, which
+    changes no clip, and the number of epochs, where the schedule does not depend on it, so a finished run can be
+    continued with more."""
+    return ("cache_mb", "epochs") if config.scheduler in EXTENDABLE_SCHEDULES else ("cache_mb",)
 
 
 def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: torch.device,
@@ -582,8 +586,9 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
     if config.val_fraction == 0:
         say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
     spec = stream_spec(config.stream)
-    train_set = data.clip_dataset(data.train, spec.train_clips, train=True, config=config)
-    val_set = data.clip_dataset(data.val or data.test, spec.train_clips, train=False, config=config)
+    cache = FrameCache(config.cache_mb)  # the training and validation clips of this process share one
+    train_set = data.clip_dataset(data.train, spec.train_clips, train=True, config=config, cache=cache)
+    val_set = data.clip_dataset(data.val or data.test, spec.train_clips, train=False, config=config, cache=cache)
     model = _build_model(config, paths, len(data.classes), fine_tuning, device)
     if config.sta:
         _warn_collapsed_time(config, spec.in_channels, say)
