@@ -160,3 +160,14 @@ def test_a_config_with_cache_videos_names_its_replacement(table, tmp_path):
     line = _refused(*command, "--store", str(tmp_path), "--out", str(tmp_path / "out"), "--config", str(config))
     assert line.startswith(f"error: {config}: ") and line.endswith(
         "'cache_videos' was replaced by cache_mb, the MB of decoded frames kept in memory (0: none)")
+
+
+def test_rgb_and_flow_grids_resize_to_another_size_together(untrimmed_store):
+    store = FlowStore(untrimmed_store.store)
+    video, indices = store.video_ids()[0], np.arange(4, 12)
+    normalization = WindowClips(store, "rgb+flow", 8, 24, "unit").normalization
+    side = store.frame_size(video)[0] - 6  # not the stored size: every frame is resized
+    both = read_grid(store, video, "rgb+flow", indices, side, normalization)
+    apart = [read_grid(store, video, kind, indices, side, normalization) for kind in ("rgb", "flow")]
+    assert both.shape == (8, side, side, 5)
+    assert np.array_equal(both, np.concatenate(apart, axis=-1))

@@ -84,13 +84,13 @@ def read_grid(store: FlowStore, video: str, kind: str, indices: np.ndarray, size
     cache, parts = cache or FrameCache(), []
     if "rgb" in kind.split("+"):
         raw = cache.read(store, video, "rgb", indices).astype(np.float32)
-        parts.append((raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale)
+        parts.append(fit_frames((raw - np.float32(normalization.rgb_mean)) * normalization.rgb_scale, size))
     if "flow" in kind.split("+"):
         codes = cache.read(store, video, "flow", indices).astype(np.float32)
-        parts.append((codes - normalization.flow_center) * normalization.flow_scale)
+        parts.append(fit_frames((codes - normalization.flow_center) * normalization.flow_scale, size))
     if not parts:
         raise ValueError(f"unknown clip kind {kind!r} (rgb, flow or rgb+flow)")
-    return fit_frames(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1), size)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)  # resized apart: cv2 takes <= 4 channels
 
 
 def buffers(grid_length: int, stride: int, buffer: int) -> list[tuple[int, int]]:
