@@ -12,8 +12,8 @@ the step, worker processes included). Workloads:
   minutes): ``features``, S-CNN training (one epoch; the action instances stay those of the first 10 s, so the
   number of steps is fixed while the video grows) and R-C3D detection, with 96-frame buffers so that even the
   shortest video holds several and what grows beyond one buffer shows;
-* ``geometry``: one ResNeXt-101 training step on 64 x 112 x 112 clips at batch 1 and 2 on the CPU (and batch 1
-  under bf16 autocast), with the per-clip memory they imply for batch 32.
+* ``geometry``: one ResNeXt-101 training step on 64 x 112 x 112 clips at batch 1 and 2 on the CPU, in float32 and
+  under bf16 autocast, with the per-clip memory they imply for batch 32.
 
 The growth exponent of a step is the slope of log cost against log size (least squares over the sizes). Goals:
 time exponent <= 1.1 and memory exponent <= 0.2 for every store and untrimmed step, and a 13,320-video store that
@@ -252,7 +252,7 @@ def training_step(batch: int, frames: int, bf16: bool) -> dict:
 
 def geometry_steps(frames: int) -> dict[str, Cost]:
     costs = {}
-    for batch, bf16 in ((1, False), (2, False), (1, True)):
+    for batch, bf16 in ((1, False), (2, False), (1, True), (2, True)):
         cost, printed = probe("train-step", str(batch), str(frames), "bf16" if bf16 else "fp32")
         costs[f"batch {batch} {'bf16 autocast' if bf16 else 'fp32'}"] = Cost(printed["seconds"], cost.peak_mib)
     return costs
@@ -263,11 +263,11 @@ def print_geometry(costs: dict[str, Cost], frames: int) -> None:
           "(seconds of the step itself; peak RSS of the process)")
     for name, cost in costs.items():
         print(f"  {name:<22} {cost.seconds:8.1f} s  {cost.peak_mib:9.0f} MiB")
-    one, two, bf16 = (costs[name].peak_mib for name in ("batch 1 fp32", "batch 2 fp32", "batch 1 bf16 autocast"))
-    per_clip, fixed = two - one, 2 * one - two
-    print(f"  per clip {per_clip:.0f} MiB, fixed (interpreter, weights, gradients, momentum) {fixed:.0f} MiB")
-    print(f"  batch 32 by linear extrapolation: fp32 {(fixed + 32 * per_clip) / 1024:.1f} GiB, "
-          f"bf16 autocast {(fixed + 32 * (bf16 - fixed)) / 1024:.1f} GiB (CPU figures; see docs/scale.md for a GPU)")
+    for precision in ("fp32", "bf16 autocast"):
+        one, two = costs[f"batch 1 {precision}"].peak_mib, costs[f"batch 2 {precision}"].peak_mib
+        per_clip, fixed = two - one, 2 * one - two
+        print(f"  {precision}: {per_clip:.0f} MiB per clip, {fixed:.0f} MiB fixed (interpreter, weights, gradients); "
+              f"batch 32 by linear extrapolation {(fixed + 32 * per_clip) / 1024:.1f} GiB")
 
 
 # -- probes: in-process steps, each run in a process of its own ------------------------------------------------------
