@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def probe(kind: str, *args: str) -> tuple[Cost, dict]:
     return cost, json.loads(output.strip().splitlines()[-1])
 
 
-def exponent(sizes: list[float], values: list[float]) -> float:
+def exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
     """Least-squares slope of log value against log size."""
     return float(np.polyfit(np.log(sizes), np.log(np.maximum(values, 1e-9)), 1)[0])
 
@@ -117,7 +117,8 @@ def write_sources(folder: Path) -> list[Path]:
 def link_dataset(sources: list[Path], folder: Path, count: int) -> None:
     """``count`` videos in UCF-101's layout (``videos/<Class>/v_<Class>_gGG_cCC.avi``) and its split files."""
     classes = [f"Class{index:03d}" for index in range(STORE_CLASSES)]
-    train, test = [], []
+    train: list[str] = []
+    test: list[str] = []
     for k in range(count):
         label, rank = k % STORE_CLASSES, k // STORE_CLASSES
         name = f"{classes[label]}/v_{classes[label]}_g{rank // 4 + 1:02d}_c{rank % 4 + 1:02d}.avi"
