@@ -29,7 +29,8 @@ from pipelines.inference.features import FeatureStore
 
 HEADS = ["--detector", "rc3d", "--mode", "heads", "--sta", "layer3", "--size", "24", "--seed", "1", "--device",
          "cpu"]
-RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_scales = [2, 4, 8]\n'
+ADDED_SINCE_FORMAT_1 = ("fine_tune_from", "buffer_overlap", "truth_inside", "lr_step", "lr_gamma")
+RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_frames = [2, 4, 8]\n'
              'proposal_hidden = 16\nhidden = 32\noptimizer = "adamw"\nlr = 0.001\n')
 
 
@@ -159,14 +160,17 @@ def _format_1_resumes_at_its_next_epoch(data, straight):
     detector = payload.pop("detector")
     for key in ("input", "preprocessing", "preprocessing_hash"):  # format 2 added them
         payload.pop(key)
+    older = {key: value for key, value in detector["rc3d_config"].items() if key not in ADDED_SINCE_FORMAT_1}
+    older["anchor_scales"] = older.pop("anchor_frames")  # in feature steps then: tiny_resnet keeps time
     payload.update(format_version=1, epoch=payload["epoch"] - 1, heads=detector["heads"],
-                   features_checkpoint_sha256=detector["features_checkpoint_sha256"],
-                   **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads", "rc3d_config")})
+                   features_checkpoint_sha256=detector["features_checkpoint_sha256"], rc3d_config=json.dumps(older),
+                   **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads")})
     torch.save(payload, path)
     loaded = load_checkpoint(path)
     assert loaded.epoch == 1 and isinstance(loaded.detector, RC3DExtras)
     assert loaded.detector.rc3d_config["mode"] == "heads" and loaded.detector.reads["layer"] == "layer3"
-    assert rc3d_config_of(loaded).anchor_scales == (2, 4, 8)
+    config = rc3d_config_of(loaded)
+    assert config.anchor_frames == (2, 4, 8) and (config.lr_step, config.buffer_overlap) == (3, 0.75)
     second = _train_heads(data, data / "format1", 2).stdout
     assert "epoch 1/2" not in second and second.count("epoch 2/2") == 1
     resumed = load_checkpoint(path)
