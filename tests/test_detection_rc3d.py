@@ -233,6 +233,23 @@ def test_bad_options_are_one_line_errors(data, args, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("arch, toml, message", [
+    ("resnet10", "anchor_frames = [8, 16]",
+     "anchor_frames [8]: shorter than one feature step of resnet10 at layer4 (16 frames)"),
+    ("c3d", "", "pool [4, 2, 2] and hidden 4096: c3d's fc6, the RoI head, takes 512 inputs and gives 4096"),
+    ("tiny_resnet", 'fine_tune_from = "conv9"', "fine_tune_from 'conv9': tiny_resnet has the stages layer1, "
+                                                "layer2, layer3"),
+])
+def test_backbone_settings_that_cannot_work_are_one_line_errors(data, tmp_path, arch, toml, message):
+    (tmp_path / "bad.toml").write_text(f"[detection.rc3d]\n{toml}\n")
+    result = run_cli("train-detector", "--detector", "rc3d", "--arch", arch, "--stream", "rgb", "--size", "16",
+                     "--store", str(data / "store"), "--annotations", str(data / "data" / "annotations.json"),
+                     "--out", str(tmp_path / "out"), "--config", str(tmp_path / "bad.toml"), "--device", "cpu",
+                     check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("values, message", [
     ({"proposal_nms": 1.5}, "proposal_nms: NMS thresholds and fractions lie in [0, 1]"),
     ({"roi_fraction": -0.1, "test_proposal_nms": 2}, "test_proposal_nms, roi_fraction: NMS thresholds"),

@@ -120,9 +120,9 @@ class RC3DConfig:
         if outside or self.min_length < 0:
             raise InputError(None, f"{', '.join(outside) or 'min_length'}: NMS thresholds and fractions lie in "
                                    "[0, 1], min_length is at least 0")
-        if not 0 <= self.dropout < 1 or not 0 <= self.buffer_overlap < 1:
-            raise InputError(None, f"dropout and buffer_overlap must lie in [0, 1), got {self.dropout} and "
-                                   f"{self.buffer_overlap}")
+        for name, value in (("dropout", self.dropout), ("buffer_overlap", self.buffer_overlap)):
+            if not 0 <= value < 1:
+                raise InputError(None, f"{name} must lie in [0, 1), got {value}")
 
 
 def rc3d_extras(checkpoint: Checkpoint) -> RC3DExtras:
