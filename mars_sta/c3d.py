@@ -109,7 +109,7 @@ class C3D(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d ``fc7`` activation that feeds ``fc8``."""
-        x = self.pool5(self.stage_map(x, "conv5"))
+        x = getattr(self, "pool5")(self.stage_map(x, "conv5"))
         x = self.dropout(self.relu(self.fc6(torch.flatten(x, 1))))
         return self.relu(self.fc7(x))
 

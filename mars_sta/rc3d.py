@@ -22,6 +22,7 @@ the anchor's length and log of the length ratio. The network knows nothing of fi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,7 +55,7 @@ def map_geometry(model: nn.Module, layer: str) -> tuple[int, int]:
     parameter = next(model.parameters())
     attention = any("sta" in name.split(".") for name, _ in model.named_modules())
     size = getattr(model, "build_kwargs", {}).get("sample_size", 16) if attention else 16
-    probe = torch.zeros(1, model.conv1.in_channels, 64, size, size, dtype=parameter.dtype, device=parameter.device)
+    probe = torch.zeros(1, getattr(model, "conv1").in_channels, 64, size, size, dtype=parameter.dtype, device=parameter.device)
     was_training = model.training
     with torch.no_grad():
         found = backbone_map(model.eval(), probe, layer)
@@ -67,13 +68,13 @@ def stage_groups(model: nn.Module) -> list[tuple[str, ...]]:
     groups = getattr(model, "stage_modules", None)
     if groups is not None:
         return list(groups.values())
-    return [("conv1", "bn1"), *((name,) for name in model.stage_names)]
+    return [("conv1", "bn1"), *((name,) for name in getattr(model, "stage_names"))]
 
 
 def freeze_before(model: nn.Module, stage: str) -> None:
     """Keep the weights of everything before ``stage`` (a 3D ResNet's stem included) as loaded: no gradient, as
     R-C3D's port fixes C3D's layers before pool2 and its ResNets' stem. Attention modules stay trainable."""
-    stages = list(model.stage_names)
+    stages = list(getattr(model, "stage_names"))
     groups = stage_groups(model)
     for group in groups[:len(groups) - len(stages) + stages.index(stage)]:
         for name in group:
@@ -84,7 +85,7 @@ def freeze_before(model: nn.Module, stage: str) -> None:
 def fixed_batchnorm(model: nn.Module) -> list[nn.Module]:
     """The backbone's BatchNorm layers (attention modules' excepted: they are new) with their scale and shift fixed,
     as the port's ``set_bn_fix``; training puts them back in eval mode after each ``train()``."""
-    fixed = []
+    fixed: list[nn.Module] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and "sta" not in name.split("."):
             module.requires_grad_(False)
@@ -218,7 +219,7 @@ class RC3DHeads(nn.Module):
         """Copy C3D's ``fc6`` into the classification subnet's fully connected layer, as the port's RoI head is
         C3D's fc6 (8192 = 512 × 4 × 2 × 2 pooled inputs, 4096 outputs); False, fresh weights kept, where the shapes
         differ."""
-        layer = self.classification.body[0]
+        layer = cast(nn.Linear, self.classification.body[0])
         if layer.weight.shape != fc6.weight.shape:
             return False
         with torch.no_grad():
