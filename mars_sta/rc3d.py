@@ -55,7 +55,8 @@ def map_geometry(model: nn.Module, layer: str) -> tuple[int, int]:
     parameter = next(model.parameters())
     attention = any("sta" in name.split(".") for name, _ in model.named_modules())
     size = getattr(model, "build_kwargs", {}).get("sample_size", 16) if attention else 16
-    probe = torch.zeros(1, getattr(model, "conv1").in_channels, 64, size, size, dtype=parameter.dtype, device=parameter.device)
+    probe = torch.zeros(1, getattr(model, "conv1").in_channels, 64, size, size, dtype=parameter.dtype,
+                        device=parameter.device)
     was_training = model.training
     with torch.no_grad():
         found = backbone_map(model.eval(), probe, layer)
@@ -73,13 +74,14 @@ def stage_groups(model: nn.Module) -> list[tuple[str, ...]]:
 
 def freeze_before(model: nn.Module, stage: str) -> None:
     """Keep the weights of everything before ``stage`` (a 3D ResNet's stem included) as loaded: no gradient, as
-    R-C3D's port fixes C3D's layers before pool2 and its ResNets' stem. Attention modules stay trainable."""
+    R-C3D's port fixes C3D's layers before pool2 and its ResNets' stem. Attention modules, new, stay trainable."""
     stages = list(getattr(model, "stage_names"))
     groups = stage_groups(model)
     for group in groups[:len(groups) - len(stages) + stages.index(stage)]:
         for name in group:
-            for parameter in getattr(model, name).parameters():
-                parameter.requires_grad_(False)
+            for key, parameter in getattr(model, name).named_parameters():
+                if "sta" not in key.split("."):
+                    parameter.requires_grad_(False)
 
 
 def fixed_batchnorm(model: nn.Module) -> list[nn.Module]:

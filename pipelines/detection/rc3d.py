@@ -106,8 +106,8 @@ class RC3DConfig:
         numbers = (*self.anchor_frames, *self.roi_negative, *self.offset_stds, *self.pool)
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
             raise InputError(None, "anchor_frames, roi_negative, offset_stds and pool must hold numbers")
-        if (not self.anchor_frames or min(self.anchor_frames) <= 0 or len(self.pool) != 3 or min(self.pool) < 1 or len(self.roi_negative) != 2 or len(self.offset_stds) != 2
-                or min(self.offset_stds) <= 0):
+        if (not self.anchor_frames or min(self.anchor_frames) <= 0 or len(self.pool) != 3 or min(self.pool) < 1
+                or len(self.roi_negative) != 2 or len(self.offset_stds) != 2 or min(self.offset_stds) <= 0):
             raise InputError(None, "anchor_frames and offset_stds must be positive, roi_negative a pair and pool "
                                    "three positive bin counts")
         if not 0 <= self.anchor_negative <= self.anchor_positive <= 1 or not (
