@@ -28,10 +28,13 @@ from flow.store import FlowStore  # noqa: E402
 from mars_sta import build_model  # noqa: E402
 from pipelines.core.checkpoint import save_checkpoint  # noqa: E402
 from pipelines.data.annotations import read_annotations  # noqa: E402
+from mars_sta.rc3d import map_geometry  # noqa: E402
 from pipelines.detection.rc3d import RC3DConfig, train_rc3d  # noqa: E402
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d  # noqa: E402
 from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed  # noqa: E402
 from pipelines.inference.features import FeaturesConfig, build_features  # noqa: E402
+
+PORT_SCALES = (2, 4, 5, 6, 8, 9, 10, 12, 14, 16)  # R-C3D's anchors in feature steps, whatever the backbone
 
 
 def main() -> None:
@@ -66,7 +69,8 @@ def run(root: Path, args: argparse.Namespace) -> None:
     cache_seconds = time.perf_counter() - started
     config = RC3DConfig(mode="heads", arch=args.arch, sta=args.sta or None, size=args.size, layer=layer,
                         pretrained=str(root / "backbone.pth"), stride=args.stride, buffer=args.buffer, epochs=1,
-                        hidden=256, proposal_hidden=64, device=args.device)
+                        hidden=256, proposal_hidden=64, device=args.device,
+                        anchor_frames=tuple(s * map_geometry(backbone, layer)[1] for s in PORT_SCALES))
     annotations = root / "data" / "annotations.json"
     train_rc3d(config, root / "store", read_annotations(annotations, "val"), root / "model", root / "features",
                log=lambda _: None)

@@ -24,7 +24,9 @@ _STAGES: dict[str, tuple[tuple[str, ...], tuple[int, int, int], tuple[int, int, 
 }
 _WIDTHS = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
 
-# Keys of the Sports-1M weights (a Caffe conversion: ``features.<i>``, ``classifier.<i>``) → names used here.
+# Keys of the Sports-1M weights as R-C3D's PyTorch port has them (``c3d_sports1M.pth`` and its ActivityNet files:
+# ``features.<i>``, ``classifier.<i>``) → names used here. The other common conversion (c3d-pytorch's ``c3d.pickle``)
+# already uses these names (``conv1`` … ``fc8``) and loads as it is.
 SPORTS1M_KEYS = {
     "features.0": "conv1", "features.3": "conv2", "features.6": "conv3a", "features.8": "conv3b",
     "features.11": "conv4a", "features.13": "conv4b", "features.16": "conv5a", "features.18": "conv5b",
@@ -50,6 +52,7 @@ class C3D(nn.Module):
     ) -> None:
         super().__init__()
         self.stage_names = tuple(_STAGES)
+        self.stage_modules = {stage: convs for stage, (convs, _, _) in _STAGES.items()}
         self.sta = nn.ModuleDict()
         self.attention_positions: dict[str, str] = {}
         channels, length, size = in_channels, sample_duration, sample_size
@@ -85,17 +88,28 @@ class C3D(nn.Module):
             renamed[f"{SPORTS1M_KEYS[prefix]}.{leaf}" if prefix in SPORTS1M_KEYS else key] = value
         return renamed
 
+    def _stage(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        """One stage's convs with ReLU and its attention, before the stage's pool."""
+        position = self.attention_positions.get(stage)
+        if position == "input":
+            x = self.sta[stage](x)
+        for conv in _STAGES[stage][0]:
+            x = self.relu(getattr(self, conv)(x))
+        return self.sta[stage](x) if position == "residual" else x
+
+    def stage_map(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        """The map after ``stage``'s last conv (its pool not applied): ``conv5`` is R-C3D's conv5b map, 8 input
+        frames and 16 pixels per step."""
+        for name in self.stage_names:
+            x = self._stage(x, name)
+            if name == stage:
+                return x
+            x = getattr(self, f"pool{name[-1]}")(x)
+        raise ValueError(f"{stage!r} is not a stage of C3D ({', '.join(self.stage_names)})")
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The 4096-d ``fc7`` activation that feeds ``fc8``."""
-        for stage, (convs, _, _) in _STAGES.items():
-            position = self.attention_positions.get(stage)
-            if position == "input":
-                x = self.sta[stage](x)
-            for conv in convs:
-                x = self.relu(getattr(self, conv)(x))
-            if position == "residual":
-                x = self.sta[stage](x)
-            x = getattr(self, f"pool{stage[-1]}")(x)
+        x = getattr(self, "pool5")(self.stage_map(x, "conv5"))
         x = self.dropout(self.relu(self.fc6(torch.flatten(x, 1))))
         return self.relu(self.fc7(x))
 

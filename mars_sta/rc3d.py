@@ -1,11 +1,12 @@
 """R-C3D's network (Xu, Das, Saenko, ICCV 2017): a shared 3D backbone, a proposal subnet, temporal RoI pooling
 and a classification subnet, in plain torch.
 
-The backbone is any registered 3D ResNet (with STA where its ``sta`` spec says); ``backbone_map`` runs it over a
-long buffer of frames up to one stage and keeps time and space::
+The backbone is C3D (R-C3D's, to conv5b: 8 frames per step) or any registered 3D ResNet (16 frames per step at
+its last stage), with STA where its ``sta`` spec says; ``backbone_map`` runs it over a long buffer of frames up to
+one stage and keeps time and space::
 
     buffer (N, C_in, T, H, W)
-      │  stem + stages up to ``layer``
+      │  stem + stages up to ``layer`` (C3D: its convs and pools, without the stage's own pool)
       ▼  feature map (N, C, L, h, w)                     L = T / temporal stride of the backbone
       │  proposal subnet: two Conv3d 3×3×3 (space stride 2) + ReLU, max over (h, w), two 1×1 convs
       ▼  anchor scores (N, L·A, 2), anchor offsets (N, L·A, 2)      A = number of anchor scales
@@ -21,6 +22,7 @@ the anchor's length and log of the length ratio. The network knows nothing of fi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,16 +32,67 @@ POOL = "pool"  # the last stage's map averaged over space: the pooled features, 
 
 
 def backbone_map(model: nn.Module, clip: torch.Tensor, layer: str) -> torch.Tensor:
-    """The feature map (N, C, L, h, w) of a registered 3D ResNet after stage ``layer`` (no fc); ``"pool"`` is the
-    last stage averaged over space (h = w = 1), the features ``fc`` reads before they are pooled over time."""
+    """The feature map (N, C, L, h, w) of a registered 3D ResNet or C3D after stage ``layer`` (no fc); ``"pool"``
+    is the last stage averaged over space (h = w = 1), the features the classifier reads before time is pooled."""
     names = getattr(model, "stage_names", None)
     if names is None or layer not in (*names, POOL):
         raise ValueError(f"layer {layer!r} is not a stage of this backbone (stages: {names}, or {POOL!r})")
-    last = len(names) if layer == POOL else names.index(layer) + 1
-    x = clip
-    for name in ("conv1", "bn1", "relu", "maxpool", *names[:last]):
-        x = getattr(model, name)(x)
+    stage = names[-1] if layer == POOL else layer
+    stage_map = getattr(model, "stage_map", None)
+    if stage_map is not None:
+        x = stage_map(clip, stage)
+    else:
+        x = clip
+        for name in ("conv1", "bn1", "relu", "maxpool", *names[:names.index(stage) + 1]):
+            x = getattr(model, name)(x)
     return x.mean(dim=(3, 4), keepdim=True) if layer == POOL else x
+
+
+def map_geometry(model: nn.Module, layer: str) -> tuple[int, int]:
+    """Channels and input frames per step of the map at ``layer`` (C3D's conv5: 512 and 8, a 3D ResNet's last
+    stage: 16 frames), measured on a probe of 64 frames: exact for every registered network. The probe is 16²
+    pixels, or the size the network was built for where attention modules (tied to it) sit in it."""
+    parameter = next(model.parameters())
+    attention = any("sta" in name.split(".") for name, _ in model.named_modules())
+    size = getattr(model, "build_kwargs", {}).get("sample_size", 16) if attention else 16
+    probe = torch.zeros(1, getattr(model, "conv1").in_channels, 64, size, size, dtype=parameter.dtype,
+                        device=parameter.device)
+    was_training = model.training
+    with torch.no_grad():
+        found = backbone_map(model.eval(), probe, layer)
+    model.train(was_training)
+    return int(found.shape[1]), 64 // found.shape[2]
+
+
+def stage_groups(model: nn.Module) -> list[tuple[str, ...]]:
+    """The backbone's top-level modules in input order, grouped by stage: a 3D ResNet's stem first."""
+    groups = getattr(model, "stage_modules", None)
+    if groups is not None:
+        return list(groups.values())
+    return [("conv1", "bn1"), *((name,) for name in getattr(model, "stage_names"))]
+
+
+def freeze_before(model: nn.Module, stage: str) -> None:
+    """Keep the weights of everything before ``stage`` (a 3D ResNet's stem included) as loaded: no gradient, as
+    R-C3D's port fixes C3D's layers before pool2 and its ResNets' stem. Attention modules, new, stay trainable."""
+    stages = list(getattr(model, "stage_names"))
+    groups = stage_groups(model)
+    for group in groups[:len(groups) - len(stages) + stages.index(stage)]:
+        for name in group:
+            for key, parameter in getattr(model, name).named_parameters():
+                if "sta" not in key.split("."):
+                    parameter.requires_grad_(False)
+
+
+def fixed_batchnorm(model: nn.Module) -> list[nn.Module]:
+    """The backbone's BatchNorm layers (attention modules' excepted: they are new) with their scale and shift fixed,
+    as the port's ``set_bn_fix``; training puts them back in eval mode after each ``train()``."""
+    fixed: list[nn.Module] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and "sta" not in name.split("."):
+            module.requires_grad_(False)
+            fixed.append(module)
+    return fixed
 
 
 def make_anchors(length: int, scales: Sequence[float]) -> torch.Tensor:
@@ -147,7 +200,7 @@ class RC3DHeads(nn.Module):
     Args:
         channels: channels of the backbone map the heads read.
         num_classes: K + 1, background included.
-        anchor_scales: anchor lengths in feature steps (R-C3D on THUMOS'14: 2 to 16).
+        anchor_scales: anchor lengths in feature steps (R-C3D on THUMOS'14: 2 to 16 steps of 8 frames).
         pool: temporal RoI pooling output (time, h', w'); R-C3D: (4, 2, 2).
         proposal_hidden: channels of the proposal subnet's convs.
         hidden: width of the classification subnet's fully connected layer.
@@ -163,6 +216,18 @@ class RC3DHeads(nn.Module):
         self.proposal = ProposalSubnet(channels, proposal_hidden, len(self.anchor_scales))
         pooled = channels * self.pool[0] * self.pool[1] * self.pool[2]
         self.classification = ClassificationSubnet(pooled, hidden, num_classes, dropout)
+
+    def start_from_fc6(self, fc6: nn.Linear) -> bool:
+        """Copy C3D's ``fc6`` into the classification subnet's fully connected layer, as the port's RoI head is
+        C3D's fc6 (8192 = 512 × 4 × 2 × 2 pooled inputs, 4096 outputs); False, fresh weights kept, where the shapes
+        differ."""
+        layer = cast(nn.Linear, self.classification.body[0])
+        if layer.weight.shape != fc6.weight.shape:
+            return False
+        with torch.no_grad():
+            layer.weight.copy_(fc6.weight)
+            layer.bias.copy_(fc6.bias)
+        return True
 
     def anchors(self, length: int) -> torch.Tensor:
         return make_anchors(length, self.anchor_scales)

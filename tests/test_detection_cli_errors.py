@@ -45,7 +45,7 @@ def _digest(folder: Path) -> dict[str, str]:
     return {path.relative_to(folder).as_posix(): kind(path) for path in sorted(folder.rglob("*"))}
 
 
-TINY_RC3D = RC3DConfig(layer="layer3", stride=4, buffer=16, anchor_scales=(2.0, 4.0), proposal_hidden=8, hidden=16,
+TINY_RC3D = RC3DConfig(layer="layer3", stride=4, buffer=16, anchor_frames=(2, 4), proposal_hidden=8, hidden=16,
                        size=24, epochs=1, device="cpu")
 
 

@@ -19,17 +19,20 @@ import torch
 
 from conftest import REPO, run_cli, share_untrimmed
 from mars_sta import build_model
-from mars_sta.rc3d import ProposalSubnet, decode_segments, encode_segments, make_anchors, temporal_roi_pool
+from mars_sta.rc3d import (ProposalSubnet, backbone_map, decode_segments, encode_segments, make_anchors,
+                           temporal_roi_pool)
 from flow.errors import InputError
+from flow.store import FlowStore
 from pipelines.core.checkpoint import RC3DExtras, load_checkpoint, save_checkpoint
 from pipelines.core.config import build_config
-from pipelines.detection.rc3d import RC3DConfig, rc3d_config_of
+from pipelines.detection.rc3d import RC3DConfig, kept_truth, overlapping_buffers, rc3d_config_of
 from pipelines.detection.rc3d_targets import anchor_targets, roi_targets, smooth_l1
 from pipelines.inference.features import FeatureStore
 
 HEADS = ["--detector", "rc3d", "--mode", "heads", "--sta", "layer3", "--size", "24", "--seed", "1", "--device",
          "cpu"]
-RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_scales = [2, 4, 8]\n'
+ADDED_SINCE_FORMAT_1 = ("fine_tune_from", "buffer_overlap", "truth_inside", "lr_step", "lr_gamma")
+RC3D_TOML = ('[detection.rc3d]\nlayer = "layer3"\nstride = 2\nbuffer = 16\nanchor_frames = [2, 4, 8]\n'
              'proposal_hidden = 16\nhidden = 32\noptimizer = "adamw"\nlr = 0.001\n')
 
 
@@ -159,14 +162,17 @@ def _format_1_resumes_at_its_next_epoch(data, straight):
     detector = payload.pop("detector")
     for key in ("input", "preprocessing", "preprocessing_hash"):  # format 2 added them
         payload.pop(key)
+    older = {key: value for key, value in detector["rc3d_config"].items() if key not in ADDED_SINCE_FORMAT_1}
+    older["anchor_scales"] = older.pop("anchor_frames")  # in feature steps then: tiny_resnet keeps time
     payload.update(format_version=1, epoch=payload["epoch"] - 1, heads=detector["heads"],
-                   features_checkpoint_sha256=detector["features_checkpoint_sha256"],
-                   **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads", "rc3d_config")})
+                   features_checkpoint_sha256=detector["features_checkpoint_sha256"], rc3d_config=json.dumps(older),
+                   **{key: json.dumps(detector[key]) for key in ("heads_kwargs", "reads")})
     torch.save(payload, path)
     loaded = load_checkpoint(path)
     assert loaded.epoch == 1 and isinstance(loaded.detector, RC3DExtras)
     assert loaded.detector.rc3d_config["mode"] == "heads" and loaded.detector.reads["layer"] == "layer3"
-    assert rc3d_config_of(loaded).anchor_scales == (2, 4, 8)
+    config = rc3d_config_of(loaded)
+    assert config.anchor_frames == (2, 4, 8) and (config.lr_step, config.buffer_overlap) == (3, 0.75)
     second = _train_heads(data, data / "format1", 2).stdout
     assert "epoch 1/2" not in second and second.count("epoch 2/2") == 1
     resumed = load_checkpoint(path)
@@ -227,6 +233,23 @@ def test_bad_options_are_one_line_errors(data, args, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize("arch, toml, message", [
+    ("resnet10", "anchor_frames = [8, 16]",
+     "anchor_frames [8]: shorter than one feature step of resnet10 at layer4 (16 frames)"),
+    ("c3d", "", "pool [4, 2, 2] and hidden 4096: c3d's fc6, the RoI head, takes 512 inputs and gives 4096"),
+    ("tiny_resnet", 'fine_tune_from = "conv9"', "fine_tune_from 'conv9': tiny_resnet has the stages layer1, "
+                                                "layer2, layer3"),
+])
+def test_backbone_settings_that_cannot_work_are_one_line_errors(data, tmp_path, arch, toml, message):
+    (tmp_path / "bad.toml").write_text(f"[detection.rc3d]\n{toml}\n")
+    result = run_cli("train-detector", "--detector", "rc3d", "--arch", arch, "--stream", "rgb", "--size", "16",
+                     "--store", str(data / "store"), "--annotations", str(data / "data" / "annotations.json"),
+                     "--out", str(tmp_path / "out"), "--config", str(tmp_path / "bad.toml"), "--device", "cpu",
+                     check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("values, message", [
     ({"proposal_nms": 1.5}, "proposal_nms: NMS thresholds and fractions lie in [0, 1]"),
     ({"roi_fraction": -0.1, "test_proposal_nms": 2}, "test_proposal_nms, roi_fraction: NMS thresholds"),
@@ -281,3 +304,108 @@ def test_feature_shards_merge_into_the_store_one_process_writes(data, tmp_path):
     next((shards[1] / "videos").glob("*.h5")).write_bytes(b"not hdf5")  # also the merged file: a hard link
     damaged = run_cli("verify-store", str(tmp_path / "merged"), check=False)
     assert damaged.returncode == 1 and "problem: " in damaged.stdout and "1 problem(s)" in damaged.stdout
+
+
+def _rc3d_config(**values) -> RC3DConfig:
+    return RC3DConfig(**{"stream": "rgb", "size": 16, "hidden": 4096, "pool": (1, 1, 1), **values})
+
+
+def _port_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """C3D weights as R-C3D's port saves them (``features.<i>``, ``classifier.<i>``), written out from the
+    published layer order: conv1 and conv2 are ``features.0`` and ``.3``, conv5b ``features.18``."""
+    index = {"conv1": "features.0", "conv2": "features.3", "conv3a": "features.6", "conv3b": "features.8",
+             "conv4a": "features.11", "conv4b": "features.13", "conv5a": "features.16", "conv5b": "features.18",
+             "fc6": "classifier.0", "fc7": "classifier.3", "fc8": "classifier.6"}
+    return {f"{index[key.rpartition('.')[0]]}.{key.rpartition('.')[2]}": value for key, value in state.items()}
+
+
+def test_c3d_sports1m_file_of_the_port_builds_rc3d(untrimmed_store, tmp_path):
+    """A real C3D state dict at 112 px (Sports-1M's 487 classes, fc6 of 8192 inputs) saved in the port's layout
+    (``features.N``, ``classifier.N``): R-C3D gets its conv5b backbone, fc6 as the RoI head, the layers before
+    pool2 fixed, and anchors of 2 to 16 steps of 8 frames. (c3d-pytorch's ``conv1 … fc8`` layout: the CLI test.)"""
+    from pipelines.detection.rc3d import build_rc3d
+
+    torch.manual_seed(0)
+    state = build_model("c3d", num_classes=487, sample_size=112).state_dict()
+    torch.save(_port_layout(state), tmp_path / "c3d_sports1M.pth")
+    model = build_rc3d(RC3DConfig(arch="c3d", stream="rgb", size=112, normalization="mars",
+                                  pretrained=str(tmp_path / "c3d_sports1M.pth")), 2, FlowStore(untrimmed_store.store))
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(loaded[key], state[key]) for key in state if not key.startswith("fc8."))
+    fc = model.heads.classification.body[0]
+    assert torch.equal(fc.weight, state["fc6.weight"]) and torch.equal(fc.bias, state["fc6.bias"])
+    assert model.reads.layer == "conv5" and model.heads.anchor_scales == (2, 4, 5, 6, 8, 9, 10, 12, 14, 16)
+    fixed = {key for key, p in model.backbone.named_parameters() if not p.requires_grad}
+    assert fixed == {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}
+
+
+C3D_TOML = ('[detection.rc3d]\narch = "c3d"\nstream = "rgb"\nsize = 16\nbuffer = 32\nanchor_frames = [8, 16]\n'
+            'pool = [1, 1, 1]\nproposal_hidden = 16\nlr_step = 1\nlr_gamma = 0.5\nepochs = 2\ndevice = "cpu"\n')
+
+
+def test_c3d_pytorch_file_trains_rc3d_end_to_end_and_detects(data, tmp_path):
+    """c3d-pytorch's ``conv1 … fc8`` file (C3D built at 16 px, so fc6 takes 512 = 512 × 1 × 1 × 1 pooled inputs)
+    through train-detector and detect: the layers before pool2 keep the file's weights, the later ones and fc6 (the
+    RoI head) train, the learning rate halves after each epoch, and an older rc3d.pth with anchors in steps reads
+    as frames of C3D's 8."""
+    torch.manual_seed(0)
+    state = build_model("c3d", num_classes=487, sample_size=16).state_dict()
+    torch.save(state, tmp_path / "c3d.pickle")
+    (tmp_path / "c3d.toml").write_text(C3D_TOML)
+    annotations = str(data / "data" / "annotations.json")
+    trained = run_cli("train-detector", "--detector", "rc3d", "--store", str(data / "store"), "--annotations",
+                      annotations, "--out", str(tmp_path / "run"), "--config", str(tmp_path / "c3d.toml"),
+                      "--pretrained", str(tmp_path / "c3d.pickle"))
+    assert "epoch 2/2" in trained.stdout
+    checkpoint = load_checkpoint(tmp_path / "run" / "rc3d.pth")
+    after = checkpoint.state_dict
+    assert all(torch.equal(after[key], state[key]) for key in ("conv1.weight", "conv2.bias"))
+    assert not torch.equal(after["conv5b.weight"], state["conv5b.weight"])
+    assert not torch.equal(checkpoint.detector.heads["classification.body.0.weight"], state["fc6.weight"])
+    assert checkpoint.resume.optimizer["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.25, rel=1e-12)
+    assert checkpoint.detector.heads_kwargs["anchor_scales"] == [1.0, 2.0]
+    run_cli("detect", "--model", str(tmp_path / "run"), "--store", str(data / "store"), "--out",
+            str(tmp_path / "found.json"), "--annotations", annotations, "--device", "cpu")
+    assert sorted(json.loads((tmp_path / "found.json").read_text())["results"]) == ["video_test_0001",
+                                                                                   "video_test_0002"]
+    payload = torch.load(tmp_path / "run" / "rc3d.pth", weights_only=True)
+    older = {k: v for k, v in payload["detector"]["rc3d_config"].items() if k not in ADDED_SINCE_FORMAT_1}
+    older["anchor_scales"] = [1.0, 2.0]
+    older.pop("anchor_frames")
+    payload["detector"]["rc3d_config"] = older
+    torch.save(payload, tmp_path / "older.pth")
+    assert rc3d_config_of(load_checkpoint(tmp_path / "older.pth")).anchor_frames == (8, 16)
+
+
+def test_anchor_frames_on_a_3d_resnet_and_its_batchnorm_fixed(untrimmed_store):
+    """The same frames as on C3D become steps of 16 frames (fractional ones too); the stem is fixed and every
+    BatchNorm layer stays in eval mode with fixed scale and shift, so a training pass leaves it as it was."""
+    from pipelines.detection.rc3d import build_rc3d
+
+    torch.manual_seed(0)
+    model = build_rc3d(_rc3d_config(arch="resnet10", size=32, hidden=32, pool=(4, 2, 2)), 2,
+                       FlowStore(untrimmed_store.store))
+    assert model.heads.anchor_scales == (1, 2, 2.5, 3, 4, 4.5, 5, 6, 7, 8)
+    model.train("end-to-end")
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    assert norms and not any(m.training for m in norms) and model.backbone.layer1.training
+    trained = {id(p) for p in model.parameters("end-to-end")}
+    assert not any(id(p) in trained for m in norms for p in m.parameters())
+    assert id(model.backbone.conv1.weight) not in trained and id(model.backbone.layer1[0].conv1.weight) in trained
+    backbone_map(model.backbone, torch.randn(1, 3, 32, 32, 32), "layer4").sum().backward()
+    assert all(torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and m.weight.grad is None
+               for m, (mean, var) in zip(norms, before))
+    assert model.backbone.layer1[0].conv1.weight.grad is not None
+
+
+def test_training_buffers_overlap_as_the_ports_and_keep_truth_mostly_inside():
+    """768-frame buffers every 192 frames from the start and back from the end (the port's THUMOS'14 windows);
+    a segment trains a buffer when 70 % of it lies inside, clipped by at most the rest, never cut to a sliver."""
+    assert overlapping_buffers(1000, 768, 0.75) == [(0, 768), (40, 808), (192, 960), (232, 1000)]
+    assert overlapping_buffers(1152, 768, 0.75) == [(0, 768), (192, 960), (384, 1152)]
+    assert overlapping_buffers(500, 768, 0.75) == [(0, 500)]
+    segments = np.array([[700.0, 800.0], [730.0, 830.0], [100.0, 200.0], [760.0, 770.0]])
+    assert kept_truth(segments, 0, 768, 0.7).tolist() == [False, False, True, True]  # 68 %, 38 %, all, 80 %
+    assert kept_truth(segments, 40, 808, 0.7).tolist() == [True, True, True, True]  # 78 % of the second
+    assert kept_truth(segments, 192, 960, 0.7).tolist() == [True, True, False, True]  # 8 % of the third

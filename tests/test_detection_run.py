@@ -53,7 +53,7 @@ device = "cpu"
 mode = "heads"
 stride = 4
 buffer = 16
-anchor_scales = [2, 4]
+anchor_frames = [2, 4]
 proposal_hidden = 8
 hidden = 16
 epochs = 1
@@ -117,7 +117,7 @@ def test_report_of_a_detection_run_has_the_detection_section(run_dir):
      "[detection] models or give pretrained"),
     (('mode = "heads"', 'mode = "heads"\npretrained = "nowhere.pth"'),
      "[detection.rc3d] pretrained: "),
-    (("anchor_scales = [2, 4]", "anchor_scales = []"), "[detection.rc3d] anchor_scales"),
+    (("anchor_frames = [2, 4]", "anchor_frames = []"), "[detection.rc3d] anchor_frames"),
     (('mode = "heads"', 'mode = "heads"\nlayer = "layr3"'),
      "[detection.rc3d] layer 'layr3': expected pool or one of layer1, layer2, layer3"),
     (('stream = "mars"', 'stream = "mars"\narch = "tiny_resnt"'), "[detection.train] unknown architecture"),

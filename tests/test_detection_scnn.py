@@ -173,7 +173,7 @@ TINY_DEMO = (
     'workers = 1\n[detection.train]\nsta = "layer3"\nframes = 4\nsize = 24\nwindow_lengths = [8, 16]\n'
     'proposal_positive = 0.5\nepochs = 1\nbatch_size = 8\ndevice = "cpu"\n[detection.detect]\n'
     'proposal_threshold = 0.0\ndevice = "cpu"\n[detection.rc3d]\nstride = 4\nbuffer = 16\n'
-    'anchor_scales = [2, 4]\nproposal_hidden = 8\nhidden = 16\nepochs = 1\ndevice = "cpu"\n'
+    'anchor_frames = [2, 4]\nproposal_hidden = 8\nhidden = 16\nepochs = 1\ndevice = "cpu"\n'
     '[detection.rc3d_detect]\ndevice = "cpu"\n')
 
 

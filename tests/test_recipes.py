@@ -40,6 +40,7 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
         text = text.replace(f"/data/thumos14/{folder}", str(tmp_path / folder))
     (tmp_path / "backbone.pth").write_bytes(b"")  # R-C3D end to end: a file where the checkpoint will be
     text = text.replace("/models/RGB_Kinetics_16f.pth", str(tmp_path / "backbone.pth"))
+    text = text.replace("/models/c3d_sports1M.pth", str(tmp_path / "backbone.pth"))
     (tmp_path / "thumos14.toml").write_text(text)
     plan = load_plan(tmp_path / "thumos14.toml", tmp_path / "out")
     detection = plan.detection
@@ -51,6 +52,8 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
     assert (sta.window_lengths, sta.window_overlap, sta.frames) == ((16, 32, 64, 128, 256, 512), 0.75, 16)
     assert (sta.proposal_positive, sta.localization_positive, sta.overlap_alpha) == (0.7, 0.5, 0.25)
     plain, sta = detection.rc3d["r-c3d"], detection.rc3d["sta-r-c3d"]
-    assert (plain.sta, sta.sta, sta.mode, sta.buffer, sta.stride) == (None, "layer4:bn", "end-to-end", 768, 1)
-    assert (sta.anchor_scales, sta.anchor_batch, sta.proposal_nms, sta.test_proposal_nms) == (
-        (2, 4, 5, 6, 8, 9, 10, 12, 14, 16), 64, 0.8, 0.9)
+    assert (plain.sta, sta.sta, sta.mode, sta.buffer, sta.stride) == (None, "conv5:bn", "end-to-end", 768, 1)
+    assert (plain.arch, plain.fine_tune_from, plain.buffer_overlap, plain.truth_inside) == ("c3d", "conv3", 0.75, 0.7)
+    assert (sta.anchor_frames, sta.anchor_batch, sta.proposal_nms, sta.test_proposal_nms) == (
+        (16, 32, 40, 48, 64, 72, 80, 96, 112, 128), 64, 0.8, 0.9)
+    assert (plain.lr, plain.lr_step, plain.lr_gamma, plain.epochs) == (0.0001, 3, 0.1, 5)

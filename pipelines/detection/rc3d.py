@@ -1,9 +1,10 @@
 """STA-R-C3D: R-C3D's proposal and classification subnets over a shared registry backbone (STA where ``sta``
 says), trained end to end from the flow store or heads-only on a feature store, and its test.
 
-A video is cut into buffers (``pipelines.inference.features.buffers``); each buffer is one training sample and is
-detected in on its own, as R-C3D does with its 768-frame buffers. Both modes see the same buffers: heads-only
-training reads the maps ``features`` cached from the frozen backbone, end to end computes them with gradients.
+End to end, the training samples are R-C3D's port's windows: buffers of ``buffer`` frames that overlap by
+``buffer_overlap``, each with the ground truth that lies at least ``truth_inside`` in it (clipped to it). Heads-only
+training reads the maps ``features`` cached from the frozen backbone, whose buffers do not overlap
+(``pipelines.inference.features.buffers``, as the test cuts a video), with the same rule for the ground truth.
 ``DIR/rc3d.pth`` holds the backbone (as the ``state_dict`` of a registry network, so ``features --checkpoint``
 reads it too) and the heads, with optimizer and RNG states for exact resume.
 """
@@ -23,7 +24,7 @@ import torch
 from flow.atomic import write_json_atomic
 from flow.errors import InputError
 from flow.store import VIDEOS, FlowStore
-from mars_sta.rc3d import RC3DHeads, backbone_map
+from mars_sta.rc3d import RC3DHeads, backbone_map, fixed_batchnorm, freeze_before, map_geometry
 from pipelines.core.checkpoint import Checkpoint, RC3DExtras, load_checkpoint
 from pipelines.core.config import check_at_least, check_choices, check_one_of, config_to_dict
 from pipelines.core.device import resolve_device
@@ -38,7 +39,10 @@ from pipelines.detection.rc3d_targets import anchor_targets, proposals, roi_targ
 from pipelines.inference.features import BackboneInput, FeatureStore, buffers
 
 MODEL = "rc3d.pth"
-THUMOS_SCALES = (2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0)  # anchor lengths, feature steps
+# R-C3D's port on THUMOS'14: anchor scales 2, 4, 5, 6, 8, 9, 10, 12, 14, 16 steps of C3D's 8 frames
+THUMOS_ANCHOR_FRAMES = (16, 32, 40, 48, 64, 72, 80, 96, 112, 128)
+# the first stage fine-tuned end to end: the port fixes C3D's layers before pool2 and its ResNets' stem
+FINE_TUNE_FROM = {"c3d": "conv3"}
 
 
 @dataclass(frozen=True)
@@ -53,10 +57,14 @@ class RC3DConfig:
     size: int = 32  # frame side the backbone reads
     normalization: str = "unit"
     pretrained: str | None = None  # checkpoint the backbone starts from (heads: the features' checkpoint)
-    layer: str | None = None  # backbone stage the heads read; None: the last
+    layer: str | None = None  # backbone stage the heads read; None: the last (C3D: conv5, its conv5b map)
+    fine_tune_from: str | None = None  # first backbone stage trained end to end; None: c3d conv3, else the first
     stride: int = 1  # grid frames between sampled frames
     buffer: int = 768  # sampled frames per buffer (R-C3D: 768)
-    anchor_scales: tuple[float, ...] = THUMOS_SCALES
+    buffer_overlap: float = 0.75  # end to end, training buffers start every buffer x (1 - overlap) frames
+    truth_inside: float = 0.7  # a ground-truth segment trains a buffer when this share of it lies inside
+    anchor_frames: tuple[float, ...] = THUMOS_ANCHOR_FRAMES  # anchor lengths in sampled frames, at least one
+    # feature step (c3d: 8 frames, a 3D ResNet's last stage: 16, tiny_resnet: 1); in steps they may be fractional
     anchor_positive: float = 0.7
     anchor_negative: float = 0.3
     anchor_batch: int = 64
@@ -80,6 +88,8 @@ class RC3DConfig:
     dropout: float = 0.5
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.0001
+    lr_step: int = 3  # epochs between learning-rate drops; 0: constant
+    lr_gamma: float = 0.1  # factor of each drop
     weight_decay: float = 0.0005
     epochs: int = 5
     accumulate: int = 1  # buffers per optimizer step, per process: a step takes processes × accumulate buffers
@@ -91,26 +101,28 @@ class RC3DConfig:
         check_choices(self)
         check_one_of(normalization=(self.normalization, NORMALIZATIONS), subset=(self.subset, SUBSET_NAMES))
         check_at_least(stride=(self.stride, 1), buffer=(self.buffer, 1), epochs=(self.epochs, 0),
-                       accumulate=(self.accumulate, 1),
+                       accumulate=(self.accumulate, 1), lr_step=(self.lr_step, 0),
                        anchor_batch=(self.anchor_batch, 1), roi_batch=(self.roi_batch, 1), size=(self.size, 1))
-        numbers = (*self.anchor_scales, *self.roi_negative, *self.offset_stds, *self.pool)
+        numbers = (*self.anchor_frames, *self.roi_negative, *self.offset_stds, *self.pool)
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
-            raise InputError(None, "anchor_scales, roi_negative, offset_stds and pool must hold numbers")
-        if (not self.anchor_scales or min(self.anchor_scales) <= 0 or len(self.pool) != 3 or min(self.pool) < 1
+            raise InputError(None, "anchor_frames, roi_negative, offset_stds and pool must hold numbers")
+        if (not self.anchor_frames or min(self.anchor_frames) <= 0 or len(self.pool) != 3 or min(self.pool) < 1
                 or len(self.roi_negative) != 2 or len(self.offset_stds) != 2 or min(self.offset_stds) <= 0):
-            raise InputError(None, "anchor_scales and offset_stds must be positive, roi_negative a pair and pool "
+            raise InputError(None, "anchor_frames and offset_stds must be positive, roi_negative a pair and pool "
                                    "three positive bin counts")
         if not 0 <= self.anchor_negative <= self.anchor_positive <= 1 or not (
                 0 <= self.roi_negative[0] <= self.roi_negative[1] <= self.roi_positive <= 1):
             raise InputError(None, "negative and positive tIoU thresholds must satisfy 0 <= negative <= positive <= 1")
         shares = {"proposal_nms": self.proposal_nms, "test_proposal_nms": self.test_proposal_nms,
-                  "anchor_fraction": self.anchor_fraction, "roi_fraction": self.roi_fraction}
+                  "anchor_fraction": self.anchor_fraction, "roi_fraction": self.roi_fraction,
+                  "truth_inside": self.truth_inside, "lr_gamma": self.lr_gamma}
         outside = [name for name, value in shares.items() if not 0 <= value <= 1]
         if outside or self.min_length < 0:
             raise InputError(None, f"{', '.join(outside) or 'min_length'}: NMS thresholds and fractions lie in "
                                    "[0, 1], min_length is at least 0")
-        if not 0 <= self.dropout < 1:
-            raise InputError(None, f"dropout must lie in [0, 1), got {self.dropout}")
+        for name, value in (("dropout", self.dropout), ("buffer_overlap", self.buffer_overlap)):
+            if not 0 <= value < 1:
+                raise InputError(None, f"{name} must lie in [0, 1), got {value}")
 
 
 def rc3d_extras(checkpoint: Checkpoint) -> RC3DExtras:
@@ -121,9 +133,16 @@ def rc3d_extras(checkpoint: Checkpoint) -> RC3DExtras:
 
 
 def rc3d_config_of(checkpoint: Checkpoint) -> RC3DConfig:
-    """The RC3DConfig an ``rc3d.pth`` was trained with."""
-    values = dict(rc3d_extras(checkpoint).rc3d_config)
-    tuples = {k: tuple(values[k]) for k in ("anchor_scales", "roi_negative", "offset_stds", "pool")}
+    """The RC3DConfig an ``rc3d.pth`` was trained with. Older files gave anchors in feature steps
+    (``anchor_scales``): they become frames with the backbone's frames per step; settings added since take their
+    defaults."""
+    extras = rc3d_extras(checkpoint)
+    values = dict(extras.rc3d_config)
+    if "anchor_scales" in values:
+        layer = extras.reads["layer"]
+        frames_per_step = map_geometry(checkpoint.build_model(), layer)[1]
+        values["anchor_frames"] = [s * frames_per_step for s in values.pop("anchor_scales")]
+    tuples = {k: tuple(values[k]) for k in ("anchor_frames", "roi_negative", "offset_stds", "pool")}
     return dataclasses.replace(RC3DConfig(), **{**values, **tuples})
 
 
@@ -139,7 +158,17 @@ class RC3D:
         return self
 
     def parameters(self, mode: str) -> list[torch.nn.Parameter]:
-        return [*self.heads.parameters(), *(self.backbone.parameters() if mode == "end-to-end" else [])]
+        """What training updates: the heads, and end to end the backbone's parameters that are not fixed."""
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad] if mode == "end-to-end" else []
+        return [*self.heads.parameters(), *backbone]
+
+    def train(self, mode: str) -> None:
+        """Heads in training mode; the backbone too when it trains end to end, but its BatchNorm layers in eval
+        mode, as the port's ``set_bn_fix`` and ``set_bn_eval``."""
+        self.heads.train()
+        self.backbone.train(mode == "end-to-end")
+        for module in fixed_batchnorm(self.backbone):
+            module.eval()
 
     def buffer_map(self, store: FlowStore, video: str, first: int, stop: int, device: torch.device
                    ) -> torch.Tensor:
@@ -160,17 +189,30 @@ def build_rc3d(config: RC3DConfig, num_classes: int, store: FlowStore) -> RC3D:
 
     backbone = build_model(config.arch, num_classes=num_classes + 1, in_channels=3 if config.stream == "rgb" else 2,
                            sample_size=config.size, sample_duration=16, sta=config.sta)
+    layer = config.layer or backbone.stage_names[-1]
+    first_trained = config.fine_tune_from or FINE_TUNE_FROM.get(config.arch, backbone.stage_names[0])
+    for option, stage in (("layer", layer), ("fine_tune_from", first_trained)):
+        if stage not in backbone.stage_names:
+            raise InputError(None, f"{option} {stage!r}: {config.arch} has the stages "
+                                   f"{', '.join(backbone.stage_names)}")
+    channels, frames_per_step = map_geometry(backbone, layer)
+    short = [frames for frames in config.anchor_frames if frames < frames_per_step]
+    if short:
+        raise InputError(None, f"anchor_frames {short}: shorter than one feature step of {config.arch} at {layer} "
+                               f"({frames_per_step} frames)")
     if config.pretrained:
         load_pretrained(backbone, config.pretrained)
-    layer = config.layer or backbone.stage_names[-1]
+    freeze_before(backbone, first_trained)
+    fixed_batchnorm(backbone)
     reads = BackboneInput(config.stream, config.size, Normalization.named(config.normalization, store.bound),
                           config.stride, config.buffer, layer)
-    with torch.no_grad():
-        probe = backbone_map(backbone.eval(), torch.zeros(1, backbone.conv1.in_channels, 1, config.size,
-                                                          config.size), layer)
-    heads = RC3DHeads(channels=probe.shape[1], num_classes=num_classes + 1, anchor_scales=config.anchor_scales,
-                      pool=config.pool, proposal_hidden=config.proposal_hidden, hidden=config.hidden,
-                      dropout=config.dropout)
+    heads = RC3DHeads(channels=channels, num_classes=num_classes + 1,
+                      anchor_scales=[frames / frames_per_step for frames in config.anchor_frames], pool=config.pool,
+                      proposal_hidden=config.proposal_hidden, hidden=config.hidden, dropout=config.dropout)
+    fc6 = getattr(backbone, "fc6", None)
+    if fc6 is not None and not heads.start_from_fc6(fc6):
+        raise InputError(None, f"pool {list(config.pool)} and hidden {config.hidden}: {config.arch}'s fc6, the RoI "
+                               f"head, takes {fc6.in_features} inputs and gives {fc6.out_features}")
     return RC3D(backbone, reads, heads)
 
 
@@ -181,36 +223,48 @@ class Buffer:
     video: str
     first: int  # sampled steps [first, stop)
     stop: int
-    chunk: int  # which buffer of the video
+    chunk: int  # which buffer of the video (heads-only: of the cached ones)
     truth: np.ndarray
     classes: np.ndarray
 
 
-def training_buffers(store: FlowStore, truth: Annotations, reads: BackboneInput, steps_per_feature: float
-                     ) -> list[Buffer]:
-    """Every buffer of every annotated video that overlaps its ground truth, segments clipped to the buffer."""
+def overlapping_buffers(steps: int, buffer: int, overlap: float) -> list[tuple[int, int]]:
+    """R-C3D's port's training windows over ``steps`` sampled frames: a buffer every ``buffer · (1 − overlap)``
+    frames from the start while a whole one fits, and as many back from the end, each start once; a video shorter
+    than a buffer is one."""
+    if steps <= buffer:
+        return [(0, steps)]
+    step = max(1, round(buffer * (1 - overlap)))
+    starts = set(range(0, steps - buffer + 1, step)) | set(range(steps - buffer, -1, -step))
+    return [(first, first + buffer) for first in sorted(starts)]
+
+
+def kept_truth(segments: np.ndarray, first: int, stop: int, inside: float) -> np.ndarray:
+    """Which segments (n, 2) in sampled frames train the buffer ``[first, stop)``: those with at least ``inside``
+    of their length in it (the port's 0.7), as a mask; the others are left out, not cut to a sliver."""
+    length = segments[:, 1] - segments[:, 0]
+    within = np.minimum(segments[:, 1], stop) - np.maximum(segments[:, 0], first)
+    return (within > 0) & (within >= inside * length)
+
+
+def training_buffers(store: FlowStore, truth: Annotations, reads: BackboneInput, frames_per_step: int,
+                     config: RC3DConfig) -> list[Buffer]:
+    """Every buffer of every annotated video that keeps ground truth, its segments clipped to the buffer (by at
+    most ``1 − truth_inside`` of them). End to end the buffers overlap; heads-only they are the cached ones."""
     found = []
     for video in sorted(truth.videos):
         frames = truth.in_frames(video, fps_of(store, video))
-        segments = np.array([(a, b) for a, b, _ in frames], np.float64).reshape(-1, 2)
+        segments = np.array([(a, b) for a, b, _ in frames], np.float64).reshape(-1, 2) / reads.stride
         labels = np.array([k for *_, k in frames], np.int64)
-        for chunk, (first, stop) in enumerate(buffers(store.num_frames(video) - 1, reads.stride, reads.buffer)):
-            span = np.array([first, stop], np.float64) / steps_per_feature
-            steps = segments / (reads.stride * steps_per_feature) - span[0]
-            inside = (steps[:, 1] > 0) & (steps[:, 0] < span[1] - span[0])
-            if inside.any():
-                found.append(Buffer(video, first, stop, chunk, steps[inside].clip(0, span[1] - span[0]),
-                                    labels[inside]))
+        steps = -(-(store.num_frames(video) - 1) // reads.stride)
+        spans = (buffers(store.num_frames(video) - 1, reads.stride, reads.buffer) if config.mode == "heads"
+                 else overlapping_buffers(steps, reads.buffer, config.buffer_overlap))
+        for chunk, (first, stop) in enumerate(spans):
+            kept = kept_truth(segments, first, stop, config.truth_inside)
+            if kept.any():
+                inside = (segments[kept].clip(first, stop) - first) / frames_per_step
+                found.append(Buffer(video, first, stop, chunk, inside, labels[kept]))
     return found
-
-
-def temporal_stride(model: RC3D) -> float:
-    """Sampled steps per feature step (the backbone's temporal stride), measured on a probe buffer."""
-    steps = min(model.reads.buffer, 16)
-    with torch.no_grad():
-        probe = torch.zeros(1, model.backbone.conv1.in_channels, steps, model.reads.size, model.reads.size,
-                            device=next(model.backbone.parameters()).device)
-        return steps / backbone_map(model.backbone.eval(), probe, model.reads.layer).shape[2]
 
 
 def buffer_losses(model: RC3D, feature_map: torch.Tensor, sample: Buffer, config: RC3DConfig,
@@ -256,7 +310,8 @@ def train_rc3d(config: RC3DConfig, store_path: Path, truth: Annotations, out: Pa
     context = init_distributed(resolve_device(config.device))
     device = rank_device(resolve_device(config.device), context)
     model.to(device)
-    samples = training_buffers(store, truth, model.reads, temporal_stride(model))
+    samples = training_buffers(store, truth, model.reads, map_geometry(model.backbone, model.reads.layer)[1],
+                               config)
     if not samples:
         raise InputError(truth.source, f"no buffer of the {truth.subset} videos holds ground truth")
     optimizer = _optimizer(config, model.parameters(config.mode))
@@ -297,7 +352,9 @@ class _RC3DTask:
         self.model, self.samples, self.cache, self.store, self.config = model, samples, cache, store, config
         self.optimizer, self.device, self.context, self.classes = optimizer, device, context, classes
         self.path, self.key, self.features = path, key, features
-        self.name, self.scheduler = "rc3d", None
+        self.name = "rc3d"
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
+                          if config.lr_step else None)
         self.synced: torch.nn.Module | None = None
         self.metrics: tuple[str, ...] = ("loss", "buffers")
         self.epoch = 0
@@ -305,8 +362,7 @@ class _RC3DTask:
     def steps(self, epoch: int) -> Iterator[list[MicroBatch]]:
         config, rank = self.config, self.context.rank
         self.epoch = epoch
-        self.model.heads.train()
-        self.model.backbone.train(config.mode == "end-to-end")
+        self.model.train(config.mode)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(self.samples))
         parts = self.context.world_size * config.accumulate
         for first in range(0, len(order), parts):
@@ -331,6 +387,8 @@ class _RC3DTask:
         pass
 
     def end_epoch(self, epoch: int, sums: dict[str, float]) -> dict[str, Any]:
+        if self.scheduler is not None:
+            self.scheduler.step()
         return {"loss": sums["loss"] / max(sums["buffers"], 1)}
 
     def checkpoint(self, epochs_done: int, row: dict[str, Any]) -> Checkpoint:
