@@ -11,41 +11,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 from pathlib import Path
 
 import torch
 
+from benchmarks.machine import commit, cpu_model
 from pipelines.stages.demo import run_demo
 
 COLUMNS = (("Flow", "flow"), ("RGB", "rgb"), ("MARS", "mars"), ("STA-MARS", "sta-mars"),
            ("MARS+RGB+Flow", "mars+rgb+flow"))
-
-
-def cpu_model() -> str:
-    """The processor's name as the kernel reports it (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    """The checkout's commit, marked ``+changes`` when files differ from it."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{head}+changes" if dirty else head
 
 
 def table_row(seed: int, result: dict) -> tuple[str, dict[str, float]]:

@@ -44,6 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.machine import describe  # noqa: E402
+
 CLI = [sys.executable, "-m", "cli"]
 GROWTH = (1, 4, 16)
 UCF101_VIDEOS = 13_320
@@ -332,7 +334,7 @@ def main() -> None:
     divide = 16 if args.quick else 1
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"cpus {os.cpu_count()}, python {sys.version.split()[0]}, work folder {work}", flush=True)
+    print(f"{describe()}; python {sys.version.split()[0]}; work folder {work}", flush=True)
     started, results, misses = time.perf_counter(), {}, []
     try:
         only = set(args.only.split(","))
