@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks.machine import commit, cpu_model
-from pipelines.stages.demo import run_demo
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import commit, cpu_model  # noqa: E402
+from pipelines.stages.demo import run_demo  # noqa: E402
 
 COLUMNS = (("Flow", "flow"), ("RGB", "rgb"), ("MARS", "mars"), ("STA-MARS", "sta-mars"),
            ("MARS+RGB+Flow", "mars+rgb+flow"))
