@@ -352,8 +352,8 @@ def main() -> None:
         storage_videos = work / "storage-videos"
         make_videos(storage_videos, 3, args.storage_frames)
         storage_store = work / "storage-store"
-        extract_flow(ExtractConfig(short_side=args.short_side, preset=args.preset, workers=args.workers), storage_videos,
-                     storage_store, progress=False)
+        config = ExtractConfig(short_side=args.short_side, preset=args.preset, workers=args.workers)
+        extract_flow(config, storage_videos, storage_store, progress=False)
         storage_section(storage_store, work)
 
 
