@@ -259,13 +259,15 @@ def read_hdf5(path: Path, video_id: str, start: int) -> None:
         handle[video_id][start: start + WINDOW]
 
 
-def hdf5_18_copy(store: FlowStore, out: Path) -> int:
-    """Bytes of the store's video files written as before FILE_FORMAT: in HDF5's default 1.8 object formats."""
+def hdf5_18_copy(store: FlowStore, out: Path) -> Path:
+    """The store with its video files written as before FILE_FORMAT: in HDF5's default 1.8 object formats."""
+    out.mkdir(parents=True)
+    shutil.copy(store.root / store_module.MANIFEST, out)
     saved, store_module.FILE_FORMAT = store_module.FILE_FORMAT, None
     try:
         for video_id in store.video_ids():
             attrs = store.attrs(video_id)
-            writer = store_module.VideoFileWriter(out / f"{video_id}.h5", attrs)
+            writer = store_module.VideoFileWriter(store_module.video_path(out, video_id), attrs)
             with h5py.File(store.path_of(video_id), "r") as handle:
                 for data in handle["frames"][:]:
                     writer.add_jpeg(data)
@@ -274,7 +276,7 @@ def hdf5_18_copy(store: FlowStore, out: Path) -> int:
             writer.commit(attrs["height"], attrs["width"])
     finally:
         store_module.FILE_FORMAT = saved
-    return allocated(out)[0]
+    return out
 
 
 def storage_section(store_path: Path, work: Path) -> None:
@@ -294,8 +296,8 @@ def storage_section(store_path: Path, work: Path) -> None:
     video_ids = [v for v in store.video_ids() if store.num_frames(v) > WINDOW]
     height, width = store.frame_size(store.video_ids()[0])
 
-    def read_store(video_id: str, start: int) -> None:
-        with FlowStore(store_path) as fresh:
+    def read_store(video_id: str, start: int, path: Path = store_path) -> None:
+        with FlowStore(path) as fresh:
             fresh.frames(video_id, start, start + WINDOW)
             fresh.flow_codes(video_id, start, start + WINDOW)  # codes, as MARS's folders hold them
 
@@ -309,7 +311,10 @@ def storage_section(store_path: Path, work: Path) -> None:
     overhead = store_apparent - jpeg_bytes - flow_bytes
     print(f"{'  of which HDF5 structure (per frame)':<56} {overhead / frames / 1e3:9.1f}")
     old = hdf5_18_copy(store, work / "hdf5-18")
-    print(f"{'  the same files in HDF5 1.8 formats (stores before)':<56} {old / frames / 1e3:9.1f}")
+    old_apparent, old_disk = allocated(old / "videos")
+    old_seconds = seconds_per_window(lambda v, s: read_store(v, s, old), video_ids)
+    print(f"{'  the same files in HDF5 1.8 formats (stores before)':<56} {old_apparent / frames / 1e3:9.1f} "
+          f"{old_disk / frames / 1e3:9.1f} {1e3 * old_seconds:18.2f}")
     mars_apparent = mars_frames / frames + sum(a for a, _ in mars_flow) / pairs
     mars_disk = mars_frames_disk / frames + sum(d for _, d in mars_flow) / pairs
     print(f"{'MARS JPEG folders (frame + flow x + flow y)':<56} {mars_apparent / 1e3:9.1f} {mars_disk / 1e3:9.1f}"
