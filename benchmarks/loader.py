@@ -162,6 +162,39 @@ def mars_reader(tree: Path, duration: int, size: int) -> Callable[[int], torch.T
     return read
 
 
+def store_stages(store_path: Path, duration: int, size: int, clips: int) -> dict[str, float]:
+    """CPU ms per clip of the store path's stages, each timed alone over the same windows and crops as a loop of
+    ``clips`` training clips (scale and corner cycling through MARS's choices)."""
+    store = FlowStore(store_path, max_open_files=1)
+    videos = store.video_ids()
+    plans = []
+    for n in range(clips):
+        video = videos[n % len(videos)]
+        height, width = store.frame_size(video)
+        start = n % (store.num_frames(video) - duration)
+        plans.append((video, start, corner_crop(height, width, SCALES[n % 5], POSITIONS[n // 5 % 5])))
+    frames = [store.frames(video, start, start + duration) for video, start, _ in plans]
+    codes = [store.flow_codes(video, start, start + duration) for video, start, _ in plans]
+
+    def crop_resize() -> None:
+        for (_, _, (top, left, side)), part_rgb, part_flow in zip(plans, frames, codes):
+            for part in (part_rgb, part_flow):
+                [cv2.resize(f[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
+                 for f in part]
+
+    stages = {
+        "read + decode the RGB JPEGs": lambda: [store.frames(v, s, s + duration) for v, s, _ in plans],
+        "read + inflate the flow codes": lambda: [store.flow_codes(v, s, s + duration) for v, s, _ in plans],
+        "crop + resize (INTER_AREA), RGB and flow": crop_resize,
+    }
+    result = {}
+    for name, stage in stages.items():
+        started = cpu_seconds()
+        stage()
+        result[name] = 1e3 * (cpu_seconds() - started) / clips
+    return result
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -222,6 +255,7 @@ def main() -> None:
         shape = (5, args.frames, args.size, args.size)
         store_rate = rates(store_reader(store_path, args.frames, args.size), args.clips, shape)
         mars_rate = rates(mars_reader(tree, args.frames, args.size), args.clips, shape)
+        stages = store_stages(store_path, args.frames, args.size, args.clips)
         model = model_rate(args.model_steps, args.frames, args.size) if args.model_steps else None
     finally:
         if args.work is None:
@@ -233,6 +267,8 @@ def main() -> None:
     print(f"{'reader':<40} {'clips/CPU-s':>12} {'clips/s':>9}")
     print(f"{'flow store (ClipDataset)':<40} {store_rate[1]:12.2f} {store_rate[0]:9.2f}")
     print(f"{'MARS JPEG folders (PIL)':<40} {mars_rate[1]:12.2f} {mars_rate[0]:9.2f}")
+    print("store path, CPU ms per clip: " + ", ".join(f"{name} {ms:.1f}" for name, ms in stages.items())
+          + f", all stages together {1e3 / store_rate[1]:.1f}")
     print(f"ratio store / MARS per CPU-second: {store_rate[1] / mars_rate[1]:.2f}x (goal >= 3x); "
           f"wall: {store_rate[0] / mars_rate[0]:.2f}x")
     if model is not None:
