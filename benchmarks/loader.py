@@ -163,36 +163,28 @@ def mars_reader(tree: Path, duration: int, size: int) -> Callable[[int], torch.T
 
 
 def store_stages(store_path: Path, duration: int, size: int, clips: int) -> dict[str, float]:
-    """CPU ms per clip of the store path's stages, each timed alone over the same windows and crops as a loop of
-    ``clips`` training clips (scale and corner cycling through MARS's choices)."""
+    """CPU ms per clip of the store path's stages, timed clip by clip over windows and crops like the training
+    loop's (scale and corner cycling through MARS's choices)."""
     store = FlowStore(store_path, max_open_files=1)
     videos = store.video_ids()
-    plans = []
+    totals = dict.fromkeys(("read + decode the RGB JPEGs", "read + inflate the flow codes",
+                            "crop + resize (INTER_AREA) RGB and flow"), 0.0)
     for n in range(clips):
         video = videos[n % len(videos)]
-        height, width = store.frame_size(video)
         start = n % (store.num_frames(video) - duration)
-        plans.append((video, start, corner_crop(height, width, SCALES[n % 5], POSITIONS[n // 5 % 5])))
-    frames = [store.frames(video, start, start + duration) for video, start, _ in plans]
-    codes = [store.flow_codes(video, start, start + duration) for video, start, _ in plans]
-
-    def crop_resize() -> None:
-        for (_, _, (top, left, side)), part_rgb, part_flow in zip(plans, frames, codes):
-            for part in (part_rgb, part_flow):
-                [cv2.resize(f[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
-                 for f in part]
-
-    stages = {
-        "read + decode the RGB JPEGs": lambda: [store.frames(v, s, s + duration) for v, s, _ in plans],
-        "read + inflate the flow codes": lambda: [store.flow_codes(v, s, s + duration) for v, s, _ in plans],
-        "crop + resize (INTER_AREA), RGB and flow": crop_resize,
-    }
-    result = {}
-    for name, stage in stages.items():
-        started = cpu_seconds()
-        stage()
-        result[name] = 1e3 * (cpu_seconds() - started) / clips
-    return result
+        top, left, side = corner_crop(*store.frame_size(video), SCALES[n % 5], POSITIONS[n // 5 % 5])
+        marks = [cpu_seconds()]
+        frames = store.frames(video, start, start + duration)
+        marks.append(cpu_seconds())
+        codes = store.flow_codes(video, start, start + duration)
+        marks.append(cpu_seconds())
+        for part in (frames, codes):
+            [cv2.resize(f[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
+             for f in part]
+        marks.append(cpu_seconds())
+        for name, begin, end in zip(totals, marks, marks[1:]):
+            totals[name] += 1e3 * (end - begin) / clips
+    return totals
 
 
 def cpu_seconds() -> float:
