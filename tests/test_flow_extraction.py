@@ -102,6 +102,31 @@ def test_window_reads_equal_full_reads_sliced(whole_store):
     np.testing.assert_array_equal(reopened.frames("Run/v_00", 2, 4), frames[2:4])
 
 
+def rewrite_in_hdf5_18_formats(path: Path) -> None:
+    """The video file as stores written before FILE_FORMAT were: HDF5's default (1.8) object formats."""
+    with h5py.File(path) as new:
+        attrs, frames, codes = dict(new.attrs), list(new["frames"][:]), new["flow"][:]
+    with h5py.File(path, "w") as old:
+        old.attrs.update(attrs)
+        dataset = old.create_dataset("frames", (len(frames),), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8),
+                                     chunks=(64,))
+        for k, data in enumerate(frames):
+            dataset[k] = data
+        old.create_dataset("flow", data=codes, maxshape=(None, *codes.shape[1:]), chunks=(1, *codes.shape[1:]),
+                           compression="gzip", compression_opts=4, fletcher32=True)
+
+
+def test_files_in_the_older_hdf5_formats_read_and_verify_alike(whole_store, tmp_path):
+    old_store = tmp_path / "store"
+    shutil.copytree(whole_store, old_store)
+    for path in (old_store / "videos").rglob("*.h5"):
+        rewrite_in_hdf5_18_formats(path)
+        superblock_versions = {path.read_bytes()[8], (whole_store / path.relative_to(old_store)).read_bytes()[8]}
+        assert superblock_versions == {0, 3}  # HDF5 1.8's default superblock, and 1.10's
+    assert_same_content(whole_store, old_store)
+    cli("verify-store", old_store, check=0)
+
+
 def test_store_refuses_what_it_cannot_read(whole_store, dataset, tmp_path):
     with pytest.raises(InputError, match="not a flow store"):
         FlowStore(dataset)
