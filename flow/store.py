@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -321,20 +321,21 @@ class VideoFileWriter:
 
 def check_video_file(handle: h5py.File, path: Path) -> tuple[int, int, int]:
     """(T, H, W) of an open video file, after checking its datasets and attributes; InputError if malformed."""
+    attrs = dict(handle.attrs.items())  # read once: each ``handle.attrs`` access reopens the root group
     missing = [name for name in ("frames", "flow") if name not in handle]
-    missing += [f"attribute {name}" for name in REQUIRED_ATTRS if name not in handle.attrs]
+    missing += [f"attribute {name}" for name in REQUIRED_ATTRS if name not in attrs]
     if missing:
         raise InputError(path, f"not a complete flow-store video (missing {', '.join(missing)})")
     for name in ATTR_TYPES:
-        if name in handle.attrs:
-            video_attr(handle.attrs, name, path)
+        if name in attrs:
+            video_attr(attrs, name, path)
     frames, flow = handle["frames"], handle["flow"]
-    height, width = video_attr(handle.attrs, "height"), video_attr(handle.attrs, "width")
+    height, width = video_attr(attrs, "height"), video_attr(attrs, "width")
     if frames.ndim != 1 or h5py.check_vlen_dtype(frames.dtype) != np.uint8:
         raise InputError(path, f"'frames' must be (T,) variable-length uint8 JPEG bytes, found {frames.dtype} "
                                f"{frames.shape}")
-    if video_attr(handle.attrs, "frame_encoding") != "jpeg":
-        raise InputError(path, f"unknown frame encoding {video_attr(handle.attrs, 'frame_encoding')!r}")
+    if video_attr(attrs, "frame_encoding") != "jpeg":
+        raise InputError(path, f"unknown frame encoding {video_attr(attrs, 'frame_encoding')!r}")
     count = frames.shape[0]
     if count < 2:
         raise InputError(path, f"holds {count} frame(s); a video needs at least 2")
@@ -488,7 +489,7 @@ class FlowStore:
         return f"FlowStore({str(self.root)!r})"
 
 
-def video_attr(attrs: h5py.AttributeManager, name: str, path: Path | None = None) -> Any:
+def video_attr(attrs: Mapping[str, Any], name: str, path: Path | None = None) -> Any:
     """Attribute ``name`` as a plain value of the type the format gives it; None when absent or (without ``path``)
     of another type; with ``path``, another type is an InputError naming the file."""
     value = _plain(attrs[name]) if name in attrs else None
