@@ -88,14 +88,22 @@ def _train(data, out, epochs: int, *extra: str):
                    str(epochs), *TINY, *extra)
 
 
+def _assert_extended(stdout: str) -> None:
+    """A run extended from 1 to 2 epochs: proposal and classification train their second epoch only; the
+    localization network trains both anew from the extended classification network."""
+    assert "proposal epoch 1/2" not in stdout and "classification epoch 1/2" not in stdout
+    assert "localization: its classification network now has 2 epochs, not 1" in stdout
+    assert stdout.count("epoch 2/2") == 3 and "localization epoch 1/2" in stdout
+
+
 @pytest.mark.numerics
 def test_train_detect_evaluate_and_exact_resume(data):
     straight, resumed = data / "straight", data / "resumed"
     _train(data, straight, 2, "--sta", "layer3")
     _train(data, resumed, 1, "--sta", "layer3")
-    second = _train(data, resumed, 2, "--sta", "layer3")  # extending a finished run trains the added epoch only
-    assert "epoch 1/2" not in second.stdout and second.stdout.count("epoch 2/2") == 2
-    for network in ("proposal", "localization"):
+    second = _train(data, resumed, 2, "--sta", "layer3")  # extending a finished run trains the added epoch only,
+    _assert_extended(second.stdout)                        # and localization anew from the extended classification
+    for network in NETWORKS:
         a, b = (load_checkpoint(folder / f"{network}.pth").payload for folder in (straight, resumed))
         assert a["epoch"] == b["epoch"] == 2
         assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
@@ -139,7 +147,7 @@ def test_a_format_1_detector_loads_and_resumes_at_its_next_epoch(data):
         written["localization"]["detector_config"])))
     assert detector_config_of(loaded).sta == "layer3"
     second = _train(data, old, 2, "--sta", "layer3")
-    assert "epoch 1/2" not in second.stdout and second.stdout.count("epoch 2/2") == 2
+    _assert_extended(second.stdout)
     for network in NETWORKS:  # the same weights as the run trained straight (the test above)
         a, b = (load_checkpoint(folder / f"{network}.pth") for folder in (data / "straight", old))
         assert a.epoch == b.epoch == 2 and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
