@@ -374,7 +374,8 @@ def _detections(model, data, out, **settings):
 def test_post_processing_is_eval_scnn_thumos14s(trained_model, data, tmp_path):
     classes = ["left", "right"]
     prior = np.asarray(load_checkpoint(trained_model / "localization.pth").detector.length_prior)
-    scored = {video: _window_probabilities(trained_model, data, video) for video in ("video_test_0001", "video_test_0002")}
+    scored = {video: _window_probabilities(trained_model, data, video)
+              for video in ("video_test_0001", "video_test_0002")}
     middle = float(np.median(np.concatenate([action for _, action, _ in scored.values()])))
     found = {name: _detections(trained_model, data, tmp_path / f"{name}.json", **settings) for name, settings in {
         "all": dict(proposal_threshold=0.0), "drop": dict(proposal_threshold=0.0, drop_background=True),

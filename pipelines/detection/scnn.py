@@ -87,7 +87,7 @@ class DetectorConfig:
     lr_gamma: float = 0.5  # each decay multiplies the rate by it (S-CNN's ResNet-18 solvers: 0.5)
     weight_decay: float = 0.01
     normalization: str = "unit"  # "unit" for tiny networks from scratch, "mars" for MARS's input scale
-    pretrained: str | None = None  # a recognition checkpoint (trimmed clips) both networks start from
+    pretrained: str | None = None  # a recognition checkpoint (trimmed clips) proposal and classification start from
     subset: str = "val"  # annotation subset trained on
     seed: int = 0
     device: str = "auto"
