@@ -191,14 +191,7 @@ def train_detector(config: DetectorConfig, store_path: Path, truth: Annotations,
         **{f"teacher_{n}": teacher / f"{n}.pth" for n in NETWORKS if teacher is not None}})
     clips = WindowClips(store, stream_spec(config.stream).train_clips, config.frames, config.size,
                         config.normalization, config.cache_videos)
-    thresholds = {"proposal": (config.proposal_positive, config.proposal_negative),
-                  "localization": (config.localization_positive, config.localization_negative)}
-    found = {role: training_windows(store, truth, config, *pair) for role, pair in thresholds.items()}
-    for role, sample in found.items():  # checked for all before any trains
-        if not (sample.labels > 0).any():
-            raise InputError(truth.source, f"no window reaches tIoU {thresholds[role][0]} with the {truth.subset} "
-                                           f"ground truth (window lengths {list(config.window_lengths)})")
-    windows = {**found, "classification": found["proposal"]}  # S-CNN: the proposal network's windows, K + 1 labels
+    windows = _windows_of_networks(store, truth, config)
     prior = window_length_prior(store, truth, config.window_lengths)
     paths: dict[str, Path] = {}
     with folder_lock(out) if context.is_main else contextlib.nullcontext():  # creates it: all checks are done
@@ -222,6 +215,23 @@ def _check_teacher(config: DetectorConfig, teacher: Path | None) -> None:
         raise InputError(None, "the mars stream needs --teacher (a folder written by train-detector --stream flow)")
     if not StreamName(config.stream).has_teacher and teacher is not None:
         raise InputError(teacher, "--teacher is only used by --stream mars")
+    missing = [network for network in NETWORKS if teacher is not None and not (teacher / f"{network}.pth").is_file()]
+    if missing:
+        raise InputError(teacher / f"{missing[0]}.pth", "not found: --teacher must be a folder written by "
+                                                        "train-detector --stream flow, with its three networks")
+
+
+def _windows_of_networks(store: FlowStore, truth: Annotations, config: DetectorConfig) -> dict[str, WindowSet]:
+    """Each network's labelled windows, checked for all before any trains; the classification network takes the
+    proposal network's windows with their K + 1 labels, as S-CNN."""
+    thresholds = {"proposal": (config.proposal_positive, config.proposal_negative),
+                  "localization": (config.localization_positive, config.localization_negative)}
+    found = {role: training_windows(store, truth, config, *pair) for role, pair in thresholds.items()}
+    for role, sample in found.items():
+        if not (sample.labels > 0).any():
+            raise InputError(truth.source, f"no window reaches tIoU {thresholds[role][0]} with the {truth.subset} "
+                                           f"ground truth (window lengths {list(config.window_lengths)})")
+    return {**found, "classification": found["proposal"]}
 
 
 def window_length_prior(store: FlowStore, truth: Annotations, lengths: tuple[int, ...]) -> np.ndarray:
