@@ -132,7 +132,8 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
 @click.option("--proposal-threshold", type=FRACTION,
               help="Keep windows the proposal network scores at least this.  [default: 0.5]")
 @click.option("--nms-threshold", type=FRACTION,
-              help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).  [default: 0.4]")
+              help="Per-class NMS tIoU of the results file (S-CNN's one result set per tIoU, NMS 0.1 below it: "
+                   "nms_below_tiou in [detection.detect]).  [default: 0.4]")
 @click.option("--score-threshold", type=FRACTION,
               help="R-C3D: drop class probabilities below this.  [default: 0.005]")
 @click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per forward pass.  [default: 64]")
@@ -141,8 +142,9 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
 def detect_command(model_dir: Path, store: Path | None, features: Path | None, out: Path,
                    annotations_path: Path | None, subset: str, config_path: Path | None, no_progress: bool,
                    **options) -> None:
-    """Detect actions with a trained S-CNN (windows, proposal filter, localization scores) or R-C3D (end to end,
-    or its heads on --features), then per-class NMS."""
+    """Detect actions with a trained S-CNN (windows, proposal filter, localization scores, and S-CNN's
+    post-processing as [detection.detect] sets it) or R-C3D (end to end, or its heads on --features), then per-class
+    NMS."""
     from pipelines.detection.stages import detect_stage
 
     detect_stage(model_dir, store, out, annotations_path, subset, config_path, options, log=click.echo,
