@@ -55,11 +55,12 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--annotations", "annotations_path", required=True, type=click.Path(path_type=Path),
               help="THUMOS'14 annotation folder or ActivityNet-style JSON.")
 @click.option("--out", required=True, type=WRITABLE_FOLDER,
-              help="Folder for proposal.pth, localization.pth and manifest.json (rerun to resume).")
+              help="Folder for proposal.pth, classification.pth, localization.pth and manifest.json (rerun to "
+                   "resume).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML file whose [detection.train] table sets any of these options (options given here win).")
 @click.option("--detector", type=click.Choice(["scnn", "rc3d"]), default="scnn", show_default=True,
-              help="S-CNN (proposal + localization networks) or R-C3D (table [detection.rc3d]).")
+              help="S-CNN (proposal, classification, localization networks) or R-C3D (table [detection.rc3d]).")
 @click.option("--mode", type=click.Choice(["end-to-end", "heads"]),
               help="R-C3D: fine-tune the backbone, or train the heads on --features.  [default: end-to-end]")
 @click.option("--features", type=click.Path(file_okay=False, path_type=Path),
@@ -72,7 +73,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
               help="Flow detector (a train-detector folder) the mars stream distils from.")
 @click.option("--sta", type=STA_SPEC,
               help="STA in S-CNN's localization network (STA-S-CNN) or R-C3D's backbone, e.g. 'layer3'.")
-@click.option("--pretrained", help="Recognition checkpoint both networks start from.")
+@click.option("--pretrained", help="Recognition checkpoint the networks start from (S-CNN: proposal and "
+                                   "classification; localization starts from classification).")
 @click.option("--epochs", type=POSITIVE_INT, help="Passes over the training windows (S-CNN: per network) or "
                                                  "buffers (R-C3D).  [default: 8; R-C3D: 5]")
 @click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per optimizer step (R-C3D takes one buffer "
@@ -80,7 +82,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 @click.option("--accumulate", type=POSITIVE_INT,
               help="Micro-batches (R-C3D: buffers) per optimizer step and process.  [default: 1]")
 @click.option("--alpha", type=NON_NEGATIVE_FLOAT, help="MARS feature-matching weight (mars stream).  [default: 50]")
-@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (S-CNN: AdamW; R-C3D: SGD, or AdamW by its config)."
+@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate (S-CNN: AdamW, or SGD by its config; R-C3D: SGD, or "
+                                              "AdamW by its config)."
                                               "  [default: 0.002; R-C3D: 0.0001]")
 @click.option("--frames", type=POSITIVE_INT, help="Clip length every window is sampled to.  [default: 16]")
 @click.option("--size", type=POSITIVE_INT, help="Clip side in pixels.  [default: 32]")
@@ -95,8 +98,8 @@ def eval_detection(detections: Path, annotations_path: Path, subset: str, tiou: 
 def train_detector_command(store: Path, annotations_path: Path, out: Path, config_path: Path | None,
                            detector: str, features: Path | None, teacher: Path | None, no_progress: bool,
                            nproc: int, **options) -> None:
-    """Train a detector on annotated untrimmed videos: S-CNN's proposal and localization networks (STA-S-CNN with
-    --sta) or R-C3D (STA-R-C3D with --sta).
+    """Train a detector on annotated untrimmed videos: S-CNN's proposal, classification and localization networks
+    (STA-S-CNN with --sta) or R-C3D (STA-R-C3D with --sta).
 
     \b
     Several GPUs or machines: MARS_STA_TORCHRUN_ARGS='["train-detector", "--store", ...]' torchrun
@@ -112,8 +115,7 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
     paths = train_detector_stage(store, annotations_path, out, config_path, options, log=click.echo,
                                  progress=not no_progress, detector=detector, features=features, teacher=teacher)
     if paths:
-        shown = [paths["proposal"], paths["localization"]] if detector == "scnn" else list(paths.values())
-        click.echo(f"detector: {', '.join(map(str, shown))}")
+        click.echo(f"detector: {', '.join(map(str, paths.values()))}")
 
 
 @click.command("detect")
@@ -132,7 +134,8 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
 @click.option("--proposal-threshold", type=FRACTION,
               help="Keep windows the proposal network scores at least this.  [default: 0.5]")
 @click.option("--nms-threshold", type=FRACTION,
-              help="Per-class NMS tIoU (S-CNN: 0.1 below the evaluation tIoU).  [default: 0.4]")
+              help="Per-class NMS tIoU of the results file (S-CNN's one result set per tIoU, NMS 0.1 below it: "
+                   "nms_below_tiou in [detection.detect]).  [default: 0.4]")
 @click.option("--score-threshold", type=FRACTION,
               help="R-C3D: drop class probabilities below this.  [default: 0.005]")
 @click.option("--batch-size", type=POSITIVE_INT, help="S-CNN: windows per forward pass.  [default: 64]")
@@ -141,8 +144,9 @@ def train_detector_command(store: Path, annotations_path: Path, out: Path, confi
 def detect_command(model_dir: Path, store: Path | None, features: Path | None, out: Path,
                    annotations_path: Path | None, subset: str, config_path: Path | None, no_progress: bool,
                    **options) -> None:
-    """Detect actions with a trained S-CNN (windows, proposal filter, localization scores) or R-C3D (end to end,
-    or its heads on --features), then per-class NMS."""
+    """Detect actions with a trained S-CNN (windows, proposal filter, localization scores, and S-CNN's
+    post-processing as [detection.detect] sets it) or R-C3D (end to end, or its heads on --features), then per-class
+    NMS."""
     from pipelines.detection.stages import detect_stage
 
     detect_stage(model_dir, store, out, annotations_path, subset, config_path, options, log=click.echo,

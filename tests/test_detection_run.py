@@ -7,8 +7,11 @@ import json
 
 import pytest
 
+import torch
+
 from conftest import run_cli
 from flow.errors import InputError
+from pipelines.core.checkpoint import load_checkpoint
 from pipelines.stages.run import load_plan
 
 CONFIG = """
@@ -47,6 +50,9 @@ device = "cpu"
 
 [detection.detect]
 proposal_threshold = 0.0
+drop_background = true
+length_prior = true
+nms_below_tiou = 0.1
 device = "cpu"
 
 [detection.rc3d]
@@ -96,6 +102,17 @@ def test_run_trains_detects_and_evaluates_then_skips_everything_unchanged(run_di
                          "--tiou", "0.1,0.5", "--json")
         row = next(row for row in report["rows"] if row["model"] == model)
         assert json.loads(scored.stdout)["mAP"] == pytest.approx(row["mAP"], abs=1e-4)
+    for model in ("s-cnn", "sta-s-cnn"):  # S-CNN: each tIoU's mAP is eval-detection's on that tIoU's own set
+        folder = root / "out" / "detection" / model
+        assert all((folder / f"{n}.pth").is_file() for n in ("proposal", "classification", "localization"))
+        row = next(row for row in report["rows"] if row["model"] == model)
+        for index, tiou in enumerate((0.1, 0.5)):
+            scored = run_cli("eval-detection", str(folder / f"detections.tiou-{tiou:g}.json"), "--annotations",
+                             str(root / "data" / "annotations.json"), "--subset", "test", "--tiou", str(tiou),
+                             "--json")
+            assert json.loads(scored.stdout)["mAP"][0] == pytest.approx(row["mAP"][index], abs=1e-4)
+    shared = [load_checkpoint(root / "out" / "detection" / m / "classification.pth") for m in ("s-cnn", "sta-s-cnn")]
+    assert all(torch.equal(shared[0].state_dict[k], shared[1].state_dict[k]) for k in shared[0].state_dict)
 
 
 def test_report_of_a_detection_run_has_the_detection_section(run_dir):
@@ -126,6 +143,11 @@ def test_report_of_a_detection_run_has_the_detection_section(run_dir):
     (("tiou = [0.1, 0.5]", "tiou = [0, 0.5]"), "[detection] tiou [0, 0.5]: thresholds must lie in (0, 1]"),
     (("tiou = [0.1, 0.5]", "tiou = [[0.1], 0.5]"), "[detection] 'tiou' must hold float or int items, got list [0.1]"),
     (("[detection.synth]", "[synth]"), "[synth] writes the trimmed recognition dataset"),
+    (("epochs = 1", 'epochs = 1\noptimizer = "adam"'),
+     "[detection.train] optimizer 'adam': expected one of adamw, sgd"),
+    (("epochs = 1", "epochs = 1\nlr_gamma = 0"), "[detection.train] lr_gamma must be greater than 0, got 0"),
+    (("nms_below_tiou = 0.1", "nms_below_tiou = 1.5"),
+     "[detection.detect] proposal_threshold, nms_threshold and nms_below_tiou must be in [0, 1]"),
 ])
 def test_detection_table_is_checked_whole_before_any_stage(tmp_path, edit, problem):
     config = tmp_path / "run.toml"

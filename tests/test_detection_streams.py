@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,6 +70,15 @@ def test_mars_detector_needs_a_flow_teacher(data, tmp_path):
     wrong = _train(data, tmp_path / "b", "--stream", "mars", "--teacher", str(data / "rgb"), check=False)
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
     assert "proposal.pth: teacher must be a flow-stream detector, got stream 'rgb'" in wrong.stderr
+    older = tmp_path / "older"  # a teacher folder of two networks, written before the classification network
+    older.mkdir()
+    for network in ("proposal", "localization"):
+        shutil.copyfile(data / "rgb" / f"{network}.pth", older / f"{network}.pth")
+    refused = _train(data, tmp_path / "c", "--stream", "mars", "--teacher", str(older), check=False)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: {older / 'classification.pth'}: not found: --teacher must be a folder written by train-detector "
+        "--stream flow, with its three networks\n")
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.numerics
@@ -79,7 +89,7 @@ def test_ddp_detector_equals_one_process_accumulating_the_same_micro_batches(dat
     # torchrun gives each process one thread; so does the baseline, or AdamW magnifies the other summation order
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     _train(data, tmp_path / "one", "--accumulate", "2")
-    for network in ("proposal", "localization"):
+    for network in ("proposal", "classification", "localization"):
         ddp, one = _weights(tmp_path / "ddp", network), _weights(tmp_path / "one", network)
         compared = [key for key in one if not key.endswith(BN_BUFFERS)]
         for key in compared:

@@ -51,6 +51,11 @@ def test_thumos14_recipe_is_the_papers_scnn_with_sta_in_the_localization_network
     assert plain.sta is None and sta.sta == "layer4:bn" and sta.subset == "val"
     assert (sta.window_lengths, sta.window_overlap, sta.frames) == ((16, 32, 64, 128, 256, 512), 0.75, 16)
     assert (sta.proposal_positive, sta.localization_positive, sta.overlap_alpha) == (0.7, 0.5, 0.25)
+    assert (sta.optimizer, sta.momentum, sta.lr, sta.weight_decay, sta.lr_gamma) == ("sgd", 0.9, 1e-3, 5e-5, 0.5)
+    assert sta.lr_step * 4 == sta.epochs  # solver_r2.prototxt: the rate halves after each quarter of the training
+    found = detection.detect  # eval_scnn_thumos14.m
+    assert (found.proposal_threshold, found.drop_background, found.length_prior) == (0.7, True, True)
+    assert found.nms_sets() == {0.1: 0.0, 0.2: 0.1, 0.3: 0.2, 0.4: 0.3, 0.5: 0.4}
     plain, sta = detection.rc3d["r-c3d"], detection.rc3d["sta-r-c3d"]
     assert (plain.sta, sta.sta, sta.mode, sta.buffer, sta.stride) == (None, "conv5:bn", "end-to-end", 768, 1)
     assert (plain.arch, plain.fine_tune_from, plain.buffer_overlap, plain.truth_inside) == ("c3d", "conv3", 0.75, 0.7)

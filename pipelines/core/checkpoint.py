@@ -74,13 +74,17 @@ OPTIONAL: FieldTypes = {"preprocessing": (dict, type(None)), "preprocessing_hash
 
 @dataclass(frozen=True)
 class SCNNExtras:
-    """An S-CNN network's own fields: which of the two it is, and the ``DetectorConfig`` it was trained with."""
+    """An S-CNN network's own fields: which of the three it is, the ``DetectorConfig`` it was trained with, and
+    (localization network) S-CNN's window-length prior, per class and window length; files written before the
+    prior existed have none."""
 
     network: str
     detector_config: dict[str, Any]
+    length_prior: list[list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "scnn", "network": self.network, "detector_config": self.detector_config}
+        fields = {"kind": "scnn", "network": self.network, "detector_config": self.detector_config}
+        return fields if self.length_prior is None else {**fields, "length_prior": self.length_prior}
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,9 @@ def _detector_fields(path: Path, payload: dict[str, Any], version: int) -> tuple
             return epoch, None
         kind = fields.get("kind")
         if kind == "scnn":
-            return epoch, SCNNExtras(str(fields["network"]), dict(fields["detector_config"]))
+            prior = fields.get("length_prior")
+            return epoch, SCNNExtras(str(fields["network"]), dict(fields["detector_config"]),
+                                     None if prior is None else [[float(v) for v in row] for row in prior])
         if kind == "rc3d":
             return epoch, RC3DExtras(dict(fields["heads"]), dict(fields["heads_kwargs"]), dict(fields["reads"]),
                                      dict(fields["rc3d_config"]), str(fields["features_checkpoint_sha256"]))

@@ -30,12 +30,12 @@ from pipelines.core.stream_specs import StreamName
 from pipelines.data.synth_files import check_target
 from pipelines.data.annotations import SUBSET_NAMES, read_annotations
 from pipelines.detection.detect import DetectConfig, detect
-from pipelines.scoring.detection_map import DEFAULT_TIOU, PROTOCOLS
+from pipelines.scoring.detection_map import DEFAULT_TIOU, PROTOCOLS, tiou_result_sets
 from mars_sta import model_entry
 from pipelines.core.checkpoint import load_checkpoint
 from pipelines.detection.rc3d import MODEL, RC3DConfig, train_rc3d
 from pipelines.detection.rc3d_detect import RC3DDetectConfig, detect_rc3d
-from pipelines.detection.scnn import DetectorConfig, train_detector
+from pipelines.detection.scnn import NETWORKS, WITHOUT_STA, DetectorConfig, train_detector
 from pipelines.report.detection_summary import summarize
 from pipelines.data.untrimmed import UntrimmedConfig, generate_untrimmed
 from pipelines.inference.features import FeaturesConfig, FeatureStore, build_features
@@ -130,12 +130,18 @@ def plan_detection(table: dict[str, Any], source: Path, base: Path, out: Path,
                          annotations=(base / config.annotations).resolve(),
                          store=(base / config.store).resolve() if config.store else out / "detection" / "store",
                          synth=synth, extract=extract, train=train,
-                         detect=_named(DetectConfig, tables.get("detect", {}), source, "[detection.detect]"),
+                         detect=_detect_config(tables.get("detect", {}), config.tiou, source),
                          rc3d=rc3d, rc3d_detect=_named(RC3DDetectConfig, tables.get("rc3d_detect", {}), source,
                                                        "[detection.rc3d_detect]"))
     _check_devices(plan, base_train, given_rc3d, source)
     _check_data_paths(plan, source)
     return plan
+
+
+def _detect_config(table: dict[str, Any], evaluated: tuple[float, ...], source: Path) -> DetectConfig:
+    """``[detection.detect]``; its per-tIoU result sets (``nms_below_tiou``) cover every tIoU the run evaluates."""
+    config = _named(DetectConfig, table, source, "[detection.detect]")
+    return dataclasses.replace(config, tiou=tuple(sorted({*evaluated, *config.tiou})))
 
 
 def _check_rc3d_tables_used(tables: dict[str, Any], models: tuple[str, ...], source: Path) -> None:
@@ -272,19 +278,26 @@ def run_detection(plan: DetectionPlan, stage: Stage, log: Callable[[str], None] 
     for model, folder in folders.items():
         _detect_stage(plan, stage, model, folder, inputs, videos, log, progress)
     key = {**inputs, "config": config_to_dict(plan.config),
-           "detections": [fingerprint(folder / "detections.json") for folder in folders.values()]}
+           "detections": [fingerprint(path) for folder in folders.values() for path in _results_files(folder)]}
     return stage("eval-detection", "evaluate detections", key, lambda: _evaluate(plan, folders, test))
+
+
+def _results_files(folder: Path) -> list[Path]:
+    """A detector's results file and the per-tIoU result sets it names."""
+    results = folder / "detections.json"
+    return [results, *tiou_result_sets(results).values()]
 
 
 def _train_stage(plan: DetectionPlan, stage: Stage, model: str, config: DetectorConfig, inputs: dict[str, Any],
                  log: Callable[[str], None], progress: bool) -> Path:
-    """Train one detector; STA-S-CNN takes S-CNN's proposal network, a mars detector the flow teacher."""
+    """Train one detector; STA-S-CNN takes S-CNN's proposal and classification networks, a mars detector the flow
+    teacher."""
     folder = plan.out / model
     teacher = plan.out / TEACHER if StreamName(config.stream).has_teacher else None
     if model == "sta-s-cnn" and "s-cnn" in plan.train:
-        share_proposal(plan.out / "s-cnn", folder)
+        share_networks_without_sta(plan.out / "s-cnn", folder)
     key = {**inputs, "config": config_to_dict(config),
-           "teacher": [fingerprint(teacher / f"{n}.pth") for n in ("proposal", "localization")] if teacher else None}
+           "teacher": [fingerprint(teacher / f"{n}.pth") for n in NETWORKS] if teacher else None}
 
     def train() -> dict[str, str]:
         truth = read_annotations(plan.annotations, config.subset)
@@ -341,9 +354,11 @@ def _evaluate(plan: DetectionPlan, folders: dict[str, Path], test) -> dict[str, 
             "mAP": {row["model"]: [round(v, 4) for v in row["mAP"]] for row in summary["rows"]}}
 
 
-def share_proposal(source: Path, target: Path) -> None:
-    """Give STA-S-CNN the proposal network S-CNN trained (its resume key ignores ``sta``, so it is kept as is)."""
-    if source == target or (target / "proposal.pth").exists() or not (source / "proposal.pth").exists():
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / "proposal.pth", target / "proposal.pth")
+def share_networks_without_sta(source: Path, target: Path) -> None:
+    """Give STA-S-CNN the proposal and classification networks S-CNN trained (their resume keys ignore ``sta``, so
+    they are kept as they are; the localization network starts from this classification network)."""
+    for name in (f"{network}.pth" for network in WITHOUT_STA):
+        if source == target or (target / name).exists() or not (source / name).exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, target / name)

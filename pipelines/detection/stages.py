@@ -27,7 +27,7 @@ def train_detector_stage(store: Path, annotations: Path, out: Path, config_path:
                          options: Mapping[str, Any], log: Callable[[str], None] = print,
                          progress: bool = True, detector: str = "scnn", features: Path | None = None,
                          teacher: Path | None = None) -> dict[str, str]:
-    """``train-detector``: read the config and the annotations of its subset, then train S-CNN's two networks
+    """``train-detector``: read the config and the annotations of its subset, then train S-CNN's three networks
     (distilling from ``teacher`` on the mars stream) or R-C3D (``detector="rc3d"``, table ``[detection.rc3d]``;
     heads-only on ``features``)."""
     given = {k: v for k, v in options.items() if v is not None}  # options of the other detector stay unset

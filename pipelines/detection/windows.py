@@ -1,4 +1,5 @@
-"""S-CNN's segments: multi-scale sliding windows, their labels from the ground truth, clip sampling and NMS.
+"""S-CNN's segments: multi-scale sliding windows, their labels from the ground truth, clip sampling, the window-length
+prior and NMS.
 
 Windows lie on the flow-frame grid (a video of N frames has N - 1 grid positions; RGB frame k pairs with flow k),
 so the RGB and Flow streams see the same frames, as for recognition. A window is ``[start, stop)`` in grid frames.
@@ -64,6 +65,27 @@ def label_windows(windows: np.ndarray, truth: np.ndarray, classes: np.ndarray, p
     hit = overlap >= positive
     labels[hit] = np.asarray(classes, np.int64)[which[hit]] + 1
     return labels, overlap
+
+
+def length_prior(durations: Sequence[Sequence[float]], lengths: Sequence[int]) -> np.ndarray:
+    """S-CNN's window-length prior (``cal_weight.py``), (classes, lengths): per class, the share of the suits of its
+    training instances that fall on each window length, where an instance of ``d`` frames suits length ``L`` when
+    ``L / 2 <= d <= 2 L`` (one instance may suit several). A class no instance of which suits any length gets a flat
+    prior instead of S-CNN's 0 / 0, so that the prior never silences a class."""
+    limits = np.asarray(lengths, np.float64)
+    counts = np.zeros((len(durations), len(limits)))
+    for row, found in enumerate(durations):
+        frames = np.asarray(found, np.float64).reshape(-1, 1)
+        counts[row] = ((frames >= limits / 2) & (frames <= limits * 2)).sum(axis=0)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, counts / np.maximum(totals, 1), 1 / len(limits))
+
+
+def prior_columns(windows: np.ndarray, lengths: Sequence[int]) -> np.ndarray:
+    """Each window's column of the prior: the nearest of ``lengths`` on a log scale (the one window of a video
+    shorter than every length takes the shortest)."""
+    sizes = np.log2(np.maximum(windows[:, 1] - windows[:, 0], 1).astype(np.float64))
+    return np.abs(sizes[:, None] - np.log2(np.asarray(lengths, np.float64))[None, :]).argmin(axis=1)
 
 
 def temporal_nms(segments: np.ndarray, scores: np.ndarray, threshold: float, limit: int | None = None

@@ -19,7 +19,7 @@ import numpy as np
 from flow.store import FlowStore
 from pipelines.core.stream_specs import StreamName
 from pipelines.data.annotations import Annotations, fps_of
-from pipelines.scoring.detection_map import evaluate_detections, read_detections
+from pipelines.scoring.detection_map import evaluate_result_sets
 
 PR_TIOU = 0.5
 TIMELINE_SCORE = 0.3  # detections below this score are left off the timelines
@@ -27,13 +27,13 @@ TIMELINE_SCORE = 0.3  # detections below this score are left off the timelines
 
 def summarize(folders: dict[str, Path], truth: Annotations, store: Path, tiou: Sequence[float], protocol: str,
               timeline_videos: int = 3) -> dict[str, Any]:
-    """mAP, per-class AP and precision-recall of each detector folder (``detections.json``), and timelines."""
+    """mAP, per-class AP and precision-recall of each detector folder (``detections.json``, or at each tIoU the
+    result set it names for that tIoU: ``evaluate_result_sets``), and timelines (``detections.json``)."""
     thresholds = [float(t) for t in tiou]
     extra = [] if PR_TIOU in thresholds else [PR_TIOU]
     rows = []
     for model, folder in folders.items():
-        result = evaluate_detections(read_detections(folder / "detections.json"), truth, thresholds + extra,
-                                     protocol)
+        result = evaluate_result_sets(folder / "detections.json", truth, thresholds + extra, protocol)
         at = result.tiou.index(PR_TIOU)
         rows.append({"model": model, "stream": _stream(folder), "mAP": result.mAP[:len(thresholds)],
                      "per_class": {label: aps[:len(thresholds)] for label, aps in result.per_class.items()},

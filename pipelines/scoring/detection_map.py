@@ -35,6 +35,7 @@ from pipelines.data.annotations import Annotations, json_number, read_annotation
 
 PROTOCOLS = ("activitynet", "thumos14")
 DEFAULT_TIOU = (0.1, 0.2, 0.3, 0.4, 0.5)
+TIOU_RESULTS = "tiou_results"  # a results file's external_data key: {tIoU: file name} of per-threshold result sets
 
 
 @dataclass
@@ -190,6 +191,41 @@ def evaluate_detections(predictions: dict[str, Predictions], annotations: Annota
         curves[label] = [rule(hits, npos)[1:] for hits in outcomes]
     mean = np.mean(list(per_class.values()), axis=0) if per_class else np.zeros(len(thresholds))
     return DetectionResult(tiou=thresholds, mAP=[float(v) for v in mean], per_class=per_class, curves=curves)
+
+
+def tiou_results_path(path: Path, tiou: float) -> Path:
+    """Where the result set meant for evaluation at ``tiou`` goes, beside the results file ``path``."""
+    return path.with_name(f"{path.stem}.tiou-{tiou:g}{path.suffix}")
+
+
+def tiou_result_sets(path: Path) -> dict[float, Path]:
+    """The per-threshold result sets a results JSON names in ``external_data`` (S-CNN post-processes once per
+    evaluated tIoU, with NMS 0.1 below it); empty when it names none."""
+    data = json.loads(Path(path).read_text())
+    external = data.get("external_data") if isinstance(data, dict) else None
+    named = external.get(TIOU_RESULTS) if isinstance(external, dict) else None
+    return {float(t): Path(path).parent / str(name) for t, name in named.items()} if isinstance(named, dict) else {}
+
+
+def evaluate_result_sets(path: Path, annotations: Annotations, tiou: Sequence[float] = DEFAULT_TIOU,
+                         protocol: str = "activitynet") -> DetectionResult:
+    """:func:`evaluate_detections` at each threshold on the result set meant for it: the per-threshold set the
+    results file names for it (:func:`tiou_result_sets`), else the file itself. So each column is exactly the
+    evaluation of its own file at its own threshold."""
+    sets = tiou_result_sets(path)
+    thresholds = [float(t) for t in tiou]
+    files = [next((found for t, found in sets.items() if math.isclose(t, threshold)), Path(path))
+             for threshold in thresholds]
+    columns: dict[float, tuple[DetectionResult, int]] = {}
+    for file in dict.fromkeys(files):
+        mine = [t for t, f in zip(thresholds, files) if f == file]
+        result = evaluate_detections(read_detections(file), annotations, mine, protocol)
+        columns.update({t: (result, index) for index, t in enumerate(mine)})
+    parts = [columns[t] for t in thresholds]
+    labels = list(parts[0][0].per_class) if parts else []
+    return DetectionResult(tiou=thresholds, mAP=[result.mAP[i] for result, i in parts],
+                           per_class={label: [result.per_class[label][i] for result, i in parts] for label in labels},
+                           curves={label: [result.curves[label][i] for result, i in parts] for label in labels})
 
 
 def evaluate_file(detections: str | os.PathLike, annotations: str | os.PathLike, subset: str = "test",

@@ -17,7 +17,7 @@ from typing import Any
 from flow.atomic import write_json_atomic
 from pipelines.core.config import read_toml
 from pipelines.data.annotations import read_annotations
-from pipelines.scoring.detection_map import evaluate_detections, read_detections
+from pipelines.scoring.detection_map import evaluate_result_sets
 from pipelines.detection.pipeline import MODELS
 from pipelines.report.detection_pages import write_detection_report
 from pipelines.report.detection_summary import combine_seeds
@@ -42,6 +42,7 @@ def demo_tables(config_path: Path, seed: int) -> dict[str, Any]:
     detection.setdefault("models", list(MODELS))
     detection.setdefault("store", "store")
     detection.setdefault("rc3d", {}).setdefault("mode", "heads")
+    detection.setdefault("detect", {}).setdefault("tiou", list(HIGH_TIOU))  # S-CNN's per-tIoU sets, when asked for
     for name in SEEDED:
         detection.setdefault(name, {})["seed"] = seed
     return tables
@@ -65,9 +66,9 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     report = read_summary(out)                                      # have replaced this seed's
     test = read_annotations(plan.detection.annotations, plan.detection.config.test_subset)
     for row in report["rows"]:
-        found = read_detections(plan.detection.out / row["model"] / "detections.json")
-        row["mAP_high"] = [round(v, 4) for v in evaluate_detections(
-            found, test, HIGH_TIOU, plan.detection.config.protocol).mAP]
+        row["mAP_high"] = [round(v, 4) for v in evaluate_result_sets(
+            plan.detection.out / row["model"] / "detections.json", test, HIGH_TIOU,
+            plan.detection.config.protocol).mAP]
     report.update(seed=seed, seconds=round(time.perf_counter() - started, 1), tiou_high=list(HIGH_TIOU))
     write_json_atomic(plan.detection.out / "report.json", report)
     pages = write_detection_report(out)
