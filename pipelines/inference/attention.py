@@ -120,16 +120,22 @@ def window_selection(attention: VideoAttention, start: int, stop: int, module: M
     None when no test clip has frames both inside and outside the window."""
     module = module or attention.shown
     frames = attention.frames.shape[1]
+    gates = np.stack([np.stack([upsample_weights(channel, frames) for channel in gate]) for gate in module.weights])
+    inside = np.stack([(window >= start) & (window < stop) for window in attention.windows])
+    return gate_selection(gates, inside)
+
+
+def gate_selection(gates: np.ndarray, inside: np.ndarray) -> WindowSelection | None:
+    """The selection measures of gates (clips, channels, T) on the clips' frames, given each clip's frames inside
+    the window as a (clips, T) boolean mask; None when no clip has frames both inside and outside."""
     shares, uniform, favouring, contrast = [], [], [], []
-    for window, gate in zip(attention.windows, module.weights):  # gate: (channels, L)
-        inside = (window >= start) & (window < stop)
-        if inside.all() or not inside.any():
+    for per_frame, mask in zip(gates, inside):
+        if mask.all() or not mask.any():
             continue
-        per_frame = np.stack([upsample_weights(channel, frames) for channel in gate])  # (channels, T)
-        difference = per_frame[:, inside].mean(axis=1) - per_frame[:, ~inside].mean(axis=1)
+        difference = per_frame[:, mask].mean(axis=1) - per_frame[:, ~mask].mean(axis=1)
         mean_weights = per_frame.mean(axis=0)
-        shares.append(mean_weights[inside].sum() / mean_weights.sum())
-        uniform.append(inside.mean())
+        shares.append(mean_weights[mask].sum() / mean_weights.sum())
+        uniform.append(mask.mean())
         favouring.append((difference > 0).mean())
         contrast.append(np.abs(difference).mean())
     if not shares:
