@@ -160,6 +160,8 @@ def _attention_section(run: RunFolder, images: _Images, count: int, device: str,
         parts.append(f"<h3>{html_page.text(attention.describe())}</h3>")
         if window is not None:
             parts.append(html_page.paragraph(describe_selection(window_selection(attention, *window), *window)))
+            parts.append(images.embed(paths["window_contrast"], "How each channel weighs the motion window: "
+                                                                "W_in − W_out per channel and clip."))
         parts.append(images.embed(paths["overlay"], "Frames with their temporal weights (border colour, brightness "
                                                     "and bars)."))
         parts.append(images.embed(paths["frame_weights"], "Temporal weight per frame, one curve per test clip."))
