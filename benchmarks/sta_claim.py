@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python -m benchmarks.sta_claim --quick                      # a couple of minutes: 2 seeds, short everything
-    nice python -m benchmarks.sta_claim --out runs/sta-claim    # the full setting: 8 seeds, about 40 min on 2 cores
+    nice python -m benchmarks.sta_claim --out runs/sta-claim    # the full setting: 8 seeds (85 min on 2 shared cores)
 
 The paper fine-tunes STA inside streams already trained on the dataset (the authors' code: MARS's 64-frame
 checkpoints, only ``layer4`` and ``fc`` trained, the attention at 10× the learning rate, STA-MARS distilled from an
