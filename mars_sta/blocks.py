@@ -68,7 +68,8 @@ def make_shortcut(kind: str, in_planes: int, out_planes: int, stride: int | Stri
 
 
 class ResidualBlock(nn.Module):
-    """relu(residual(x) + shortcut(x)), with optional attention at the end of the residual branch or on the input."""
+    """relu(residual(x) + shortcut(x)), with optional attention at the end of the residual branch, on the block's
+    input, or on its output (after the ReLU: the trunk every later block reads)."""
 
     expansion = 1
 
@@ -84,11 +85,12 @@ class ResidualBlock(nn.Module):
         """Register the shortcut and the attention after the convs, keeping the checkpoints' key order."""
         self.downsample = downsample
         self.relu = nn.ReLU(inplace=True)
-        self.attention_at_input = attention is not None and attention.position == "input"
+        # A module set on ``sta`` later (a foreign layer, as the authors' tests do) sits on the residual branch.
+        self.attention_position = attention.position if attention is not None else "residual"
         self.sta: Attention | None
         if attention is None:
             self.sta = None
-        elif self.attention_at_input:
+        elif self.attention_position == "input":
             self.sta = attention.build(in_planes, in_size)
         else:
             self.sta = attention.build(out_planes, strided_size(in_size, stride))
@@ -97,13 +99,16 @@ class ResidualBlock(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sta is not None and self.attention_at_input:
+        if self.sta is not None and self.attention_position == "input":
             x = self.sta(x)
         out = self.residual(x)
-        if self.sta is not None and not self.attention_at_input:
+        if self.sta is not None and self.attention_position == "residual":
             out = self.sta(out)
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        out = self.relu(out + shortcut)
+        if self.sta is not None and self.attention_position == "output":
+            out = self.sta(out)
+        return out
 
 
 class BasicBlock(ResidualBlock):

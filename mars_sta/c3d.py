@@ -4,7 +4,8 @@ Eight 3×3×3 convs with biases (``conv1``, ``conv2``, ``conv3a/b``, ``conv4a/b`
 ``conv1…conv5`` each followed by a max-pool, then ``fc6``, ``fc7`` (4096, ReLU, dropout 0.5) and ``fc8``. The head
 flattens the last pooled map, so the network is tied to the clip size it was built for (16×112² gives 8192 inputs
 to ``fc6``). Attention sits at a stage's output (after its last conv's ReLU, before the pool) by default, or at its
-input; its keys are ``sta.<stage>.*``.
+input; C3D has no residual branch, so ``residual`` and ``output`` both name that stage output, the trunk. Its keys
+are ``sta.<stage>.*``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _STAGES: dict[str, tuple[tuple[str, ...], tuple[int, int, int], tuple[int, int, 
     "conv4": (("conv4a", "conv4b"), (2, 2, 2), (0, 0, 0)),
     "conv5": (("conv5a", "conv5b"), (2, 2, 2), (0, 1, 1)),
 }
+TRUNK_POSITIONS = ("residual", "output")  # without a residual branch, both gate the stage output
 _WIDTHS = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
 
 # Keys of the Sports-1M weights as R-C3D's PyTorch port has them (``c3d_sports1M.pth`` and its ActivityNet files:
@@ -65,7 +67,7 @@ class C3D(nn.Module):
             for conv in convs:
                 self.add_module(conv, nn.Conv3d(channels, _WIDTHS[stage], kernel_size=3, padding=1))
                 channels = _WIDTHS[stage]
-            if stage_attention and stage_attention.position == "residual":
+            if stage_attention and stage_attention.position in TRUNK_POSITIONS:
                 self.sta[stage] = stage_attention.build(channels, (size, size))
             self.add_module(f"pool{stage[-1]}", nn.MaxPool3d(kernel, stride=kernel, padding=padding))
             length, size = _pooled(length, kernel[0], padding[0]), _pooled(size, kernel[1], padding[1])
@@ -95,7 +97,7 @@ class C3D(nn.Module):
             x = self.sta[stage](x)
         for conv in _STAGES[stage][0]:
             x = self.relu(getattr(self, conv)(x))
-        return self.sta[stage](x) if position == "residual" else x
+        return self.sta[stage](x) if position in TRUNK_POSITIONS else x
 
     def stage_map(self, x: torch.Tensor, stage: str) -> torch.Tensor:
         """The map after ``stage``'s last conv (its pool not applied): ``conv5`` is R-C3D's conv5b map, 8 input

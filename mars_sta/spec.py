@@ -1,13 +1,15 @@
 """The ``sta=`` string: where attention goes in a network and which variant, parsed, validated and printed back.
 
 Grammar: comma-separated entries ``STAGE[:OPTION[:OPTION...]]``, e.g. ``"layer4"``, ``"layer3,layer4"``,
-``"layer4:bn"`` (the authors' published module), ``"layer4:ta"``, ``"layer4:st:stride=2"``, ``"layer4:nodeconv"``, ``"layer4:se"``, ``"layer4:input:blocks=first"``.
+``"layer4:bn"`` (the authors' published module), ``"layer4:ta"``, ``"layer4:st:stride=2"``, ``"layer4:nodeconv"``, ``"layer4:se"``,
+``"layer4:input:blocks=first"``, ``"layer4:output"``.
 ``STAGE`` is a stage of the network (``layer1``…``layer4`` for the ResNets) or ``default`` (the paper's choice for
 that network, resolved when the model is built). Options, defaults first:
 
 =================  =========================================================================================
 ``st|ta|sa|se``    variant: full STA, temporal-only, channel-only (learned squeeze), squeeze-excitation
-``residual|input`` bottom of each block's residual branch, before the ⊕ (default) / the block's input
+``residual|input|output``  bottom of each block's residual branch, before the ⊕ (default) / the block's input /
+                   the block's output after the ⊕ and ReLU (the trunk, as C3D's modules gate it)
 ``blocks=``        ``all`` blocks of the stage (default), only the ``first`` or only the ``last``
 ``bn``             the authors' published module: BatchNorm after the Deconv and after Conv2 (``st``/``ta`` only)
 ``nodeconv``       STA without its Deconv layer (``st``/``ta`` only)
@@ -27,7 +29,7 @@ from dataclasses import dataclass, replace
 from mars_sta.sta import INITS, STA, Attention, ChannelAttention
 
 KINDS = ("st", "ta", "sa", "se")
-POSITIONS = ("residual", "input")
+POSITIONS = ("residual", "input", "output")
 BLOCK_CHOICES = ("all", "first", "last")
 DEFAULT_STAGE = "default"
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -157,7 +159,7 @@ def _parse_entry(entry: str, text: str) -> StageAttention:
             put(name, int(value), token)
         else:
             raise bad(
-                f"unknown option {token!r} for {stage!r} (expected st|ta|sa|se, bn, residual|input, "
+                f"unknown option {token!r} for {stage!r} (expected st|ta|sa|se, bn, residual|input|output, "
                 f"blocks=all|first|last, nodeconv, stride=N, reduction=N, init={'|'.join(INITS)})"
             )
     attention = StageAttention(stage, **fields)  # type: ignore[arg-type]

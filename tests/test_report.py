@@ -114,7 +114,7 @@ def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
     assert result.stdout.startswith(f"{video}: predicted ")
     assert re.search(r"^window 2:5: channel-mean weight inside 0\.\d{3} \(uniform 0\.\d{3}\); channels favouring it "
                      r"[01]\.\d{3}; mean \|W_in - W_out\| 0\.\d{3} \(\d+ clips\)$", result.stdout, re.M), result.stdout
-    for name in ("overlay.png", "frame_weights.png", "channel_frame.png"):
+    for name in ("overlay.png", "frame_weights.png", "channel_frame.png", "window_contrast.png"):
         assert _image(tmp_path / "att" / name)[..., :3].std() > 5
     weights = json.loads((tmp_path / "att" / "attention.json").read_text())
     assert weights["window"] == [2, 5] and all(0 < module["window_selection"]["uniform_share"] < 1
@@ -122,6 +122,36 @@ def test_attention_command_matches_the_evaluation(tiny_run, tmp_path):
     classes = [str(c) for c in scores["classes"]]
     assert weights["video"] == video
     assert weights["predicted"] == classes[int(np.argmax(scores["logits"][0]))]  # same clips, same average
+
+
+@needs_matplotlib
+def test_report_gives_each_videos_window_selection_where_the_data_records_windows(tiny_run, tmp_path):
+    data = tiny_run.out.parent / "data"
+    saved = {name: (data / name).read_text() for name in ("synth.json", "clips.csv")}
+    info = json.loads(saved["synth.json"])
+    info["config"]["motion_window"] = 5
+    rows = saved["clips.csv"].splitlines()
+    header = rows[0].split(",")
+    start, stop = header.index("window_start"), header.index("window_stop")
+    edited = [rows[0]]
+    for row in rows[1:]:
+        cells = row.split(",")
+        cells[start], cells[stop] = "4", "8"  # only clip 1 (frames 0-7) has frames on both sides of it
+        edited.append(",".join(cells))
+    try:
+        (data / "synth.json").write_text(json.dumps(info))
+        (data / "clips.csv").write_text("\n".join(edited) + "\n")
+        run_cli("report", str(tiny_run.out), "--out", str(tmp_path / "windowed.html"), "--videos", "1")
+    finally:
+        for name, text in saved.items():
+            (data / name).write_text(text)
+    html = (tmp_path / "windowed.html").read_text()
+    assert re.search(r"window 4:8: channel-mean weight inside 0\.\d{3} \(uniform 0\.\d{3}\); channels favouring it "
+                     r"[01]\.\d{3}; mean \|W_in - W_out\| 0\.\d{3} \(1 clips\)", html), html[:2000]
+    weights = json.loads((tmp_path / "windowed_files" / "attention1_attention.json").read_text())
+    assert weights["window"] == [4, 8] and weights["modules"][0]["window_selection"]["clips"] == 1
+    assert "W_in − W_out per channel and clip" in html
+    assert _image(tmp_path / "windowed_files" / "attention1_window_contrast.png")[..., :3].std() > 5
 
 
 def test_window_selection_sees_channels_that_the_channel_mean_hides():

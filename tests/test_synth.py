@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipelines.data.splits import load_split
-from pipelines.data.synth import ALL_CLASSES, SynthConfig, generate, mirror_label, mirror_maps, render_clip
+from pipelines.data.synth import (ALL_CLASSES, SynthConfig, generate, mirror_label, mirror_maps, motion_windows,
+                                  render_clip)
 
 SMALL = SynthConfig(classes=4, videos_per_class=8, frames=9, size=32, seed=5)
 
@@ -122,6 +123,16 @@ def test_motion_window_keeps_the_object_still_outside_it():
     assert fact["window_stop"] - fact["window_start"] == 5
     changed = [bool(np.any(clip[t] != clip[t + 1])) for t in range(16)]
     assert changed == [fact["window_start"] <= t < fact["window_stop"] for t in range(16)]
+
+
+def test_motion_windows_are_read_back_only_where_the_data_has_them(dataset, tmp_path):
+    assert motion_windows(dataset) == {} and motion_windows(tmp_path) == {}  # full-clip motion; no dataset
+    windowed = dataclasses.replace(SMALL, videos_per_class=2, motion_window=3)
+    generate(tmp_path / "data", windowed)
+    found = motion_windows(tmp_path / "data")
+    assert len(found) == 8 and all(stop - start == 3 and 0 <= start <= 5 for start, stop in found.values())
+    _, fact = render_clip(windowed, ALL_CLASSES.index("up"), 1)
+    assert found[f"up/up_0002"] == (fact["window_start"], fact["window_stop"])
 
 
 def test_refuses_a_folder_with_other_files(tmp_path):

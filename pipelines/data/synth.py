@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -111,6 +112,21 @@ def mirror_maps(classes: list[str], info: dict) -> tuple[dict[int, int], dict[in
         names = info[key]
         maps.append({i: index[names.get(name, name)] for i, name in enumerate(classes)})
     return maps[0], maps[1]
+
+
+def motion_windows(data_root: str | Path) -> dict[str, tuple[int, int]]:
+    """Each clip's motion window ``(start, stop)`` on the flow grid, by video id, for a synthetic dataset made with
+    ``motion_window`` (its ``synth.json`` and ``clips.csv``); empty for any other data, and for synthetic data
+    whose class motion fills every clip (nothing to select there)."""
+    root = Path(data_root)
+    info_path, facts_path = root / "synth.json", root / "clips.csv"
+    if not info_path.is_file() or not facts_path.is_file():
+        return {}
+    info = json.loads(info_path.read_text())
+    if not isinstance(info, dict) or not info.get("config", {}).get("motion_window"):
+        return {}
+    with facts_path.open(newline="") as handle:
+        return {row["video"]: (int(row["window_start"]), int(row["window_stop"])) for row in csv.DictReader(handle)}
 
 
 def generate(out_dir: str | Path, config: SynthConfig = SynthConfig()) -> dict:

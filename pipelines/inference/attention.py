@@ -118,24 +118,47 @@ def window_selection(attention: VideoAttention, start: int, stop: int, module: M
                      ) -> WindowSelection | None:
     """The selection measures of ``module`` (the shown one by default) for flow-grid frames ``[start, stop)``;
     None when no test clip has frames both inside and outside the window."""
+    return gate_selection(*_gates_and_window(attention, start, stop, module))
+
+
+def window_contrasts(attention: VideoAttention, start: int, stop: int, module: ModuleWeights | None = None
+                     ) -> np.ndarray:
+    """(clips, channels): each channel's ``W_in − W_out`` in every test clip with frames on both sides of
+    ``[start, stop)`` (no rows when there is none)."""
+    return channel_contrasts(*_gates_and_window(attention, start, stop, module))
+
+
+def _gates_and_window(attention: VideoAttention, start: int, stop: int, module: ModuleWeights | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Gates on the clips' frames (clips, channels, T) and the (clips, T) mask of frames inside the window."""
     module = module or attention.shown
     frames = attention.frames.shape[1]
-    shares, uniform, favouring, contrast = [], [], [], []
-    for window, gate in zip(attention.windows, module.weights):  # gate: (channels, L)
-        inside = (window >= start) & (window < stop)
-        if inside.all() or not inside.any():
-            continue
-        per_frame = np.stack([upsample_weights(channel, frames) for channel in gate])  # (channels, T)
-        difference = per_frame[:, inside].mean(axis=1) - per_frame[:, ~inside].mean(axis=1)
-        mean_weights = per_frame.mean(axis=0)
-        shares.append(mean_weights[inside].sum() / mean_weights.sum())
-        uniform.append(inside.mean())
-        favouring.append((difference > 0).mean())
-        contrast.append(np.abs(difference).mean())
-    if not shares:
+    gates = np.stack([np.stack([upsample_weights(channel, frames) for channel in gate]) for gate in module.weights])
+    inside = np.stack([(window >= start) & (window < stop) for window in attention.windows])
+    return gates, inside
+
+
+def channel_contrasts(gates: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """(clips, channels) ``W_in − W_out`` from gates (clips, channels, T) on the clips' frames and each clip's
+    (clips, T) mask of frames inside the window; clips without frames on both sides are left out."""
+    used = [(gate, mask) for gate, mask in zip(gates, inside) if mask.any() and not mask.all()]
+    if not used:
+        return np.zeros((0, gates.shape[1]))
+    return np.stack([gate[:, mask].mean(axis=1) - gate[:, ~mask].mean(axis=1) for gate, mask in used])
+
+
+def gate_selection(gates: np.ndarray, inside: np.ndarray) -> WindowSelection | None:
+    """The selection measures of gates (clips, channels, T) on the clips' frames, given each clip's frames inside
+    the window as a (clips, T) boolean mask; None when no clip has frames both inside and outside."""
+    used = np.array([mask.any() and not mask.all() for mask in inside], dtype=bool)
+    if not used.any():
         return None
-    return WindowSelection(float(np.mean(shares)), float(np.mean(uniform)), float(np.mean(favouring)),
-                           float(np.mean(contrast)), len(shares))
+    difference = channel_contrasts(gates, inside)
+    mean_weights = gates[used].mean(axis=1)  # (clips, T): the channel mean
+    masks = inside[used]
+    shares = (mean_weights * masks).sum(axis=1) / mean_weights.sum(axis=1)
+    return WindowSelection(float(shares.mean()), float(masks.mean(axis=1).mean()),
+                           float((difference > 0).mean()), float(np.abs(difference).mean()), int(used.sum()))
 
 
 def describe_selection(selection: WindowSelection | None, start: int, stop: int) -> str:

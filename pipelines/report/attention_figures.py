@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from flow.atomic import write_json_atomic
-from pipelines.inference.attention import VideoAttention, window_selection
+from pipelines.inference.attention import VideoAttention, window_contrasts, window_selection
 from pipelines.report.figures import new_figure, save
 from pipelines.report.flow_colors import color_wheel, flow_magnitude_scale, flow_to_rgb
 
@@ -75,6 +75,31 @@ def channel_frame_maps(attention: VideoAttention) -> Any:
                 axes.set_ylabel("channel")
         figure.colorbar(image, ax=list(row), label="W", shrink=0.9)
     figure.suptitle(attention.describe() + note, fontsize=10)
+    return figure
+
+
+def window_contrast(attention: VideoAttention, window: tuple[int, int]) -> Any:
+    """Per STA module, how each channel weighs the window: a histogram of ``W_in − W_out`` over channels and
+    clips. The channel mean can sit at the uniform share while channels select in opposite directions; this shows
+    them one by one."""
+    modules, note = _drawn_modules(attention)
+    figure = new_figure(6.5, 2.3 * len(modules) + 0.7)
+    axes_list = np.atleast_1d(figure.subplots(len(modules), 1, squeeze=False)[:, 0])
+    for axes, module in zip(axes_list, modules):
+        contrasts = window_contrasts(attention, *window, module)
+        if contrasts.size == 0:
+            axes.text(0.5, 0.5, "no clip has frames both inside and outside the window", ha="center", va="center",
+                      transform=axes.transAxes, fontsize=8)
+            axes.set_axis_off()
+            continue
+        axes.hist(contrasts.ravel(), bins=40, color="tab:blue")
+        axes.axvline(0.0, color="black", linewidth=0.8)
+        axes.set_title(f"{module.name}: W_in − W_out per channel, {len(contrasts)} clip(s) (channels favouring the "
+                       f"window {(contrasts > 0).mean():.3f}, mean |W_in − W_out| {np.abs(contrasts).mean():.3f})",
+                       fontsize=8)
+        axes.set_xlabel("W_in − W_out")
+        axes.set_ylabel("channels × clips")
+    figure.suptitle(f"{attention.describe()}\nwindow: frames {window[0]}–{window[1] - 1}" + note, fontsize=9)
     return figure
 
 
@@ -174,7 +199,8 @@ def flow_strip(frames: np.ndarray, flow: np.ndarray, indices: np.ndarray, title:
 def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str = "",
                     window: tuple[int, int] | None = None) -> dict[str, Path]:
     """The three pictures and the weights as JSON, into ``out_dir``; returns ``{kind: path}``. With ``window``
-    (flow-grid frames ``[start, stop)``), the JSON also holds how far each STA module's gate selects it."""
+    (flow-grid frames ``[start, stop)``), the JSON also holds how far each STA module's gate selects it, and a
+    fourth picture shows each channel's selection (``window_contrast``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -185,6 +211,7 @@ def write_attention(attention: VideoAttention, out_dir: str | Path, prefix: str 
     paths["json"] = out_dir / f"{prefix}attention.json"
     found = attention.to_json()
     if window is not None:
+        paths["window_contrast"] = save(window_contrast(attention, window), out_dir / f"{prefix}window_contrast.png")
         found["window"] = list(window)
         for module, entry in zip(attention.modules, found["modules"]):
             selection = window_selection(attention, *window, module)

@@ -128,7 +128,8 @@ def _sta_training(run: RunFolder) -> TrainingRun | None:
 
 
 def _attention_section(run: RunFolder, images: _Images, count: int, device: str, log: Callable[[str], None]) -> str:
-    from pipelines.inference.attention import AttentionProbe
+    from pipelines.data.synth import motion_windows
+    from pipelines.inference.attention import AttentionProbe, describe_selection, window_selection
     from pipelines.report.attention_figures import write_attention
 
     training = _sta_training(run)
@@ -144,14 +145,23 @@ def _attention_section(run: RunFolder, images: _Images, count: int, device: str,
         f"{training.stream} (split {training.split}, {training.best.name}, STA "
         f"{training.manifest['config']['sta']}) on {len(picks)} test video(s), every test clip. The temporal weight "
         "of a frame is the mean over channels of the STA gate W at that frame, interpolated from the feature map's "
-        "time axis onto the clip's frames; the channel × frame maps show W itself.")]
+        "time axis onto the clip's frames; the channel × frame maps show W itself. Where the data records each "
+        "video's motion window (synthetic data made with motion_window), the gate's selection of it is given "
+        "per channel as well as for the channel mean: channels can favour the window in opposite directions and "
+        "cancel in the mean.")]
     probe = AttentionProbe(training.best, run.store, device)
+    windows = motion_windows(probe.store.source_root.parent)
     for number, (video, label) in enumerate(picks, start=1):
         log(f"attention: {video}")
         attention = probe.video(video, label)
-        paths = write_attention(attention, images.folder, prefix=f"attention{number}_")
+        window = windows.get(video)
+        paths = write_attention(attention, images.folder, prefix=f"attention{number}_", window=window)
         images.keep(paths["json"])
         parts.append(f"<h3>{html_page.text(attention.describe())}</h3>")
+        if window is not None:
+            parts.append(html_page.paragraph(describe_selection(window_selection(attention, *window), *window)))
+            parts.append(images.embed(paths["window_contrast"], "How each channel weighs the motion window: "
+                                                                "W_in − W_out per channel and clip."))
         parts.append(images.embed(paths["overlay"], "Frames with their temporal weights (border colour, brightness "
                                                     "and bars)."))
         parts.append(images.embed(paths["frame_weights"], "Temporal weight per frame, one curve per test clip."))
