@@ -59,9 +59,7 @@ class TimeMeanGate(Attention):
         self.sta = sta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.sta(x)
-        assert self.sta.last_weights is not None, "STA keeps its gate on every forward pass"
-        gate = self.sta.last_weights
+        gate = self.sta.weights(x)
         return self._gate(x, gate.mean(dim=2, keepdim=True).expand_as(gate))
 
 

@@ -177,6 +177,10 @@ class STA(Attention):
             _authors_start(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._gate(x, self.weights(x))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate W of ``x`` (N, c, L, 1, 1), without applying it."""
         if tuple(x.shape[-2:]) != self.spatial_size:
             raise ValueError(
                 f"STA was built for {self.spatial_size[0]}×{self.spatial_size[1]} feature maps, got "
@@ -191,8 +195,7 @@ class STA(Attention):
         z = self.conv2(self.relu(z))
         if self.bn2 is not None:
             z = self.bn2(z)
-        weights = torch.sigmoid(z)
-        return self._gate(x, weights.view(n, -1, length, 1, 1))
+        return torch.sigmoid(z).view(n, -1, length, 1, 1)
 
     def extra_repr(self) -> str:
         batch_norm = self.bn1 is not None
