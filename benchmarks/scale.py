@@ -22,8 +22,8 @@ opens and lists in under 2 s.
     PYTHONPATH=. python benchmarks/scale.py [--quick] [--only store,untrimmed,geometry] [--work DIR]
 
 ``--quick`` divides the store sizes by 16, starts the untrimmed videos at 100 frames and takes 16-frame clips for
-the geometry (a few minutes in all). Without ``--work`` the data goes to a temporary
-folder that is removed at the end.
+the geometry (a few minutes in all). ``--work`` names an empty or new folder that keeps the data; without it the
+data goes to a temporary folder that is removed at the end.
 """
 from __future__ import annotations
 
@@ -324,13 +324,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="every size divided by 16, 16-frame geometry")
     parser.add_argument("--only", default="store,untrimmed,geometry", help="comma-separated workloads")
-    parser.add_argument("--work", type=Path, help="folder for the data (default: a temporary one, removed)")
+    parser.add_argument("--work", type=Path, help="an empty or new folder for the data (default: a temporary one, "
+                        "removed)")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(run_probe(args.probe[0], args.probe[1:])))
         return
+    if args.work and args.work.is_dir() and any(args.work.iterdir()):
+        parser.error(f"--work {args.work}: the folder holds files; give an empty or new one (every step writes anew)")
     divide = 16 if args.quick else 1
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-bench-"))
     work.mkdir(parents=True, exist_ok=True)

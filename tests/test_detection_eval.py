@@ -191,6 +191,19 @@ def test_segment_past_the_video_is_clipped_with_one_warning(outcomes):
     assert json.loads(result.stdout)["per_class"]["kick"] == pytest.approx([0.5])
 
 
+def test_a_clipped_segment_is_said_once_per_process_however_often_it_is_read(files, capsys):
+    # ``run`` reads the annotations in several stages of one process: the segment's warning is one line there too.
+    truth = _edit_json(files, lambda d: d["database"]["v2"]["annotations"].append(
+        {"segment": [45.0, 80.0], "label": "kick"}))
+    for _ in range(3):
+        assert read_annotations(truth, "test").videos["v2"].segments[-1].end == 50.0
+    assert capsys.readouterr().err.count("segment 45-80 s ends after the video") == 1
+    said: list[str] = []  # a caller's own warn still hears every reading
+    read_annotations(truth, "test", warn=said.append)
+    read_annotations(truth, "test", warn=said.append)
+    assert len(said) == 2 and "ends after the video" in said[0]
+
+
 def _thumos_text(files, class_numbers: bool) -> Path:
     """RESULTS as the THUMOS'14 toolkit's text lines, classes by number (detclasslist.txt) or by name."""
     numbers = {name: 10 + i for i, name in enumerate(CLASSES)}

@@ -265,6 +265,7 @@ def test_detection_demo_over_seeds_reports_mean_and_sd(tmp_path):
         assert row["mAP_sd"] == pytest.approx(runs.std(axis=0, ddof=1), abs=1e-4)
         assert row["per_seed"] == {"3": seeds[0]["rows"][index]["mAP"], "4": seeds[1]["rows"][index]["mAP"]}
         assert len(row["mAP_high"]) == len(row["mAP_high_sd"]) == 5
+        assert row["mAP_high"][:3] == row["mAP"][2:]  # tIoU 0.3-0.5 are in both tables: one value each
     assert "±" in (tmp_path / "demo" / "detection" / "report.md").read_text()
     if (tmp_path / "demo" / "detection" / "report.html").exists():  # with matplotlib: the run report draws it too
         run_cli("report", str(tmp_path / "demo"))

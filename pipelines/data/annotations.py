@@ -34,9 +34,15 @@ DURATION_SLACK_S = 0.1
 Warn = Callable[[str], None]
 
 
+_WARNED: set[str] = set()  # the lines warn_on_stderr printed in this process
+
+
 def warn_on_stderr(line: str) -> None:
-    """Where the readers' warning lines go by default: one line each on stderr, as the CLI prints them."""
-    print(line, file=sys.stderr)
+    """Where the readers' warning lines go by default: one line on stderr, as the CLI prints them, once per process
+    (``run`` reads the same annotations in several stages; each clipped segment is still said once)."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr)
 
 
 _FILE_PATTERN = re.compile(r"^(?P<label>.+)_(?P<subset>val|test|train|validation|testing|training)\.txt$")

@@ -1,12 +1,14 @@
 """R-C3D's test: per buffer, proposals → RoI pooling → class scores and per-class offsets → per-class NMS.
 
 The maps come from the backbone (end to end, from the flow store) or from a feature store computed with the same
-backbone; both are ``pipelines.inference.features.video_map`` and give the same detections.
+backbone; both give the same maps. A video is detected in buffer by buffer, so only one buffer's map is held
+however long the video is.
 """
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from pipelines.detection.rc3d import MODEL, RC3D, RC3DConfig, load_rc3d, rc3d_co
 from pipelines.detection.rc3d_targets import proposals
 from pipelines.detection.windows import (check_parent_classes, check_parent_classes_known, temporal_nms,
                                         with_parent_classes)
-from pipelines.inference.features import FeatureStore, video_map
+from pipelines.inference.features import FeatureStore, buffer_maps
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,8 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
     check_parent_classes_known(config.parent_classes, checkpoint.classes, checkpoint.path)
     started, results = time.perf_counter(), {}
     for video in videos:
-        feature_map, bounds, frames_per_step, fps, grid = source[1](video)
-        results[video] = with_parent_classes(_video_detections(
-            model, feature_map.to(device), bounds, trained, config, frames_per_step, fps, grid, checkpoint.classes),
-            config.parent_classes)
+        results[video] = with_parent_classes(_video_detections(model, *source[1](video), trained, config,
+                                                               checkpoint.classes, device), config.parent_classes)
     manifest = stage_manifest("detect", {"detector": "rc3d", **config_to_dict(config)},
                               {"model": model_dir / MODEL, "store": store_path, "features": features})
     write_json_atomic(out, {"version": "VERSION 1.3", "results": results,
@@ -117,7 +117,8 @@ def detect_rc3d(model_dir: Path, videos: list[str], out: Path, config: RC3DDetec
 
 def _map_source(model: RC3D, path: Path, features_sha256: str, store_path: Path | None, features: Path | None,
                 device: torch.device):
-    """(what holds the videos, video -> (map, buffer bounds, grid frames per feature step, fps, grid length))."""
+    """(what holds the videos, video -> (its buffers' maps one by one, grid frames per feature step, fps, grid
+    length))."""
     if features is not None:
         cache = FeatureStore(features)
         recorded = cache.manifest
@@ -129,30 +130,32 @@ def _map_source(model: RC3D, path: Path, features_sha256: str, store_path: Path 
             raise InputError(features, "was computed with another layer, stride or buffer than this model reads")
 
         def cached(video: str):
-            feature_map, bounds, attrs = cache.read(video)
-            return feature_map, bounds, float(attrs["feature_stride"]), float(attrs["fps"]), int(attrs["grid_length"])
+            attrs, chunks = cache.read_chunks(video)
+            return chunks, float(attrs["feature_stride"]), float(attrs["fps"]), int(attrs["grid_length"])
         return cache, cached
     if store_path is None:
         raise InputError(None, "give --store (end to end) or --features (heads on cached features)")
     store = FlowStore(store_path)
 
     def computed(video: str):
-        feature_map, bounds = video_map(model.backbone, store, video, model.reads, device)
+        chunks = buffer_maps(model.backbone, store, video, model.reads, device)
+        first = next(chunks)  # the first buffer is whole, so its steps measure the backbone's frames per step
         first_steps = min(model.reads.buffer, -(-(store.num_frames(video) - 1) // model.reads.stride))
-        return (feature_map, bounds, model.reads.stride * first_steps / bounds[1], fps_of(store, video),
-                store.num_frames(video) - 1)
+        return (itertools.chain([first], chunks), model.reads.stride * first_steps / first.shape[1],
+                fps_of(store, video), store.num_frames(video) - 1)
     return store, computed
 
 
-def _video_detections(model: RC3D, feature_map: torch.Tensor, bounds: list[int], trained: RC3DConfig,
-                      config: RC3DDetectConfig, frames_per_step: float, fps: float, grid: int,
-                      classes: list[str]) -> list[dict[str, Any]]:
-    """Every buffer's detections in seconds, best first."""
-    found = []
-    for first, stop in zip(bounds[:-1], bounds[1:]):
-        for start, end, label, score in buffer_detections(model, feature_map[:, first:stop], trained, config):
+def _video_detections(model: RC3D, chunks: Iterator[torch.Tensor], frames_per_step: float, fps: float, grid: int,
+                      trained: RC3DConfig, config: RC3DDetectConfig, classes: list[str],
+                      device: torch.device) -> list[dict[str, Any]]:
+    """Every buffer's detections in seconds, best first; each buffer's map is let go before the next is read."""
+    found, first = [], 0
+    for chunk in chunks:
+        for start, end, label, score in buffer_detections(model, chunk.to(device), trained, config):
             begin, finish = (min((first + x) * frames_per_step, grid) / fps for x in (start, end))
             if finish > begin:
                 found.append({"label": classes[label], "score": round(score, 6),
                               "segment": [round(begin, 3), round(finish, 3)]})
+        first += chunk.shape[1]
     return sorted(found, key=lambda d: -d["score"])

@@ -19,9 +19,10 @@ video stale: ``build_features`` then deletes them and recomputes (a store never 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,18 +129,23 @@ class BackboneInput:
 
 
 @torch.no_grad()
-def video_map(backbone: torch.nn.Module, store: FlowStore, video: str, reads: BackboneInput,
-              device: torch.device) -> tuple[torch.Tensor, list[int]]:
-    """A video's feature map (C, L, h, w) on the CPU, buffer by buffer, and the buffers' boundaries in steps."""
+def buffer_maps(backbone: torch.nn.Module, store: FlowStore, video: str, reads: BackboneInput,
+                device: torch.device) -> Iterator[torch.Tensor]:
+    """A video's feature map buffer by buffer, each (C, l, h, w) on the CPU: a consumer that goes buffer by buffer
+    holds one buffer's map, however long the video."""
     from mars_sta.rc3d import backbone_map
 
     backbone.eval()
-    maps, bounds = [], [0]
     for first, stop in buffers(store.num_frames(video) - 1, reads.stride, reads.buffer):
         clip = reads.buffer_clip(store, video, first, stop)[None].to(device)
-        maps.append(backbone_map(backbone, clip, reads.layer)[0].float().cpu())
-        bounds.append(bounds[-1] + maps[-1].shape[1])
-    return torch.cat(maps, dim=1), bounds
+        yield backbone_map(backbone, clip, reads.layer)[0].float().cpu()
+
+
+def video_map(backbone: torch.nn.Module, store: FlowStore, video: str, reads: BackboneInput,
+              device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """A video's feature map (C, L, h, w) on the CPU, the buffers' maps in time, and their boundaries in steps."""
+    maps = list(buffer_maps(backbone, store, video, reads, device))
+    return torch.cat(maps, dim=1), [0, *np.cumsum([m.shape[1] for m in maps]).tolist()]
 
 
 def feature_key(checkpoint_sha256: str, reads: BackboneInput, preprocessing: dict[str, Any]) -> str:
@@ -339,6 +345,12 @@ class FeatureStore:
     def read(self, video: str) -> tuple[torch.Tensor, list[int], dict[str, Any]]:
         """The map (C, L, h, w), the buffer boundaries in feature steps and the video's attributes."""
         return self._read(video, None)
+
+    def read_chunks(self, video: str) -> tuple[dict[str, Any], Iterator[torch.Tensor]]:
+        """The video's attributes, and its buffers' maps (C, l, h, w) one by one, each read when it is reached."""
+        first, bounds, attrs = self._read(video, 0)
+        rest = (self._read(video, chunk)[0] for chunk in range(1, len(bounds) - 1))
+        return attrs, itertools.chain([first], rest)
 
     def read_chunk(self, video: str, chunk: int) -> torch.Tensor:
         """The map (C, l, h, w) of one buffer: only its steps are read, so heads-only training holds one buffer's

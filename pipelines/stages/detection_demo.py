@@ -66,7 +66,7 @@ def run_detection_demo(out: Path, seed: int = 0, config_path: Path | None = None
     report = read_summary(out)                                      # have replaced this seed's
     test = read_annotations(plan.detection.annotations, plan.detection.config.test_subset)
     for row in report["rows"]:
-        row["mAP_high"] = [round(v, 4) for v in evaluate_result_sets(
+        row["mAP_high"] = [float(v) for v in evaluate_result_sets(  # unrounded, as "mAP": seeds' means round once
             plan.detection.out / row["model"] / "detections.json", test, HIGH_TIOU,
             plan.detection.config.protocol).mAP]
     report.update(seed=seed, seconds=round(time.perf_counter() - started, 1), tiou_high=list(HIGH_TIOU))
