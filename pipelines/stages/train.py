@@ -581,8 +581,8 @@ def _prepare(config: TrainConfig, paths: TrainPaths, fine_tuning: bool, device: 
 
     amp = check_amp(config.amp, device)
     torch.manual_seed(config.seed)
-    _configure_determinism(config, device)
     data = open_stage_data(paths.store, paths.splits, config.split, config.val_fraction, config.seed)
+    _configure_determinism(config, device)  # after the data's checks: torch imports its compiler here (1-2 s)
     if config.val_fraction == 0:
         say("note: val_fraction = 0 selects the best epoch on the test split, as MARS does")
     spec = stream_spec(config.stream)
