@@ -349,7 +349,7 @@ class FeatureStore:
     def read_chunks(self, video: str) -> tuple[dict[str, Any], Iterator[torch.Tensor]]:
         """The video's attributes, and its buffers' maps (C, l, h, w) one by one, each read when it is reached."""
         first, bounds, attrs = self._read(video, 0)
-        rest = (self._read(video, chunk)[0] for chunk in range(1, len(bounds) - 1))
+        rest = (self.read_chunk(video, chunk) for chunk in range(1, len(bounds) - 1))
         return attrs, itertools.chain([first], rest)
 
     def read_chunk(self, video: str, chunk: int) -> torch.Tensor:
